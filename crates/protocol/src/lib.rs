@@ -1,0 +1,53 @@
+//! The locale2b host–guest wire protocol.
+//!
+//! Both the host (sandbox manager, through `locale2b-agent-client`) and the
+//! guest agent (`locale2b-agent`) depend on this crate, so the two sides
+//! cannot disagree about a message's shape. The human-readable description,
+//! with an example of every message, is `docs/protocol.md`.
+//!
+//! # Framing
+//! Every message is one frame: a 4-byte big-endian payload length followed by
+//! that many bytes of UTF-8 JSON. A frame longer than the negotiated maximum
+//! ([`DEFAULT_MAX_FRAME`], 10 MiB, unless configured otherwise) is refused
+//! *before* its payload is allocated ([`frame`]).
+//!
+//! # Exchanges
+//! The host sends a [`RequestFrame`] (`{"id", "request": {"action", ...}}`)
+//! and the agent answers with one or more [`ResponseFrame`]s carrying the
+//! same `id`. Today every request gets exactly one final frame (`ok` or
+//! `error`); the `id` and the outcome tag leave room for streamed answers
+//! (several `chunk` frames, then a final one) without a new framing.
+//!
+//! A connection (one vsock or multiplexed stream) carries requests one after
+//! the other; concurrency comes from opening several connections.
+//! The first request on a connection should be [`Request::Hello`]; a host
+//! refuses an agent whose [`PROTOCOL_VERSION`] it does not speak.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod frame;
+pub mod ids;
+pub mod messages;
+
+pub use error::{ErrorBody, ErrorCode};
+pub use frame::{FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
+pub use ids::{IdError, SandboxId, WorkspaceId};
+pub use messages::*;
+
+/// Version of the protocol described by this crate. Bumped on any change a
+/// peer of the previous version would misread.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Oldest protocol version this crate can still talk to.
+pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// The vsock port the agent's framed protocol listens on.
+pub const AGENT_VSOCK_PORT: u32 = 5000;
+
+/// Name of the virtio-serial port the qemu backend gives the guest; the agent
+/// finds it under `/sys/class/virtio-ports/*/name`.
+pub const SERIAL_PORT_NAME: &str = "org.locale2b.agent";
+
+/// Version of this crate, reported by the agent in `hello`/`ping`.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,476 @@
+//! Typed request and response messages.
+//!
+//! Requests are tagged by `action`, responses by `type`; every struct refuses
+//! unknown fields so a typo in a field name is an `invalid_request`, not a
+//! silently ignored option.
+
+use crate::ErrorBody;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One request: `{"id": 1, "request": {"action": "ping"}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestFrame {
+    /// Chosen by the host, echoed in every response frame.
+    pub id: u64,
+    /// The request itself.
+    pub request: Request,
+}
+
+/// One response frame: `{"id": 1, "ok": {...}}` or `{"id": 1, "error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The `id` of the request answered (0 when the request could not be parsed).
+    pub id: u64,
+    /// The outcome.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// The outcome carried by a response frame. `ok` and `error` are final;
+/// later protocol versions may add non-final variants (stream chunks).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The request succeeded.
+    Ok(Response),
+    /// The request failed.
+    Error(ErrorBody),
+}
+
+/// Every action the agent implements.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Request {
+    /// Version handshake; should be the first request on a connection.
+    Hello(HelloRequest),
+    /// Liveness check.
+    Ping,
+    /// Run a command through `/bin/sh -c`.
+    Exec(ExecRequest),
+    /// Read (part of) a file.
+    ReadFile(ReadFileRequest),
+    /// Write a file (atomic replace, or append).
+    WriteFile(WriteFileRequest),
+    /// List a directory.
+    ListFiles(ListFilesRequest),
+    /// Create a directory.
+    Mkdir(MkdirRequest),
+    /// Describe one path.
+    Stat(PathRequest),
+    /// Delete a file or directory.
+    DeleteFile(DeleteFileRequest),
+    /// Rename (move) a path inside the guest; replaces an existing file.
+    Rename(RenameRequest),
+    /// Set identity, clock and environment after boot or restore.
+    Init(InitRequest),
+}
+
+impl Request {
+    /// The wire name of the action, for logs.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Self::Hello(_) => "hello",
+            Self::Ping => "ping",
+            Self::Exec(_) => "exec",
+            Self::ReadFile(_) => "read_file",
+            Self::WriteFile(_) => "write_file",
+            Self::ListFiles(_) => "list_files",
+            Self::Mkdir(_) => "mkdir",
+            Self::Stat(_) => "stat",
+            Self::DeleteFile(_) => "delete_file",
+            Self::Rename(_) => "rename",
+            Self::Init(_) => "init",
+        }
+    }
+}
+
+/// Successful answers, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Response {
+    /// Answer to `hello`.
+    Hello(HelloResponse),
+    /// Answer to `ping`.
+    Pong(PongResponse),
+    /// Answer to `exec`.
+    Exec(ExecResponse),
+    /// Answer to `read_file`.
+    FileContent(FileContent),
+    /// Answer to `write_file`.
+    Written(WrittenResponse),
+    /// Answer to `list_files`.
+    Listing(Listing),
+    /// Answer to `stat` and `mkdir`.
+    Stat(FileInfo),
+    /// Answer to `delete_file`, `rename` and `init`.
+    Done,
+}
+
+/// `hello`: the host announces its protocol version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloRequest {
+    /// Protocol version the host speaks.
+    pub protocol_version: u32,
+    /// Free-form host name and version, for the agent's log.
+    #[serde(default)]
+    pub client: String,
+}
+
+/// The agent's side of the handshake.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HelloResponse {
+    /// Protocol version the agent speaks.
+    pub protocol_version: u32,
+    /// Oldest protocol version the agent accepts.
+    pub min_protocol_version: u32,
+    /// Agent version (semver).
+    pub agent_version: String,
+}
+
+/// Answer to `ping`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PongResponse {
+    /// Agent version (semver).
+    pub agent_version: String,
+    /// Milliseconds since the agent started (does not advance while a
+    /// snapshot sits on disk).
+    pub uptime_ms: u64,
+    /// Sandbox id set by the last `init`, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox_id: Option<String>,
+}
+
+/// Default cap on each of stdout and stderr for `exec`: 1 MiB.
+pub const DEFAULT_EXEC_OUTPUT_LIMIT: u64 = 1024 * 1024;
+
+/// `exec`: run `/bin/sh -c command`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    /// Shell command line.
+    pub command: String,
+    /// Working directory; the agent's default (`/workspace` if it exists,
+    /// else `/`) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+    /// Extra environment variables (added to the sandbox defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Bytes fed to the command's stdin, base64; stdin is empty when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_b64: Option<String>,
+    /// Kill the whole process group after this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Run as this user (name or numeric uid); the agent's user when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Cap on each of stdout and stderr; output beyond it is discarded and
+    /// `truncated` set. Defaults to [`DEFAULT_EXEC_OUTPUT_LIMIT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output_bytes: Option<u64>,
+}
+
+/// Result of `exec`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecResponse {
+    /// Captured stdout (invalid UTF-8 replaced by U+FFFD).
+    pub stdout: String,
+    /// Captured stderr (invalid UTF-8 replaced by U+FFFD).
+    pub stderr: String,
+    /// Exit status; `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the command, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The timeout fired and the process group was killed.
+    pub timed_out: bool,
+    /// stdout or stderr exceeded the cap and was cut.
+    pub truncated: bool,
+    /// Wall time from spawn to exit, measured in the guest.
+    pub duration_ms: u64,
+}
+
+/// `read_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadFileRequest {
+    /// Absolute guest path (relative paths are resolved from `/workspace`).
+    pub path: String,
+    /// Byte offset to start at.
+    #[serde(default)]
+    pub offset: u64,
+    /// Maximum bytes to return; the whole rest of the file when absent. A
+    /// read whose answer would not fit in a frame fails with `too_large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+}
+
+/// Content returned by `read_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileContent {
+    /// The bytes read, base64.
+    pub content_b64: String,
+    /// Offset of the first byte returned.
+    pub offset: u64,
+    /// Total size of the file.
+    pub size: u64,
+    /// True when the read reached the end of the file.
+    pub eof: bool,
+}
+
+/// How `write_file`'s `content` is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentEncoding {
+    /// Standard base64 (RFC 4648, with padding).
+    #[default]
+    Base64,
+    /// The string's UTF-8 bytes as they are.
+    #[serde(rename = "utf-8", alias = "utf8", alias = "text")]
+    Utf8,
+}
+
+/// `write_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteFileRequest {
+    /// Absolute guest path (relative paths are resolved from `/workspace`).
+    pub path: String,
+    /// The content, encoded as `encoding` says.
+    pub content: String,
+    /// Encoding of `content`; base64 when absent.
+    #[serde(default)]
+    pub encoding: ContentEncoding,
+    /// Permission bits for a new file (default 0o644); an existing file's
+    /// mode is kept unless this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Create missing parent directories.
+    #[serde(default)]
+    pub create_parents: bool,
+    /// Append to the file instead of replacing it atomically (used for
+    /// chunked uploads).
+    #[serde(default)]
+    pub append: bool,
+}
+
+/// Result of `write_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WrittenResponse {
+    /// The path written.
+    pub path: String,
+    /// Size of the file after the write.
+    pub size: u64,
+}
+
+/// Default and maximum number of entries `list_files` returns.
+pub const DEFAULT_LIST_MAX_ENTRIES: u32 = 10_000;
+
+/// `list_files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListFilesRequest {
+    /// Directory to list.
+    pub path: String,
+    /// Descend into subdirectories (symlinks are not followed).
+    #[serde(default)]
+    pub recursive: bool,
+    /// Deepest level listed when recursive (1 = direct children only); default 16.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_depth: Option<u32>,
+    /// Stop after this many entries and set `truncated`; default and maximum
+    /// [`DEFAULT_LIST_MAX_ENTRIES`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u32>,
+}
+
+/// Result of `list_files`, sorted by path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listing {
+    /// The entries.
+    pub entries: Vec<FileInfo>,
+    /// A cap was reached and entries were left out.
+    pub truncated: bool,
+}
+
+/// Kind of a directory entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Directory,
+    /// Symbolic link (not followed).
+    Symlink,
+    /// Anything else (device, fifo, socket).
+    Other,
+}
+
+/// Description of one path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileInfo {
+    /// Last path component.
+    pub name: String,
+    /// Full guest path.
+    pub path: String,
+    /// Entry kind (of the link itself for symlinks).
+    pub kind: FileKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Modification time, milliseconds since the Unix epoch.
+    pub mtime_ms: i64,
+    /// Target of a symlink.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target: Option<String>,
+}
+
+/// `mkdir`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MkdirRequest {
+    /// Directory to create.
+    pub path: String,
+    /// Create missing parents; an existing directory is then not an error.
+    #[serde(default)]
+    pub parents: bool,
+    /// Permission bits (default 0o755).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+}
+
+/// A request naming one path (`stat`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PathRequest {
+    /// Guest path.
+    pub path: String,
+}
+
+/// `delete_file`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteFileRequest {
+    /// Path to delete (a symlink itself, never its target).
+    pub path: String,
+    /// Delete a non-empty directory with everything in it.
+    #[serde(default)]
+    pub recursive: bool,
+}
+
+/// `rename`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    /// Existing path.
+    pub from: String,
+    /// New path (replaced if it is a file).
+    pub to: String,
+}
+
+/// `init`: sent by the host after boot and after every restore.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    /// The sandbox id now running this guest.
+    pub sandbox_id: String,
+    /// The workspace this guest belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_id: Option<String>,
+    /// Hostname to set (defaults to the sandbox id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// Host wall clock, ms since the Unix epoch; the guest clock is set to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix_time_ms: Option<u64>,
+    /// Default environment for every later `exec`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Bytes (base64) mixed into the guest's entropy pool, so clones restored
+    /// from one snapshot do not share random state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy_b64: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+
+    #[test]
+    fn request_shape() {
+        let frame: RequestFrame =
+            serde_json::from_str(r#"{"id":3,"request":{"action":"exec","command":"ls"}}"#).unwrap();
+        assert_eq!(frame.id, 3);
+        assert!(
+            matches!(frame.request, Request::Exec(ExecRequest { ref command, .. }) if command == "ls")
+        );
+        let ping = serde_json::to_value(RequestFrame {
+            id: 1,
+            request: Request::Ping,
+        })
+        .unwrap();
+        assert_eq!(
+            ping,
+            serde_json::json!({"id": 1, "request": {"action": "ping"}})
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_actions_are_refused() {
+        assert!(serde_json::from_str::<RequestFrame>(
+            r#"{"id":1,"request":{"action":"exec","command":"ls","cwd":"/"}}"#
+        )
+        .is_err());
+        let err = serde_json::from_str::<RequestFrame>(r#"{"id":1,"request":{"action":"fly"}}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("unknown variant"), "{err}");
+    }
+
+    #[test]
+    fn response_shapes() {
+        let ok = ResponseFrame {
+            id: 2,
+            outcome: Outcome::Ok(Response::Done),
+        };
+        assert_eq!(
+            serde_json::to_value(&ok).unwrap(),
+            serde_json::json!({"id":2,"ok":{"type":"done"}})
+        );
+        let err = ResponseFrame {
+            id: 2,
+            outcome: Outcome::Error(ErrorBody::new(ErrorCode::NotFound, "/x: no such file")),
+        };
+        let v = serde_json::to_value(&err).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"id":2,"error":{"code":"not_found","message":"/x: no such file"}})
+        );
+        let back: ResponseFrame = serde_json::from_value(v).unwrap();
+        assert_eq!(back, err);
+    }
+
+    #[test]
+    fn encoding_names() {
+        for (s, e) in [
+            ("\"base64\"", ContentEncoding::Base64),
+            ("\"utf-8\"", ContentEncoding::Utf8),
+            ("\"utf8\"", ContentEncoding::Utf8),
+        ] {
+            assert_eq!(serde_json::from_str::<ContentEncoding>(s).unwrap(), e);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Firecracker driver (to be written).

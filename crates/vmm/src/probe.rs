@@ -1,0 +1,1 @@
+//! Backend probe (to be written).
