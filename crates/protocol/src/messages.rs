@@ -65,6 +65,11 @@ pub enum Request {
     Rename(RenameRequest),
     /// Set identity, clock and environment after boot or restore.
     Init(InitRequest),
+    /// Flush every filesystem to its disk (`sync(2)`); answered when done.
+    Sync,
+    /// Sync, unmount what can be unmounted and power the guest off. Answered
+    /// (`done`) before the power-off starts; the connection then drops.
+    Shutdown,
 }
 
 impl Request {
@@ -82,6 +87,8 @@ impl Request {
             Self::DeleteFile(_) => "delete_file",
             Self::Rename(_) => "rename",
             Self::Init(_) => "init",
+            Self::Sync => "sync",
+            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -104,7 +111,7 @@ pub enum Response {
     Listing(Listing),
     /// Answer to `stat` and `mkdir`.
     Stat(FileInfo),
-    /// Answer to `delete_file`, `rename` and `init`.
+    /// Answer to `delete_file`, `rename`, `init`, `sync` and `shutdown`.
     Done,
 }
 
