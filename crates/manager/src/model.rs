@@ -1,0 +1,147 @@
+//! Values the manager hands to its callers (the HTTP layer, the CLI, tests).
+
+use locale2b_protocol::{SandboxId, WorkspaceId};
+use locale2b_vmm::VmmKind;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Lifecycle state of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxStatus {
+    /// VM booting, agent not ready yet.
+    Starting,
+    /// Agent answered; ready for exec and files.
+    Running,
+    /// Being snapshotted.
+    Pausing,
+    /// Snapshot on disk, no VMM process.
+    Paused,
+    /// Being restored.
+    Resuming,
+    /// Being shut down.
+    Stopping,
+    /// The VM died unexpectedly (see `error`).
+    Dead,
+}
+
+impl SandboxStatus {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Pausing => "pausing",
+            Self::Paused => "paused",
+            Self::Resuming => "resuming",
+            Self::Stopping => "stopping",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request to create a sandbox. `None` fields take the configured defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CreateSandbox {
+    /// Guest RAM in MiB.
+    pub memory_mb: Option<u32>,
+    /// vCPUs.
+    pub vcpu_count: Option<u8>,
+    /// Template name.
+    pub template: Option<String>,
+    /// Workspace to attach; an existing paused workspace is resumed, an
+    /// unknown id creates that workspace; generated when `None`.
+    pub workspace_id: Option<WorkspaceId>,
+    /// Extra environment for every exec in this sandbox.
+    pub env: BTreeMap<String, String>,
+}
+
+/// Public view of one sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    /// Sandbox id.
+    pub sandbox_id: SandboxId,
+    /// Workspace it runs.
+    pub workspace_id: WorkspaceId,
+    /// Lifecycle state.
+    pub status: SandboxStatus,
+    /// Guest RAM in MiB.
+    pub memory_mb: u32,
+    /// vCPUs.
+    pub vcpu_count: u8,
+    /// Template.
+    pub template: String,
+    /// Backend running it.
+    pub backend: VmmKind,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Time of the last state change, RFC 3339.
+    pub updated_at: String,
+    /// Why the sandbox is dead, when it is.
+    pub error: Option<String>,
+    /// Milliseconds from create request to agent ready (or restore time).
+    pub boot_ms: Option<u64>,
+}
+
+/// Capacity figures for `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// Sandboxes holding a VM (starting, running, pausing, resuming, stopping).
+    pub active_sandboxes: u32,
+    /// Paused sandboxes (no RAM held).
+    pub paused_sandboxes: u32,
+    /// Configured maximum.
+    pub max_sandboxes: u32,
+    /// Guest RAM held by active sandboxes.
+    pub memory_used_mb: u64,
+    /// Budget left.
+    pub memory_available_mb: u64,
+    /// Total budget.
+    pub memory_budget_mb: u64,
+    /// Backend in use.
+    pub backend: VmmKind,
+    /// "kvm" or "tcg" for qemu; "kvm" for firecracker.
+    pub accel: String,
+}
+
+/// One entry of a workspace's lineage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LineageEvent {
+    /// RFC 3339 time.
+    pub at: String,
+    /// "created", "paused", "resumed", "destroyed", "restore_failed", ...
+    pub event: String,
+    /// Sandbox involved.
+    pub sandbox_id: Option<SandboxId>,
+    /// Snapshot involved.
+    pub snapshot_id: Option<String>,
+    /// Free-form detail.
+    pub detail: Option<String>,
+}
+
+/// Public view of a workspace.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkspaceInfo {
+    /// Workspace id.
+    pub workspace_id: WorkspaceId,
+    /// Template its disk was made for.
+    pub template: String,
+    /// Sandbox currently attached (running or paused), if any.
+    pub sandbox_id: Option<SandboxId>,
+    /// State of that sandbox, or "idle".
+    pub status: String,
+    /// Latest valid snapshot, if any.
+    pub snapshot_id: Option<String>,
+    /// Bytes used on disk by the workspace (allocated blocks).
+    pub disk_usage_bytes: u64,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// History.
+    pub lineage: Vec<LineageEvent>,
+}
