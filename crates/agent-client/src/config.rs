@@ -1,0 +1,56 @@
+//! Client configuration.
+
+use locale2b_protocol::DEFAULT_MAX_FRAME;
+use std::time::Duration;
+
+/// Timeouts and limits of an [`crate::AgentClient`].
+///
+/// The defaults suit a local guest: a Unix connect is instant, the `OK` line
+/// comes within milliseconds once the guest's vsock driver (or the qemu
+/// bridge's guest side) is up, and an agent answers ordinary requests quickly.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Limit on one Unix-socket `connect` (default 1 s).
+    pub connect_timeout: Duration,
+    /// Limit on waiting for the `OK <n>` line after `CONNECT <port>` (default
+    /// 1 s). Firecracker neither answers nor closes a `CONNECT` sent before
+    /// the guest's vsock driver is up, so every attempt needs this limit.
+    pub handshake_timeout: Duration,
+    /// Limit on one request/response exchange when the caller gives none
+    /// (default 30 s). Also bounds the `hello` on a new connection.
+    pub request_timeout: Duration,
+    /// Added to an `exec`'s own timeout, so the agent's timeout fires (and
+    /// reports `timed_out`) before the client gives up (default 5 s).
+    pub exec_timeout_margin: Duration,
+    /// Largest frame sent or accepted (default [`DEFAULT_MAX_FRAME`]).
+    pub max_frame: usize,
+    /// Most idle connections kept for reuse (default 8).
+    pub max_idle: usize,
+    /// Attempts to open a connection for one request before giving up
+    /// (default 3; each waits `connect_timeout` + `handshake_timeout` at most).
+    pub connect_attempts: u32,
+    /// First pause between attempts in [`crate::AgentClient::wait_ready`]
+    /// and between connection attempts (default 20 ms); doubled per attempt.
+    pub backoff_initial: Duration,
+    /// Longest pause between attempts (default 200 ms).
+    pub backoff_max: Duration,
+    /// Name sent in `hello`, for the agent's log.
+    pub client_name: String,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            handshake_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(30),
+            exec_timeout_margin: Duration::from_secs(5),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_idle: 8,
+            connect_attempts: 3,
+            backoff_initial: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            client_name: format!("locale2b-agent-client/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}

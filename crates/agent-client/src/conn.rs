@@ -1,0 +1,104 @@
+//! One framed connection to the agent.
+
+use crate::ClientError;
+use locale2b_protocol::frame::{parse_response, read_frame, write_json};
+use locale2b_protocol::{Outcome, RequestFrame};
+use std::io;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+/// A request failed; whether its frame reached the agent decides whether it
+/// may be re-sent.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// The request frame was not (completely) written: the agent cannot have
+    /// acted on it.
+    NotSent(ClientError),
+    /// The request frame was written (or a write was cut by the timeout): the
+    /// agent may have acted on it.
+    Sent(ClientError),
+}
+
+/// A connection past `CONNECT`/`OK`, speaking frames. Carries one request at
+/// a time.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    stream: UnixStream,
+    /// The client's pool generation when the connection was opened.
+    pub(crate) generation: u64,
+}
+
+impl Conn {
+    pub(crate) fn new(stream: UnixStream, generation: u64) -> Self {
+        Self { stream, generation }
+    }
+
+    /// Cheap check of an idle connection before reuse: an idle connection
+    /// must have nothing to read. End of stream (the guest restarted or the
+    /// connection was reset) or unexpected bytes both mean it is unusable.
+    pub(crate) fn looks_alive(&self) -> bool {
+        let mut buf = [MaybeUninit::<u8>::uninit(); 1];
+        // The tokio socket is non-blocking, so the peek returns at once.
+        match socket2::SockRef::from(&self.stream).peek(&mut buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
+            Ok(_) | Err(_) => false,
+        }
+    }
+
+    /// Sends `frame` and waits, at most `timeout` in all, for the response
+    /// frame with the same id.
+    ///
+    /// An `error` frame answering this request is returned as
+    /// `Ok(Outcome::Error)`: the connection stays usable. Every `Err` leaves
+    /// the connection unusable.
+    pub(crate) async fn call(
+        &mut self,
+        frame: &RequestFrame,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<Outcome, CallError> {
+        let action = frame.request.action();
+        let deadline = Instant::now() + timeout;
+        let timed_out = || ClientError::timeout(action, timeout);
+        match tokio::time::timeout_at(deadline, write_json(&mut self.stream, frame, max_frame))
+            .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(CallError::NotSent(ClientError::Frame(e))),
+            Err(_) => return Err(CallError::Sent(timed_out())),
+        }
+        let payload = match tokio::time::timeout_at(
+            deadline,
+            read_frame(&mut self.stream, max_frame),
+        )
+        .await
+        {
+            Ok(Ok(Some(payload))) => payload,
+            Ok(Ok(None)) => {
+                return Err(CallError::Sent(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("agent closed the connection before answering {action}"),
+                ))))
+            }
+            Ok(Err(e)) => return Err(CallError::Sent(ClientError::Frame(e))),
+            Err(_) => return Err(CallError::Sent(timed_out())),
+        };
+        let response =
+            parse_response(&payload).map_err(|e| CallError::Sent(ClientError::Frame(e)))?;
+        if response.id == frame.id {
+            return Ok(response.outcome);
+        }
+        // Id 0 is how the agent answers a frame it could not parse.
+        match response.outcome {
+            Outcome::Error(body) if response.id == 0 => {
+                Err(CallError::Sent(ClientError::Agent(body)))
+            }
+            _ => Err(CallError::Sent(ClientError::Protocol(format!(
+                "response id {} to request {} ({action})",
+                response.id, frame.id
+            )))),
+        }
+    }
+}
