@@ -15,8 +15,10 @@
 
 #![deny(unsafe_code)]
 
+pub mod bridge;
 pub mod firecracker;
 pub mod probe;
+pub mod process;
 pub mod qemu;
 
 use async_trait::async_trait;

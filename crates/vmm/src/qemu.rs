@@ -1,1 +1,944 @@
-//! QEMU microvm driver (to be written).
+//! QEMU microvm driver.
+//!
+//! One VM = one `qemu-system-x86_64 -M microvm` process in its own process
+//! group (it survives the server and is re-attached with [`Vmm::attach`]),
+//! controlled over QMP (`<run_dir>/qmp.sock`). Files in the run directory:
+//!
+//! | file          | what                                                     |
+//! |---------------|----------------------------------------------------------|
+//! | `qmp.sock`    | QMP control socket (QEMU listens)                        |
+//! | `serial.sock` | virtio-serial chardev of the agent port (QEMU listens)   |
+//! | `vsock.sock`  | hybrid-vsock socket served by [`Bridge`] in our process  |
+//! | `memory`      | guest RAM (`memory-backend-file`, `share=on`)            |
+//! | `console.log` | guest serial console                                     |
+//! | `qemu.log`    | QEMU's own stdout/stderr                                 |
+//!
+//! # Snapshots
+//! Guest RAM lives in `<run_dir>/memory`, so a snapshot is the migration
+//! stream with `x-ignore-shared` (device state only, a few hundred KiB)
+//! written with `migrate exec:cat > state` (QEMU 7.2 has no `file:` URI),
+//! plus a **copy** of the RAM file (`cp --reflink=auto --sparse=always`, so
+//! it is a reflink where the filesystem can, and sparse otherwise). A copy,
+//! not a link: the VM may be resumed after the snapshot and would write into
+//! a linked file. Restore copies the snapshot's memory back into the new run
+//! directory before QEMU maps it, so the snapshot files are never written
+//! and a failed restore leaves the snapshot usable.
+
+mod qmp;
+
+pub use self::qmp::{Qmp, QmpError};
+use crate::bridge::{Bridge, BridgeConfig};
+pub use crate::probe::Accel;
+use crate::process::{tail_file, VmmProcess};
+use crate::{
+    Result, SnapshotFiles, VmHandle, VmProcess, VmSpec, VmStatus, Vmm, VmmError, VmmKind,
+};
+use async_trait::async_trait;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// Longest Unix socket path (sun_path is 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Settings of the qemu backend.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64` (absolute path or a name looked up in `PATH`).
+    pub binary: PathBuf,
+    /// Accelerator, decided once by [`crate::probe`].
+    pub accel: Accel,
+    /// How long QEMU may take to create its QMP socket.
+    pub start_timeout: Duration,
+    /// Timeout of one QMP command.
+    pub qmp_timeout: Duration,
+    /// How long a snapshot save or load may take.
+    pub migrate_timeout: Duration,
+    /// Host TSC frequency for `tsc_early_khz=`; `None` = detect (once per
+    /// process).
+    pub tsc_khz: Option<u64>,
+}
+
+impl QemuConfig {
+    /// Defaults for `binary` and `accel`.
+    pub fn new(binary: impl Into<PathBuf>, accel: Accel) -> Self {
+        Self {
+            binary: binary.into(),
+            accel,
+            start_timeout: Duration::from_secs(10),
+            qmp_timeout: Duration::from_secs(5),
+            migrate_timeout: Duration::from_secs(120),
+            tsc_khz: None,
+        }
+    }
+}
+
+/// The qemu backend.
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    config: QemuConfig,
+    tsc_khz: Option<u64>,
+}
+
+impl QemuVmm {
+    /// Creates the backend. Checks that the binary exists and detects the
+    /// host TSC frequency (once per process) unless configured.
+    ///
+    /// # Errors
+    /// [`VmmError::BinaryMissing`] when the binary cannot be found.
+    pub fn new(config: QemuConfig) -> Result<Self> {
+        resolve_binary(&config.binary).map_err(|source| VmmError::BinaryMissing {
+            path: config.binary.clone(),
+            source,
+        })?;
+        let tsc_khz = config.tsc_khz.or_else(host_tsc_khz);
+        if tsc_khz.is_none() {
+            warn!("host TSC frequency unknown: guests may hang in TSC calibration under TCG");
+        }
+        Ok(Self { config, tsc_khz })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &QemuConfig {
+        &self.config
+    }
+
+    /// The full kernel command line for `spec`.
+    pub fn kernel_cmdline(&self, spec: &VmSpec) -> String {
+        kernel_cmdline(self.tsc_khz, &spec.extra_boot_args)
+    }
+
+    /// QEMU's arguments for `spec` (`incoming` adds `-S -incoming defer`).
+    pub fn args(&self, spec: &VmSpec, incoming: bool) -> Vec<String> {
+        build_args(&self.config, spec, &self.kernel_cmdline(spec), incoming)
+    }
+
+    async fn launch(&self, spec: &VmSpec, incoming: bool) -> Result<Launched> {
+        check_spec(spec)?;
+        let paths = RunPaths::new(&spec.run_dir);
+        paths.remove_sockets();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&paths.qemu_log)
+            .map_err(|e| io_err(format!("open {}", paths.qemu_log.display()), e))?;
+        let log2 = log
+            .try_clone()
+            .map_err(|e| io_err("duplicate log file handle", e))?;
+        let mut cmd = tokio::process::Command::new(&self.config.binary);
+        cmd.args(self.args(spec, incoming))
+            .stdout(log)
+            .stderr(log2);
+        let process = VmmProcess::spawn(cmd).map_err(|source| VmmError::Spawn {
+            what: "qemu",
+            source,
+        })?;
+        info!(sandbox_id = %spec.sandbox_id, pid = process.pid(), incoming, "qemu started");
+        match self.connect_qmp(&paths, &process).await {
+            Ok(qmp) => Ok(Launched {
+                process,
+                qmp,
+                paths,
+            }),
+            Err(e) => {
+                let _ = process.kill(Duration::from_secs(5)).await;
+                paths.remove_sockets();
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits for the QMP socket (watching for an early exit) and connects.
+    async fn connect_qmp(&self, paths: &RunPaths, process: &VmmProcess) -> Result<Qmp> {
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            if let Some(reason) = process.exit_reason() {
+                return Err(exited_early(reason, paths));
+            }
+            if paths.qmp.exists() {
+                match Qmp::connect(&paths.qmp, self.config.qmp_timeout).await {
+                    Ok(q) => return Ok(q),
+                    Err(e) if Instant::now() >= deadline => {
+                        return Err(qmp_err("connect", e));
+                    }
+                    Err(e) => debug!(error = %e, "QMP not ready yet"),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::Timeout {
+                    what: format!("QMP socket {}", paths.qmp.display()),
+                    after: self.config.start_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn handle(&self, spec: &VmSpec, l: Launched) -> Result<Box<dyn VmHandle>> {
+        let bridge = Bridge::start(BridgeConfig::new(
+            l.paths.serial.clone(),
+            l.paths.vsock.clone(),
+            spec.sandbox_id.as_str(),
+        ))
+        .map_err(|e| io_err(format!("bind {}", l.paths.vsock.display()), e))?;
+        Ok(Box::new(QemuVm {
+            info: VmProcess {
+                kind: VmmKind::Qemu,
+                pid: l.process.pid(),
+                start_time: l.process.start_time(),
+                vsock_path: l.paths.vsock.clone(),
+                control_path: l.paths.qmp.clone(),
+                console_log: l.paths.console.clone(),
+            },
+            sandbox_id: spec.sandbox_id.to_string(),
+            process: l.process,
+            qmp: l.qmp,
+            paths: l.paths,
+            bridge: std::sync::Mutex::new(Some(bridge)),
+            migrate_timeout: self.config.migrate_timeout,
+        }))
+    }
+}
+
+struct Launched {
+    process: VmmProcess,
+    qmp: Qmp,
+    paths: RunPaths,
+}
+
+#[async_trait]
+impl Vmm for QemuVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    async fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>> {
+        let paths = RunPaths::new(&spec.run_dir);
+        remove_if_exists(&paths.memory)?;
+        let l = self.launch(spec, false).await?;
+        let status = l.qmp.run_state().await;
+        if let Err(e) = status {
+            let _ = l.process.kill(Duration::from_secs(5)).await;
+            l.paths.remove_sockets();
+            return Err(qmp_err("query-status", e));
+        }
+        self.handle(spec, l)
+    }
+
+    async fn restore(&self, spec: &VmSpec, snapshot: &SnapshotFiles) -> Result<Box<dyn VmHandle>> {
+        for (what, p) in [
+            ("snapshot state", &snapshot.state),
+            ("snapshot memory", &snapshot.memory),
+        ] {
+            if !p.is_file() {
+                return Err(VmmError::MissingFile {
+                    what,
+                    path: p.clone(),
+                });
+            }
+        }
+        let t0 = Instant::now();
+        let paths = RunPaths::new(&spec.run_dir);
+        copy_file(&snapshot.memory, &paths.memory).await?;
+        let copied = t0.elapsed();
+        let l = self.launch(spec, true).await?;
+        let result = async {
+            set_migration_caps(&l.qmp).await?;
+            let uri = format!("exec:cat {}", shell_quote(&snapshot.state));
+            l.qmp
+                .execute("migrate-incoming", Some(json!({ "uri": uri })))
+                .await
+                .map_err(|e| qmp_err("migrate-incoming", e))?;
+            wait_migration(&l.qmp, &l.process, &l.paths, self.config.migrate_timeout).await?;
+            // After the stream is loaded the VM leaves `inmigrate`.
+            let deadline = Instant::now() + self.config.qmp_timeout;
+            loop {
+                let state = l
+                    .qmp
+                    .run_state()
+                    .await
+                    .map_err(|e| qmp_err("query-status", e))?;
+                if state != "inmigrate" {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    return Err(VmmError::Timeout {
+                        what: "restored VM to leave inmigrate".into(),
+                        after: self.config.qmp_timeout,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            l.qmp
+                .execute("cont", None)
+                .await
+                .map_err(|e| qmp_err("cont", e))?;
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = l.process.kill(Duration::from_secs(5)).await;
+            l.paths.remove_sockets();
+            let _ = std::fs::remove_file(&l.paths.memory);
+            return Err(e);
+        }
+        info!(
+            sandbox_id = %spec.sandbox_id,
+            copy_ms = copied.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "qemu restored from snapshot"
+        );
+        self.handle(spec, l)
+    }
+
+    async fn attach(&self, spec: &VmSpec, process: &VmProcess) -> Result<Box<dyn VmHandle>> {
+        let paths = RunPaths::new(&spec.run_dir);
+        let proc = VmmProcess::adopt(process.pid, process.start_time).map_err(|e| {
+            VmmError::ExitedEarly {
+                reason: e.to_string(),
+                log_tail: tail_logs(&paths),
+            }
+        })?;
+        let qmp = Qmp::connect(&paths.qmp, self.config.qmp_timeout)
+            .await
+            .map_err(|e| qmp_err("connect", e))?;
+        info!(sandbox_id = %spec.sandbox_id, pid = process.pid, "re-attached to qemu");
+        self.handle(
+            spec,
+            Launched {
+                process: proc,
+                qmp,
+                paths,
+            },
+        )
+    }
+}
+
+/// A VM run by QEMU.
+#[derive(Debug)]
+pub struct QemuVm {
+    info: VmProcess,
+    sandbox_id: String,
+    process: VmmProcess,
+    qmp: Qmp,
+    paths: RunPaths,
+    bridge: std::sync::Mutex<Option<Bridge>>,
+    migrate_timeout: Duration,
+}
+
+impl QemuVm {
+    /// Number of agent-channel sessions the bridge has established.
+    pub fn bridge_sessions(&self) -> u64 {
+        self.bridge
+            .lock()
+            .ok()
+            .and_then(|b| b.as_ref().map(Bridge::sessions_established))
+            .unwrap_or(0)
+    }
+
+    async fn cleanup(&self) {
+        let bridge = self.bridge.lock().ok().and_then(|mut b| b.take());
+        if let Some(b) = bridge {
+            b.stop().await;
+        }
+        self.paths.remove_sockets();
+        let _ = std::fs::remove_file(&self.paths.memory);
+    }
+
+    async fn qmp_simple(&self, cmd: &'static str) -> Result<()> {
+        if let Some(reason) = self.process.exit_reason() {
+            return Err(VmmError::InvalidState {
+                op: cmd,
+                state: format!("exited ({reason})"),
+            });
+        }
+        self.qmp
+            .execute(cmd, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| qmp_err(cmd, e))
+    }
+}
+
+#[async_trait]
+impl VmHandle for QemuVm {
+    fn process(&self) -> &VmProcess {
+        &self.info
+    }
+
+    async fn status(&self) -> VmStatus {
+        if let Some(reason) = self.process.exit_reason() {
+            return VmStatus::Exited { reason };
+        }
+        match self.qmp.run_state().await {
+            Ok(s) if s == "running" => VmStatus::Running,
+            Ok(_) => VmStatus::Paused,
+            Err(e) => match self.process.wait_timeout(Duration::from_millis(200)).await {
+                Some(reason) => VmStatus::Exited { reason },
+                None => {
+                    warn!(sandbox_id = %self.sandbox_id, error = %e, "query-status failed on a live qemu");
+                    VmStatus::Running
+                }
+            },
+        }
+    }
+
+    async fn pause(&self) -> Result<()> {
+        self.qmp_simple("stop").await
+    }
+
+    async fn resume(&self) -> Result<()> {
+        self.qmp_simple("cont").await
+    }
+
+    async fn snapshot(&self, dir: &Path) -> Result<SnapshotFiles> {
+        let t0 = Instant::now();
+        let state = self
+            .qmp
+            .run_state()
+            .await
+            .map_err(|e| qmp_err("query-status", e))?;
+        if state == "running" {
+            return Err(VmmError::InvalidState {
+                op: "snapshot",
+                state: "running".into(),
+            });
+        }
+        let files = SnapshotFiles {
+            state: dir.join("state"),
+            memory: dir.join("memory"),
+        };
+        set_migration_caps(&self.qmp).await?;
+        let uri = format!("exec:cat > {}", shell_quote(&files.state));
+        self.qmp
+            .execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map_err(|e| qmp_err("migrate", e))?;
+        wait_migration(&self.qmp, &self.process, &self.paths, self.migrate_timeout).await?;
+        let saved = t0.elapsed();
+        copy_file(&self.paths.memory, &files.memory).await?;
+        for f in [&files.state, &files.memory] {
+            fsync(f)?;
+        }
+        fsync(dir)?;
+        info!(
+            sandbox_id = %self.sandbox_id,
+            state_ms = saved.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "qemu snapshot written"
+        );
+        Ok(files)
+    }
+
+    async fn shutdown(&self, grace: Duration) -> Result<()> {
+        if self.process.exit_reason().is_none() {
+            if let Err(e) = self.qmp.execute("system_powerdown", None).await {
+                debug!(sandbox_id = %self.sandbox_id, error = %e, "system_powerdown failed");
+            }
+            if self.process.wait_timeout(grace).await.is_none() {
+                info!(sandbox_id = %self.sandbox_id, "guest did not power off in time; killing");
+            }
+        }
+        self.kill().await
+    }
+
+    async fn kill(&self) -> Result<()> {
+        let reason = self
+            .process
+            .kill(Duration::from_secs(10))
+            .await
+            .map_err(|e| io_err("kill qemu", e))?;
+        self.cleanup().await;
+        match reason {
+            Some(_) => Ok(()),
+            None => Err(VmmError::Timeout {
+                what: format!("qemu pid {} to exit after SIGKILL", self.info.pid),
+                after: Duration::from_secs(10),
+            }),
+        }
+    }
+
+    async fn wait_exit(&self) -> String {
+        self.process.wait().await
+    }
+}
+
+/// Paths of one VM's run directory.
+#[derive(Debug, Clone)]
+struct RunPaths {
+    qmp: PathBuf,
+    serial: PathBuf,
+    vsock: PathBuf,
+    memory: PathBuf,
+    console: PathBuf,
+    qemu_log: PathBuf,
+}
+
+impl RunPaths {
+    fn new(run_dir: &Path) -> Self {
+        Self {
+            qmp: run_dir.join("qmp.sock"),
+            serial: run_dir.join("serial.sock"),
+            vsock: run_dir.join("vsock.sock"),
+            memory: run_dir.join("memory"),
+            console: run_dir.join("console.log"),
+            qemu_log: run_dir.join("qemu.log"),
+        }
+    }
+
+    fn remove_sockets(&self) {
+        for p in [&self.qmp, &self.serial, &self.vsock] {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn check_spec(spec: &VmSpec) -> Result<()> {
+    if !spec.kernel.is_file() {
+        return Err(VmmError::MissingFile {
+            what: "kernel",
+            path: spec.kernel.clone(),
+        });
+    }
+    for d in &spec.disks {
+        if !d.path.is_file() {
+            return Err(VmmError::MissingFile {
+                what: "disk",
+                path: d.path.clone(),
+            });
+        }
+    }
+    if !spec.run_dir.is_dir() {
+        return Err(VmmError::MissingFile {
+            what: "run directory",
+            path: spec.run_dir.clone(),
+        });
+    }
+    let longest = spec.run_dir.join("serial.sock");
+    if longest.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(io_err(
+            format!("run directory {} is too long for Unix sockets", spec.run_dir.display()),
+            std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        ));
+    }
+    Ok(())
+}
+
+/// The guest kernel command line: the driver's part, then `extra`.
+fn kernel_cmdline(tsc_khz: Option<u64>, extra: &str) -> String {
+    let mut s = String::from("console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 reboot=t");
+    if let Some(khz) = tsc_khz {
+        s.push_str(&format!(" tsc_early_khz={khz}"));
+    }
+    let extra = extra.trim();
+    if !extra.is_empty() {
+        s.push(' ');
+        s.push_str(extra);
+    }
+    s
+}
+
+/// Escapes a value for a QEMU option list (commas are doubled).
+fn opt_escape(p: &Path) -> String {
+    p.display().to_string().replace(',', ",,")
+}
+
+fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) -> Vec<String> {
+    let paths = RunPaths::new(&spec.run_dir);
+    let mem = spec.memory.0;
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["-name", &format!("locale2b-{}", spec.sandbox_id)]);
+    push(&["-M", "microvm"]);
+    match cfg.accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+    }
+    push(&["-smp", &spec.vcpus.max(1).to_string(), "-m", &format!("{mem}M")]);
+    push(&[
+        "-object",
+        &format!(
+            "memory-backend-file,id=mem,size={mem}M,mem-path={},share=on",
+            opt_escape(&paths.memory)
+        ),
+        "-machine",
+        "memory-backend=mem",
+    ]);
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-chardev",
+        &format!("file,id=console,path={}", opt_escape(&paths.console)),
+        "-serial",
+        "chardev:console",
+    ]);
+    push(&[
+        "-qmp",
+        &format!("unix:{},server=on,wait=off", opt_escape(&paths.qmp)),
+    ]);
+    push(&["-kernel", &spec.kernel.display().to_string(), "-append", cmdline]);
+    for (i, d) in spec.disks.iter().enumerate() {
+        push(&[
+            "-drive",
+            &format!(
+                "id=disk{i},file={},format=raw,if=none,readonly={}",
+                opt_escape(&d.path),
+                if d.read_only { "on" } else { "off" }
+            ),
+            "-device",
+            &format!("virtio-blk-device,drive=disk{i}"),
+        ]);
+    }
+    push(&[
+        "-device",
+        "virtio-serial-device",
+        "-chardev",
+        &format!(
+            "socket,id=agent,path={},server=on,wait=off",
+            opt_escape(&paths.serial)
+        ),
+        "-device",
+        &format!(
+            "virtserialport,chardev=agent,name={}",
+            locale2b_protocol::SERIAL_PORT_NAME
+        ),
+        "-device",
+        "virtio-rng-device",
+    ]);
+    if incoming {
+        push(&["-S", "-incoming", "defer"]);
+    }
+    a
+}
+
+/// Quotes `p` for `/bin/sh` (used in `exec:` migration URIs).
+fn shell_quote(p: &Path) -> String {
+    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
+}
+
+async fn set_migration_caps(qmp: &Qmp) -> Result<()> {
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+    )
+    .await
+    .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
+    // The default bandwidth limit (128 MiB/s) throttles even a stopped VM.
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({"max-bandwidth": 64_i64 << 30})),
+    )
+    .await
+    .map_err(|e| qmp_err("migrate-set-parameters", e))?;
+    Ok(())
+}
+
+/// Polls `query-migrate` until it completes, fails, or `timeout` passes.
+async fn wait_migration(
+    qmp: &Qmp,
+    process: &VmmProcess,
+    paths: &RunPaths,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(1);
+    loop {
+        if let Some(reason) = process.exit_reason() {
+            return Err(exited_early(reason, paths));
+        }
+        let info = qmp
+            .execute("query-migrate", None)
+            .await
+            .map_err(|e| qmp_err("query-migrate", e))?;
+        match info.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+            "completed" => return Ok(()),
+            "failed" | "cancelled" => {
+                let desc = info
+                    .get("error-desc")
+                    .and_then(|s| s.as_str())
+                    .unwrap_or("no reason given");
+                return Err(VmmError::Api {
+                    api: "qmp",
+                    request: "migrate".into(),
+                    message: desc.to_owned(),
+                });
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            return Err(VmmError::Timeout {
+                what: "migration to complete".into(),
+                after: timeout,
+            });
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Copies `from` to `to` (reflink where possible, holes preserved) via a
+/// temporary name, so `to` is either absent or complete.
+async fn copy_file(from: &Path, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let out = tokio::process::Command::new("cp")
+        .arg("--reflink=auto")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(&tmp)
+        .output()
+        .await
+        .map_err(|source| VmmError::Spawn { what: "cp", source })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io_err(
+            format!(
+                "copy {} to {}: {}",
+                from.display(),
+                to.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            std::io::Error::other("cp failed"),
+        ));
+    }
+    std::fs::rename(&tmp, to).map_err(|e| io_err(format!("rename to {}", to.display()), e))
+}
+
+fn fsync(p: &Path) -> Result<()> {
+    std::fs::File::open(p)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io_err(format!("fsync {}", p.display()), e))
+}
+
+fn remove_if_exists(p: &Path) -> Result<()> {
+    match std::fs::remove_file(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("remove {}", p.display()), e)),
+    }
+}
+
+fn io_err(context: impl Into<String>, source: std::io::Error) -> VmmError {
+    VmmError::Io {
+        context: context.into(),
+        source,
+    }
+}
+
+fn qmp_err(request: &str, e: QmpError) -> VmmError {
+    match e {
+        QmpError::Command { desc, .. } => VmmError::Api {
+            api: "qmp",
+            request: request.to_owned(),
+            message: desc,
+        },
+        QmpError::Timeout(what) => VmmError::Timeout {
+            what: format!("QMP {what}"),
+            after: Duration::ZERO,
+        },
+        QmpError::Io(source) => io_err(format!("QMP {request}"), source),
+        other => io_err(
+            format!("QMP {request}"),
+            std::io::Error::other(other.to_string()),
+        ),
+    }
+}
+
+fn tail_logs(paths: &RunPaths) -> String {
+    format!(
+        "qemu.log: {} | console.log: {}",
+        tail_file(&paths.qemu_log, 10),
+        tail_file(&paths.console, 20)
+    )
+}
+
+fn exited_early(reason: String, paths: &RunPaths) -> VmmError {
+    VmmError::ExitedEarly {
+        reason,
+        log_tail: tail_logs(paths),
+    }
+}
+
+/// Finds `binary` (a path, or a name in `PATH`) and checks it is a file.
+fn resolve_binary(binary: &Path) -> std::io::Result<PathBuf> {
+    if binary.components().count() > 1 {
+        return if binary.is_file() {
+            Ok(binary.to_owned())
+        } else {
+            Err(std::io::ErrorKind::NotFound.into())
+        };
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| p.is_file())
+        .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+}
+
+/// Host TSC frequency in kHz, detected once per process: sysfs
+/// `tsc_freq_khz`, else the kernel log (`tsc: Refined TSC clocksource
+/// calibration` / `tsc: Detected`), else `/proc/cpuinfo` `cpu MHz`.
+pub fn host_tsc_khz() -> Option<u64> {
+    static TSC: OnceLock<Option<u64>> = OnceLock::new();
+    *TSC.get_or_init(|| {
+        if let Ok(s) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
+            if let Ok(v) = s.trim().parse() {
+                return Some(v);
+            }
+        }
+        if let Some(v) = read_kmsg().as_deref().and_then(tsc_from_kernel_log) {
+            return Some(v);
+        }
+        std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .as_deref()
+            .and_then(tsc_from_cpuinfo)
+    })
+}
+
+/// Reads what `/dev/kmsg` holds now (non-blocking; needs root or
+/// CAP_SYSLOG).
+fn read_kmsg() -> Option<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open("/dev/kmsg")
+        .ok()?;
+    let mut out = String::new();
+    let mut buf = vec![0u8; 8192];
+    // One record per read; stop at EAGAIN (end) or after a bounded amount.
+    for _ in 0..20_000 {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => continue,
+            Err(_) => break,
+        }
+    }
+    Some(out)
+}
+
+fn mhz_to_khz(s: &str) -> Option<u64> {
+    let mhz: f64 = s.trim().parse().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
+fn tsc_from_kernel_log(log: &str) -> Option<u64> {
+    let find = |marker: &str| {
+        log.lines().rev().find_map(|l| {
+            let rest = &l[l.find(marker)? + marker.len()..];
+            mhz_to_khz(rest.trim().split_whitespace().next()?)
+        })
+    };
+    find("tsc: Refined TSC clocksource calibration:").or_else(|| find("tsc: Detected"))
+}
+
+fn tsc_from_cpuinfo(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == "cpu MHz").then(|| mhz_to_khz(v)).flatten()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DiskSpec, MemMib};
+
+    fn spec(dir: &Path) -> VmSpec {
+        VmSpec {
+            sandbox_id: "sb-test".parse().expect("id"),
+            kernel: dir.join("vmlinux"),
+            disks: vec![
+                DiskSpec {
+                    path: dir.join("rootfs.ext4"),
+                    read_only: true,
+                },
+                DiskSpec {
+                    path: dir.join("disk,1.ext4"),
+                    read_only: false,
+                },
+            ],
+            memory: MemMib(256),
+            vcpus: 2,
+            extra_boot_args: " init=/usr/local/bin/locale2b-agent ".into(),
+            run_dir: dir.join("run"),
+            guest_cid: 3,
+        }
+    }
+
+    #[test]
+    fn cmdline_has_driver_args_then_extra() {
+        let c = kernel_cmdline(Some(2_596_124), " init=/x quiet ");
+        assert_eq!(
+            c,
+            "console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 reboot=t tsc_early_khz=2596124 init=/x quiet"
+        );
+        assert!(!kernel_cmdline(None, "").contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn args_describe_the_documented_machine() {
+        let dir = Path::new("/r");
+        let s = spec(dir);
+        let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
+        let args = build_args(&cfg, &s, "console=ttyS0", false);
+        let joined = args.join(" ");
+        assert!(joined.contains("-M microvm -accel tcg"), "{joined}");
+        assert!(joined.contains(
+            "memory-backend-file,id=mem,size=256M,mem-path=/r/run/memory,share=on -machine memory-backend=mem"
+        ));
+        assert!(joined.contains("-smp 2 -m 256M"));
+        assert!(joined.contains("-qmp unix:/r/run/qmp.sock,server=on,wait=off"));
+        assert!(joined.contains("id=disk0,file=/r/rootfs.ext4,format=raw,if=none,readonly=on"));
+        // Commas in paths are escaped for QEMU's option parser.
+        assert!(joined.contains("file=/r/disk,,1.ext4,format=raw,if=none,readonly=off"));
+        assert!(joined.contains(
+            "socket,id=agent,path=/r/run/serial.sock,server=on,wait=off -device virtserialport,chardev=agent,name=org.locale2b.agent"
+        ));
+        let disk0 = args.iter().position(|a| a.starts_with("id=disk0")).expect("disk0");
+        let disk1 = args.iter().position(|a| a.starts_with("id=disk1")).expect("disk1");
+        assert!(disk0 < disk1, "root disk first");
+        assert!(!joined.contains("-incoming"));
+        let inc = build_args(&cfg, &s, "x", true).join(" ");
+        assert!(inc.ends_with("-S -incoming defer"));
+        let kvm = build_args(&QemuConfig::new("q", Accel::Kvm), &s, "x", false).join(" ");
+        assert!(kvm.contains("-accel kvm -cpu host"));
+    }
+
+    #[test]
+    fn tsc_parsing() {
+        let log = "6,1,64,-;tsc: Detected 2596.124 MHz processor\n6,2,99,-;tsc: Refined TSC clocksource calibration: 2595.999 MHz\n";
+        assert_eq!(tsc_from_kernel_log(log), Some(2_595_999));
+        assert_eq!(
+            tsc_from_kernel_log("[0.1] tsc: Detected 2596.124 MHz processor"),
+            Some(2_596_124)
+        );
+        assert_eq!(tsc_from_kernel_log("nothing"), None);
+        assert_eq!(
+            tsc_from_cpuinfo("processor\t: 0\ncpu MHz\t\t: 2596.124\n"),
+            Some(2_596_124)
+        );
+        assert!(host_tsc_khz().is_some(), "this host exposes a TSC frequency");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+
+    #[tokio::test]
+    async fn missing_binary_and_files_are_reported() {
+        let err = QemuVmm::new(QemuConfig::new("/nonexistent/qemu", Accel::Tcg)).expect_err("missing");
+        assert!(matches!(err, VmmError::BinaryMissing { .. }));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vmm = QemuVmm::new(QemuConfig::new("qemu-system-x86_64", Accel::Tcg)).expect("vmm");
+        let err = vmm.start(&spec(dir.path())).await.expect_err("no kernel");
+        assert!(matches!(err, VmmError::MissingFile { what: "kernel", .. }), "{err}");
+    }
+}
