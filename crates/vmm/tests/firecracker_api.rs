@@ -1,0 +1,678 @@
+//! API-flow tests of the Firecracker driver.
+//!
+//! Every scenario runs against the fake API server (`fake_firecracker`
+//! binary of this crate) and, when `LOCALE2B_FIRECRACKER_BIN` points to a
+//! real Firecracker, unchanged against the real binary (`…::real` tests).
+//! The real variant needs a kernel: `$LOCALE2B_TEST_IMAGE_DIR/vmlinux` (or
+//! the default image directory). Guests need not boot: these tests check
+//! API flows, files, sockets and processes, not guest behaviour.
+
+use locale2b_vmm::firecracker::{FirecrackerConfig, FirecrackerVmm, BASE_BOOT_ARGS};
+use locale2b_vmm::{DiskSpec, MemMib, SnapshotFiles, VmHandle, VmSpec, VmStatus, Vmm, VmmError};
+use serde_json::{json, Value};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const MEM_MIB: u32 = 128;
+
+/// Where and against what one scenario runs.
+struct Harness {
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    kernel: PathBuf,
+    rootfs: PathBuf,
+    /// Requests can be checked (fake server only).
+    fake: bool,
+}
+
+impl Harness {
+    fn fake() -> Self {
+        let dir = tempdir();
+        let kernel = dir.path().join("vmlinux");
+        let rootfs = dir.path().join("rootfs.ext4");
+        std::fs::write(&kernel, b"not really a kernel").expect("kernel");
+        sparse(&rootfs, 16 << 20);
+        Self {
+            dir,
+            binary: PathBuf::from(env!("CARGO_BIN_EXE_fake_firecracker")),
+            kernel,
+            rootfs,
+            fake: true,
+        }
+    }
+
+    fn real() -> Option<Self> {
+        let Some(binary) = std::env::var_os("LOCALE2B_FIRECRACKER_BIN") else {
+            println!("SKIPPED: LOCALE2B_FIRECRACKER_BIN not set");
+            return None;
+        };
+        let images = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                std::env::var_os("LOCALE2B_BASE_DIR")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"))
+                    .join("images/default")
+            });
+        let kernel = images.join("vmlinux");
+        let rootfs = images.join("rootfs.ext4");
+        if !kernel.exists() || !rootfs.exists() {
+            let msg = format!(
+                "no guest image in {} (vmlinux, rootfs.ext4)",
+                images.display()
+            );
+            assert!(
+                std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() != Ok("1"),
+                "{msg}"
+            );
+            println!("SKIPPED: {msg}");
+            return None;
+        }
+        Some(Self {
+            dir: tempdir(),
+            binary: binary.into(),
+            kernel,
+            rootfs,
+            fake: false,
+        })
+    }
+
+    fn vmm(&self) -> FirecrackerVmm {
+        FirecrackerVmm::new(FirecrackerConfig::new(&self.binary))
+    }
+
+    /// A spec with its own run directory and writable disk.
+    fn spec(&self, name: &str) -> VmSpec {
+        let run_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&run_dir).expect("run dir");
+        let data = self.dir.path().join(format!("{name}-data.ext4"));
+        if !data.exists() {
+            sparse(&data, 64 << 20);
+        }
+        VmSpec {
+            sandbox_id: format!("sb-{name}").parse().expect("sandbox id"),
+            kernel: self.kernel.clone(),
+            disks: vec![
+                DiskSpec {
+                    path: self.rootfs.clone(),
+                    read_only: true,
+                },
+                DiskSpec {
+                    path: data,
+                    read_only: false,
+                },
+            ],
+            memory: MemMib(MEM_MIB),
+            vcpus: 1,
+            extra_boot_args: "init=/usr/local/bin/locale2b-agent".into(),
+            run_dir,
+            guest_cid: 3,
+        }
+    }
+}
+
+fn tempdir() -> tempfile::TempDir {
+    // Short paths: Unix socket paths are limited to 107 bytes.
+    tempfile::Builder::new()
+        .prefix("fc")
+        .tempdir_in("/tmp")
+        .expect("tempdir")
+}
+
+fn sparse(path: &Path, len: u64) {
+    std::fs::File::create(path)
+        .expect("create")
+        .set_len(len)
+        .expect("set_len");
+}
+
+/// Requests the fake server received on `run_dir`'s API socket.
+fn requests(run_dir: &Path) -> Vec<(String, String, Value)> {
+    let text = std::fs::read_to_string(run_dir.join("firecracker.sock.requests.jsonl"))
+        .expect("fake-firecracker request record");
+    text.lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("record line");
+            (
+                v["method"].as_str().expect("method").to_owned(),
+                v["path"].as_str().expect("path").to_owned(),
+                v["body"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn request_lines(reqs: &[(String, String, Value)]) -> Vec<String> {
+    reqs.iter().map(|(m, p, _)| format!("{m} {p}")).collect()
+}
+
+fn body_of<'a>(reqs: &'a [(String, String, Value)], line: &str) -> &'a Value {
+    &reqs
+        .iter()
+        .find(|(m, p, _)| format!("{m} {p}") == line)
+        .unwrap_or_else(|| panic!("no request {line}"))
+        .2
+}
+
+/// True while a process runs (not a zombie) with `pid`.
+fn pid_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_owned())
+        })
+        .is_some_and(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
+}
+
+/// Live (non-zombie) processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmd).contains(needle) && pid_running(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Polls `cond` until it holds or `timeout` passes.
+async fn eventually(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket())
+}
+
+async fn assert_gone(vm: &dyn VmHandle) {
+    let p = vm.process().clone();
+    assert!(
+        eventually(Duration::from_secs(5), || !pid_running(p.pid)).await,
+        "firecracker pid {} still running",
+        p.pid
+    );
+    assert!(!p.control_path.exists(), "API socket left behind");
+    assert!(!p.vsock_path.exists(), "vsock socket left behind");
+    assert!(matches!(vm.status().await, VmStatus::Exited { .. }));
+}
+
+// ---------------------------------------------------------------- scenarios
+
+async fn lifecycle(h: Harness) {
+    let vmm = h.vmm();
+    let spec = h.spec("life");
+    let vm = vmm.start(&spec).await.expect("start");
+    let p = vm.process().clone();
+    assert!(pid_running(p.pid));
+    assert_eq!(p.control_path, spec.run_dir.join("firecracker.sock"));
+    assert_eq!(vm.vsock_path(), spec.run_dir.join("vsock.sock"));
+    assert!(
+        is_socket(vm.vsock_path()),
+        "vsock socket exists after start"
+    );
+    assert_eq!(p.console_log, spec.run_dir.join("console.log"));
+    assert!(p.console_log.exists());
+
+    assert_eq!(vm.status().await, VmStatus::Running);
+    vm.pause().await.expect("pause");
+    assert_eq!(vm.status().await, VmStatus::Paused);
+
+    let snap_dir = h.dir.path().join("snap");
+    std::fs::create_dir(&snap_dir).expect("snap dir");
+    let files = vm.snapshot(&snap_dir).await.expect("snapshot");
+    assert_eq!(files.state, snap_dir.join("state"));
+    assert_eq!(files.memory, snap_dir.join("memory"));
+    assert!(std::fs::metadata(&files.state).expect("state file").len() > 0);
+    assert_eq!(
+        std::fs::metadata(&files.memory).expect("memory file").len(),
+        u64::from(MEM_MIB) << 20
+    );
+    assert_eq!(
+        vm.status().await,
+        VmStatus::Paused,
+        "stays paused after snapshot"
+    );
+
+    vm.resume().await.expect("resume");
+    assert_eq!(vm.status().await, VmStatus::Running);
+
+    vm.shutdown(Duration::from_millis(500))
+        .await
+        .expect("shutdown");
+    assert_gone(vm.as_ref()).await;
+    vm.shutdown(Duration::from_millis(100))
+        .await
+        .expect("shutdown is idempotent");
+    vm.kill().await.expect("kill is idempotent");
+    assert!(!vm.wait_exit().await.is_empty());
+    assert!(processes_mentioning(&p.control_path.to_string_lossy()).is_empty());
+
+    if h.fake {
+        let reqs = requests(&spec.run_dir);
+        assert_eq!(
+            request_lines(&reqs)[..8],
+            [
+                "PUT /logger",
+                "PUT /metrics",
+                "PUT /machine-config",
+                "PUT /boot-source",
+                "PUT /drives/drive-0",
+                "PUT /drives/drive-1",
+                "PUT /vsock",
+                "PUT /actions",
+            ]
+        );
+        assert_eq!(
+            body_of(&reqs, "PUT /logger")["log_path"],
+            json!("fc-logger.log")
+        );
+        assert_eq!(
+            body_of(&reqs, "PUT /machine-config"),
+            &json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB, "smt": false})
+        );
+        let boot = body_of(&reqs, "PUT /boot-source");
+        assert_eq!(boot["kernel_image_path"], json!(h.kernel.to_string_lossy()));
+        assert_eq!(
+            boot["boot_args"],
+            json!(format!(
+                "{BASE_BOOT_ARGS} init=/usr/local/bin/locale2b-agent"
+            ))
+        );
+        assert!(!boot["boot_args"].as_str().expect("args").contains("root="));
+        assert_eq!(
+            body_of(&reqs, "PUT /drives/drive-0"),
+            &json!({"drive_id": "drive-0", "path_on_host": "drive-0", "is_root_device": true, "is_read_only": true})
+        );
+        assert_eq!(
+            body_of(&reqs, "PUT /drives/drive-1"),
+            &json!({"drive_id": "drive-1", "path_on_host": "drive-1", "is_root_device": false, "is_read_only": false})
+        );
+        assert_eq!(
+            body_of(&reqs, "PUT /vsock"),
+            &json!({"guest_cid": 3, "uds_path": "vsock.sock"})
+        );
+        assert_eq!(reqs[7].2, json!({"action_type": "InstanceStart"}));
+        let patches: Vec<&Value> = reqs
+            .iter()
+            .filter(|r| r.0 == "PATCH")
+            .map(|r| &r.2)
+            .collect();
+        assert_eq!(
+            patches,
+            [&json!({"state": "Paused"}), &json!({"state": "Resumed"})]
+        );
+        assert_eq!(
+            body_of(&reqs, "PUT /snapshot/create"),
+            &json!({
+                "snapshot_type": "Full",
+                "snapshot_path": files.state.to_string_lossy(),
+                "mem_file_path": files.memory.to_string_lossy(),
+            })
+        );
+        assert_eq!(
+            reqs.last().expect("requests").2,
+            json!({"action_type": "SendCtrlAltDel"})
+        );
+    }
+}
+
+async fn missing_kernel(h: Harness) {
+    let mut spec = h.spec("nokernel");
+    spec.kernel = h.dir.path().join("no-such-vmlinux");
+    let err = h
+        .vmm()
+        .start(&spec)
+        .await
+        .expect_err("start without kernel");
+    match &err {
+        VmmError::Api {
+            api,
+            request,
+            message,
+        } => {
+            assert_eq!(*api, "firecracker");
+            assert_eq!(request, "PUT /boot-source");
+            assert!(!message.is_empty());
+            assert!(err.to_string().contains(message.as_str()), "{err}");
+        }
+        other => panic!("expected an API error, got {other:?}"),
+    }
+    let sock = spec.run_dir.join("firecracker.sock");
+    assert!(
+        eventually(Duration::from_secs(5), || processes_mentioning(
+            &sock.to_string_lossy()
+        )
+        .is_empty())
+        .await,
+        "firecracker left running after a failed start"
+    );
+    assert!(!sock.exists());
+}
+
+async fn snapshot_requires_pause(h: Harness) {
+    let spec = h.spec("snaprun");
+    let vm = h.vmm().start(&spec).await.expect("start");
+    let dir = h.dir.path().join("snaprun-snap");
+    std::fs::create_dir(&dir).expect("dir");
+    let err = vm.snapshot(&dir).await.expect_err("snapshot while running");
+    assert!(
+        matches!(err, VmmError::InvalidState { op: "snapshot", .. }),
+        "{err:?}"
+    );
+    assert!(!dir.join("memory").exists());
+    vm.kill().await.expect("kill");
+    assert_gone(vm.as_ref()).await;
+    let err = vm.pause().await.expect_err("pause after kill");
+    assert!(
+        matches!(err, VmmError::InvalidState { op: "pause", .. }),
+        "{err:?}"
+    );
+}
+
+/// Boots, snapshots, kills; returns the snapshot.
+async fn make_snapshot(h: &Harness, name: &str) -> (VmSpec, SnapshotFiles) {
+    let spec = h.spec(name);
+    let vm = h.vmm().start(&spec).await.expect("start");
+    vm.pause().await.expect("pause");
+    let dir = h.dir.path().join(format!("{name}-snap"));
+    std::fs::create_dir(&dir).expect("snap dir");
+    let files = vm.snapshot(&dir).await.expect("snapshot");
+    vm.kill().await.expect("kill");
+    assert_gone(vm.as_ref()).await;
+    (spec, files)
+}
+
+async fn restore(h: Harness) {
+    let (orig, files) = make_snapshot(&h, "orig").await;
+    // Restore into another sandbox's run directory, over a stale vsock socket.
+    let mut spec = h.spec("clone");
+    spec.disks[0] = orig.disks[0].clone();
+    let stale = spec.run_dir.join("vsock.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
+    assert!(is_socket(&stale));
+
+    let vm = h.vmm().restore(&spec, &files).await.expect("restore");
+    assert_eq!(vm.status().await, VmStatus::Running);
+    assert_eq!(vm.vsock_path(), spec.run_dir.join("vsock.sock"));
+    assert!(is_socket(vm.vsock_path()));
+    assert!(
+        !orig.run_dir.join("vsock.sock").exists(),
+        "socket must follow the new run dir"
+    );
+    vm.pause().await.expect("pause restored VM");
+    assert_eq!(vm.status().await, VmStatus::Paused);
+    vm.shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
+    assert_gone(vm.as_ref()).await;
+
+    if h.fake {
+        let reqs = requests(&spec.run_dir);
+        assert_eq!(
+            request_lines(&reqs)[..3],
+            ["PUT /logger", "PUT /metrics", "PUT /snapshot/load"]
+        );
+        assert_eq!(
+            reqs[2].2,
+            json!({
+                "snapshot_path": files.state.to_string_lossy(),
+                "mem_backend": {"backend_type": "File", "backend_path": files.memory.to_string_lossy()},
+                "resume_vm": true,
+            })
+        );
+    }
+}
+
+async fn restore_failure(h: Harness) {
+    let (_, files) = make_snapshot(&h, "broken").await;
+    std::fs::write(&files.state, b"this is not a snapshot").expect("corrupt state");
+    let spec = h.spec("broken2");
+    let err = h
+        .vmm()
+        .restore(&spec, &files)
+        .await
+        .expect_err("restore of a corrupt snapshot");
+    match &err {
+        VmmError::Api { request, .. } => assert_eq!(request, "PUT /snapshot/load"),
+        VmmError::ExitedEarly { .. } => {}
+        other => panic!("expected a load error, got {other:?}"),
+    }
+    let sock = spec.run_dir.join("firecracker.sock");
+    assert!(
+        eventually(Duration::from_secs(5), || processes_mentioning(
+            &sock.to_string_lossy()
+        )
+        .is_empty())
+        .await,
+        "firecracker left running after a failed restore"
+    );
+    assert!(!sock.exists());
+    assert!(!spec.run_dir.join("vsock.sock").exists());
+
+    let missing = SnapshotFiles {
+        state: h.dir.path().join("nope/state"),
+        memory: files.memory.clone(),
+    };
+    let err = h
+        .vmm()
+        .restore(&spec, &missing)
+        .await
+        .expect_err("missing state");
+    assert!(
+        matches!(
+            err,
+            VmmError::MissingFile {
+                what: "snapshot state",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
+
+async fn attach(h: Harness) {
+    let spec = h.spec("attach");
+    let vmm = h.vmm();
+    let vm = vmm.start(&spec).await.expect("start");
+    let process = vm.process().clone();
+    drop(vm); // "server restart": the handle goes, the VM stays
+    assert!(
+        pid_running(process.pid),
+        "dropping the handle must not kill the VM"
+    );
+
+    let mut reused = process.clone();
+    reused.start_time += 1;
+    let err = vmm
+        .attach(&spec, &reused)
+        .await
+        .expect_err("pid reuse must be refused");
+    assert!(
+        matches!(&err, VmmError::ExitedEarly { reason, .. } if reason.contains("another process")),
+        "{err:?}"
+    );
+
+    let vm = vmm.attach(&spec, &process).await.expect("attach");
+    assert_eq!(vm.process(), &process);
+    assert_eq!(vm.status().await, VmStatus::Running);
+    vm.pause().await.expect("pause attached VM");
+    assert_eq!(vm.status().await, VmStatus::Paused);
+    vm.kill().await.expect("kill");
+    assert_gone(vm.as_ref()).await;
+    assert!(!vm.wait_exit().await.is_empty());
+
+    let err = vmm
+        .attach(&spec, &process)
+        .await
+        .expect_err("attach to a dead VM");
+    assert!(matches!(err, VmmError::ExitedEarly { .. }), "{err:?}");
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test]
+            async fn fake() {
+                super::$name(super::Harness::fake()).await;
+            }
+
+            #[tokio::test]
+            async fn real() {
+                if let Some(h) = super::Harness::real() {
+                    super::$name(h).await;
+                }
+            }
+        }
+    )*};
+}
+
+mod firecracker {
+    use super::*;
+    both!(
+        lifecycle,
+        missing_kernel,
+        snapshot_requires_pause,
+        restore,
+        restore_failure,
+        attach
+    );
+}
+
+// ------------------------------------------------- process-level failures
+
+/// Writes an executable script. Retries the start on ETXTBSY (another test
+/// thread may fork while the script is open for writing).
+fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    path
+}
+
+async fn start_retrying(
+    vmm: &FirecrackerVmm,
+    spec: &VmSpec,
+) -> Result<Box<dyn VmHandle>, VmmError> {
+    for _ in 0..5 {
+        match vmm.start(spec).await {
+            Err(VmmError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => continue,
+            other => return other,
+        }
+    }
+    vmm.start(spec).await
+}
+
+#[tokio::test]
+async fn firecracker_api_socket_timeout_kills_the_process() {
+    let h = Harness::fake();
+    let pids = h.dir.path().join("pids");
+    let bin = script(
+        h.dir.path(),
+        "silent-fc",
+        &format!(
+            "echo $$ > {p}\nsleep 30 &\necho $! >> {p}\nwait",
+            p = pids.display()
+        ),
+    );
+    let mut cfg = FirecrackerConfig::new(&bin);
+    cfg.api_socket_timeout = Duration::from_millis(300);
+    let vmm = FirecrackerVmm::new(cfg);
+    let spec = h.spec("silent");
+    let started = Instant::now();
+    let err = start_retrying(&vmm, &spec)
+        .await
+        .expect_err("no API socket");
+    assert!(
+        matches!(&err, VmmError::Timeout { what, after } if what.contains("API socket") && *after == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let pids: Vec<u32> = std::fs::read_to_string(&pids)
+        .expect("pid file")
+        .lines()
+        .map(|l| l.trim().parse().expect("pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "script and its child");
+    for pid in pids {
+        assert!(
+            eventually(Duration::from_secs(5), || !pid_running(pid)).await,
+            "process {pid} survived the timeout"
+        );
+    }
+}
+
+#[tokio::test]
+async fn firecracker_early_exit_reports_the_log_tail() {
+    let h = Harness::fake();
+    let bin = script(
+        h.dir.path(),
+        "dying-fc",
+        "echo 'Error: fatal: bad configuration' >&2\nexit 3",
+    );
+    let vmm = FirecrackerVmm::new(FirecrackerConfig::new(&bin));
+    let err = start_retrying(&vmm, &h.spec("dying"))
+        .await
+        .expect_err("early exit");
+    match &err {
+        VmmError::ExitedEarly { reason, log_tail } => {
+            assert_eq!(reason, "exit status 3");
+            assert!(log_tail.contains("fatal: bad configuration"), "{log_tail}");
+        }
+        other => panic!("expected ExitedEarly, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn firecracker_missing_binary_and_disk() {
+    let h = Harness::fake();
+    let vmm = FirecrackerVmm::new(FirecrackerConfig::new(h.dir.path().join("no-fc")));
+    let err = vmm
+        .start(&h.spec("nobin"))
+        .await
+        .expect_err("missing binary");
+    assert!(matches!(err, VmmError::BinaryMissing { .. }), "{err:?}");
+
+    let mut spec = h.spec("nodisk");
+    spec.disks[1].path = h.dir.path().join("no-disk.ext4");
+    let err = h.vmm().start(&spec).await.expect_err("missing disk");
+    assert!(
+        matches!(&err, VmmError::MissingFile { what: "disk", path } if *path == spec.disks[1].path),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn firecracker_jailer_needs_a_jailer_binary() {
+    let h = Harness::fake();
+    let mut cfg = FirecrackerConfig::new(&h.binary);
+    cfg.use_jailer = true;
+    cfg.jailer = Some(locale2b_vmm::firecracker::JailerConfig {
+        chroot_base: h.dir.path().join("jail"),
+        ..locale2b_vmm::firecracker::JailerConfig::new(h.dir.path().join("no-jailer"), 1000, 1000)
+    });
+    let err = FirecrackerVmm::new(cfg)
+        .start(&h.spec("jailed"))
+        .await
+        .expect_err("no jailer binary");
+    assert!(
+        matches!(&err, VmmError::BinaryMissing { path, .. } if path.ends_with("no-jailer")),
+        "{err:?}"
+    );
+}
