@@ -526,7 +526,10 @@ impl AgentClient {
             let Some(conn) = lock(&self.inner.pool).pop() else {
                 break;
             };
-            if conn.generation == generation && conn.looks_alive() {
+            if conn.generation == generation
+                && conn.idle_since.elapsed() < self.inner.config.max_idle_age
+                && conn.looks_alive()
+            {
                 return Ok((conn, true));
             }
             tracing::debug!(socket = %self.inner.path.display(), "dropping stale pooled connection");
@@ -586,7 +589,8 @@ impl AgentClient {
 
     /// Returns a healthy connection to the pool, unless the pool was
     /// invalidated since it was opened or is full.
-    fn checkin(&self, conn: Conn) {
+    fn checkin(&self, mut conn: Conn) {
+        conn.idle_since = Instant::now();
         if conn.generation != self.inner.generation.load(Ordering::SeqCst) {
             return;
         }

@@ -26,6 +26,10 @@ pub struct ClientConfig {
     pub max_frame: usize,
     /// Most idle connections kept for reuse (default 8).
     pub max_idle: usize,
+    /// Idle connections older than this are closed instead of reused
+    /// (default 60 s), well below the agent's own idle timeout (10 min), so
+    /// a request never races the agent closing an idle connection.
+    pub max_idle_age: Duration,
     /// Attempts to open a connection for one request before giving up
     /// (default 3; each waits `connect_timeout` + `handshake_timeout` at most).
     pub connect_attempts: u32,
@@ -47,6 +51,7 @@ impl Default for ClientConfig {
             exec_timeout_margin: Duration::from_secs(5),
             max_frame: DEFAULT_MAX_FRAME,
             max_idle: 8,
+            max_idle_age: Duration::from_secs(60),
             connect_attempts: 3,
             backoff_initial: Duration::from_millis(20),
             backoff_max: Duration::from_millis(200),

@@ -28,11 +28,17 @@ pub(crate) struct Conn {
     stream: UnixStream,
     /// The client's pool generation when the connection was opened.
     pub(crate) generation: u64,
+    /// When the connection last finished a request.
+    pub(crate) idle_since: Instant,
 }
 
 impl Conn {
     pub(crate) fn new(stream: UnixStream, generation: u64) -> Self {
-        Self { stream, generation }
+        Self {
+            stream,
+            generation,
+            idle_since: Instant::now(),
+        }
     }
 
     /// Cheap check of an idle connection before reuse: an idle connection

@@ -500,3 +500,19 @@ async fn hybrid_vsock_connect_helper() {
         .expect_err("silent");
     assert!(err.is_timeout(), "{err:?}");
 }
+
+#[tokio::test]
+async fn idle_connections_past_max_age_are_not_reused() {
+    let rig = Rig::new(AgentSpec::default());
+    let client = AgentClient::new(
+        &rig.shim.path,
+        ClientConfig {
+            max_idle_age: Duration::ZERO,
+            ..config()
+        },
+    );
+    for _ in 0..3 {
+        client.ping().await.expect("ping");
+    }
+    assert_eq!(rig.state().connections.load(Ordering::SeqCst), 3);
+}
