@@ -1,0 +1,314 @@
+//! Real-guest tests of the qemu backend: boot the installed guest image,
+//! talk to the agent through the hybrid-vsock bridge, pause/resume,
+//! snapshot/restore, re-attach, and clean-up.
+//!
+//! The image comes from `LOCALE2B_TEST_IMAGE_DIR` (else
+//! `$LOCALE2B_BASE_DIR/images/default`, else
+//! `/var/lib/firecracker-workspaces/images/default`). Without an image the
+//! tests print `SKIPPED: ...`, or fail when `LOCALE2B_REQUIRE_E2E=1`.
+
+use locale2b_protocol::{
+    frame, Outcome, Request, RequestFrame, Response, ResponseFrame, DEFAULT_MAX_FRAME,
+    PROTOCOL_VERSION,
+};
+use locale2b_vmm::process::is_alive;
+use locale2b_vmm::qemu::{Accel, QemuConfig, QemuVmm};
+use locale2b_vmm::{DiskSpec, MemMib, VmHandle, VmSpec, VmStatus, Vmm, VmmError};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+fn image_dir() -> Option<PathBuf> {
+    let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("LOCALE2B_BASE_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"));
+            base.join("images/default")
+        });
+    let ok = dir.join("vmlinux").is_file() && dir.join("rootfs.ext4").is_file();
+    if ok {
+        return Some(dir);
+    }
+    let msg = format!("guest image not found in {}", dir.display());
+    if std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() == Ok("1") {
+        panic!("{msg} (LOCALE2B_REQUIRE_E2E=1)");
+    }
+    println!("SKIPPED: {msg}");
+    None
+}
+
+fn vmm() -> QemuVmm {
+    QemuVmm::new(QemuConfig::new("qemu-system-x86_64", Accel::Tcg)).expect("qemu backend")
+}
+
+/// A sparse 1 GiB ext4 writable disk.
+fn make_disk(path: &Path) {
+    let f = std::fs::File::create(path).expect("create disk");
+    f.set_len(1 << 30).expect("size disk");
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .status()
+        .expect("run mkfs.ext4");
+    assert!(st.success(), "mkfs.ext4 failed");
+}
+
+fn spec(image: &Path, disk: &Path, run_dir: &Path) -> VmSpec {
+    std::fs::create_dir_all(run_dir).expect("run dir");
+    VmSpec {
+        sandbox_id: "sb-qemutest".parse().expect("id"),
+        kernel: image.join("vmlinux"),
+        disks: vec![
+            DiskSpec {
+                path: image.join("rootfs.ext4"),
+                read_only: true,
+            },
+            DiskSpec {
+                path: disk.to_owned(),
+                read_only: false,
+            },
+        ],
+        memory: MemMib(256),
+        vcpus: 1,
+        extra_boot_args: "init=/usr/local/bin/locale2b-agent".into(),
+        run_dir: run_dir.to_owned(),
+        guest_cid: 3,
+    }
+}
+
+/// A framed agent connection through the hybrid-vsock socket.
+struct Agent {
+    stream: UnixStream,
+    next_id: u64,
+}
+
+impl Agent {
+    /// Connects (`CONNECT 5000` → `OK`) and says hello, retrying until
+    /// `deadline` (the guest may still be booting).
+    async fn connect(vsock: &Path, within: Duration) -> Agent {
+        let deadline = Instant::now() + within;
+        let mut last_err = String::new();
+        while Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(15), Self::try_connect(vsock)).await {
+                Ok(Ok(a)) => return a,
+                Ok(Err(e)) => last_err = e.to_string(),
+                Err(_) => last_err = "attempt timed out".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("agent not reachable through {}: {last_err}", vsock.display());
+    }
+
+    async fn try_connect(vsock: &Path) -> std::io::Result<Agent> {
+        let mut stream = UnixStream::connect(vsock).await?;
+        stream.write_all(b"CONNECT 5000\n").await?;
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while b[0] != b'\n' {
+            if stream.read(&mut b).await? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            line.push(b[0]);
+        }
+        assert!(line.starts_with(b"OK "), "bad answer {line:?}");
+        let mut agent = Agent { stream, next_id: 1 };
+        let hello = serde_json::json!({
+            "action": "hello", "protocol_version": PROTOCOL_VERSION, "client": "qemu_boot test"
+        });
+        match agent.call(hello).await.map_err(std::io::Error::other)? {
+            Response::Hello(h) => assert_eq!(h.protocol_version, PROTOCOL_VERSION),
+            other => panic!("hello answered with {other:?}"),
+        }
+        Ok(agent)
+    }
+
+    async fn call(&mut self, request: serde_json::Value) -> Result<Response, String> {
+        let request: Request = serde_json::from_value(request).map_err(|e| e.to_string())?;
+        let id = self.next_id;
+        self.next_id += 1;
+        let frame_out = RequestFrame { id, request };
+        frame::write_json(&mut self.stream, &frame_out, DEFAULT_MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        let payload = frame::read_frame(&mut self.stream, DEFAULT_MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("connection closed")?;
+        let resp: ResponseFrame = frame::parse_response(&payload).map_err(|e| e.to_string())?;
+        assert_eq!(resp.id, id);
+        match resp.outcome {
+            Outcome::Ok(r) => Ok(r),
+            Outcome::Error(e) => Err(format!("{e:?}")),
+        }
+    }
+
+    async fn ping(&mut self) {
+        let r = self.call(serde_json::json!({"action": "ping"})).await;
+        assert!(matches!(r, Ok(Response::Pong(_))), "ping answered {r:?}");
+    }
+
+    async fn exec(&mut self, command: &str) -> (i32, String) {
+        let r = self
+            .call(serde_json::json!({"action": "exec", "command": command}))
+            .await;
+        match r {
+            Ok(Response::Exec(e)) => (e.exit_code.unwrap_or(-1), e.stdout),
+            other => panic!("exec {command:?} answered {other:?}"),
+        }
+    }
+}
+
+fn assert_cleaned_up(vm: &dyn VmHandle) {
+    let p = vm.process();
+    assert!(!is_alive(p.pid, p.start_time), "qemu still running");
+    for s in [&p.vsock_path, &p.control_path] {
+        assert!(!s.exists(), "{} left behind", s.display());
+    }
+    let serial = p.vsock_path.with_file_name("serial.sock");
+    assert!(!serial.exists(), "serial.sock left behind");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_boot_pause_snapshot_restore_attach() {
+    let Some(image) = image_dir() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let disk = tmp.path().join("disk.ext4");
+    make_disk(&disk);
+    let vmm = vmm();
+
+    // Boot and reach the agent.
+    let spec1 = spec(&image, &disk, &tmp.path().join("r1"));
+    let t0 = Instant::now();
+    let vm = vmm.start(&spec1).await.expect("start");
+    let started = t0.elapsed();
+    let mut agent = Agent::connect(vm.vsock_path(), Duration::from_secs(90)).await;
+    agent.ping().await;
+    let boot_to_ping = t0.elapsed();
+    println!("TIMING qemu start {started:?}, boot-to-ping {boot_to_ping:?}");
+    assert_eq!(vm.status().await, VmStatus::Running);
+
+    let (code, _) = agent
+        .exec("echo marker-before-snapshot > /tmp/marker && mkdir -p /root && echo disk-marker > /root/marker && sync")
+        .await;
+    assert_eq!(code, 0);
+
+    // A running VM cannot be snapshotted.
+    let snap = tmp.path().join("snap1");
+    std::fs::create_dir_all(&snap).expect("snap dir");
+    let err = vm.snapshot(&snap).await.expect_err("running");
+    assert!(matches!(err, VmmError::InvalidState { .. }), "{err}");
+
+    // Pause / resume.
+    vm.pause().await.expect("pause");
+    assert_eq!(vm.status().await, VmStatus::Paused);
+    vm.resume().await.expect("resume");
+    assert_eq!(vm.status().await, VmStatus::Running);
+    agent.ping().await;
+
+    // Snapshot, then kill: everything is cleaned up.
+    vm.pause().await.expect("pause");
+    let t = Instant::now();
+    let files = vm.snapshot(&snap).await.expect("snapshot");
+    println!("TIMING snapshot save {:?}", t.elapsed());
+    assert!(files.state.is_file() && files.memory.is_file());
+    assert_eq!(
+        std::fs::metadata(&files.memory).expect("memory").len(),
+        256 << 20
+    );
+    drop(agent);
+    vm.kill().await.expect("kill");
+    assert_cleaned_up(vm.as_ref());
+    assert!(vm.status().await != VmStatus::Running);
+    vm.kill().await.expect("kill is idempotent");
+
+    // Restore into a new run directory; guest memory and disk are intact.
+    let spec2 = spec(&image, &disk, &tmp.path().join("r2"));
+    let t = Instant::now();
+    let vm2 = vmm.restore(&spec2, &files).await.expect("restore");
+    let restored = t.elapsed();
+    let mut agent = Agent::connect(vm2.vsock_path(), Duration::from_secs(30)).await;
+    agent.ping().await;
+    println!(
+        "TIMING snapshot restore {restored:?}, restore-to-ping {:?}",
+        t.elapsed()
+    );
+    let (code, out) = agent.exec("cat /tmp/marker /root/marker").await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "marker-before-snapshot\ndisk-marker\n");
+
+    // The server "restarts": the handle goes away, the VM keeps running.
+    drop(agent);
+    let process = vm2.process().clone();
+    drop(vm2);
+    assert!(is_alive(process.pid, process.start_time));
+    let vm3 = vmm.attach(&spec2, &process).await.expect("attach");
+    let mut agent = Agent::connect(vm3.vsock_path(), Duration::from_secs(30)).await;
+    agent.ping().await;
+
+    // A second snapshot of the restored VM, then resume after it.
+    vm3.pause().await.expect("pause");
+    let snap2 = tmp.path().join("snap2");
+    std::fs::create_dir_all(&snap2).expect("snap dir");
+    vm3.snapshot(&snap2).await.expect("second snapshot");
+    vm3.resume().await.expect("resume after snapshot");
+    drop(agent);
+    let mut agent = Agent::connect(vm3.vsock_path(), Duration::from_secs(30)).await;
+    agent.ping().await;
+    drop(agent);
+
+    let t = Instant::now();
+    vm3.shutdown(Duration::from_millis(500)).await.expect("shutdown");
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_cleaned_up(vm3.as_ref());
+    assert!(matches!(vm3.status().await, VmStatus::Exited { .. }));
+    vm3.shutdown(Duration::from_millis(100)).await.expect("idempotent");
+    // The snapshot files were never written by the restored VMs.
+    assert_eq!(
+        std::fs::metadata(&files.memory).expect("memory").len(),
+        256 << 20
+    );
+}
+
+#[tokio::test]
+async fn qemu_attach_to_a_dead_process_fails() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let spec = spec(tmp.path(), &tmp.path().join("disk"), &tmp.path().join("r"));
+    let process = locale2b_vmm::VmProcess {
+        kind: locale2b_vmm::VmmKind::Qemu,
+        pid: std::process::id(),
+        start_time: 1,
+        vsock_path: spec.run_dir.join("vsock.sock"),
+        control_path: spec.run_dir.join("qmp.sock"),
+        console_log: spec.run_dir.join("console.log"),
+    };
+    let err = vmm().attach(&spec, &process).await.expect_err("stale pid");
+    assert!(matches!(err, VmmError::ExitedEarly { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn qemu_bad_kernel_exits_early_with_log_tail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kernel = tmp.path().join("vmlinux");
+    std::fs::write(&kernel, b"not a kernel").expect("write");
+    let disk = tmp.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(1 << 20))
+        .expect("disk");
+    let mut s = spec(tmp.path(), &disk, &tmp.path().join("r"));
+    s.kernel = kernel;
+    s.disks.truncate(1);
+    s.disks[0].path = disk;
+    let err = vmm().start(&s).await.expect_err("bad kernel");
+    match err {
+        VmmError::ExitedEarly { log_tail, .. } => {
+            assert!(log_tail.contains("kernel"), "log tail: {log_tail}");
+        }
+        other => panic!("unexpected error {other}"),
+    }
+    for f in ["qmp.sock", "serial.sock", "vsock.sock"] {
+        assert!(!s.run_dir.join(f).exists(), "{f} left behind");
+    }
+}
