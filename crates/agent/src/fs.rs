@@ -1,0 +1,442 @@
+//! File handlers: read, write, list, mkdir, stat, delete, rename.
+//!
+//! They run on tokio's blocking pool ([`blocking`]). Paths never follow a
+//! final symlink where the protocol says so (`stat`, `list_files`,
+//! `delete_file`); relative paths resolve from the workspace directory.
+
+use crate::context::AgentContext;
+use base64::Engine as _;
+use locale2b_protocol::{
+    ContentEncoding, DeleteFileRequest, ErrorBody, ErrorCode, FileContent, FileInfo, FileKind,
+    ListFilesRequest, Listing, MkdirRequest, PathRequest, ReadFileRequest, RenameRequest, Response,
+    WriteFileRequest, WrittenResponse, DEFAULT_LIST_MAX_ENTRIES,
+};
+use std::fs::{self as stdfs, File, Metadata, OpenOptions};
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Bytes of a `file_content` answer that are not the base64 content
+/// (id, field names, numbers), with a wide margin.
+const READ_ENVELOPE: usize = 512;
+
+/// Default depth of a recursive listing.
+const DEFAULT_LIST_DEPTH: u32 = 16;
+
+/// Runs a blocking file handler on the blocking pool.
+///
+/// # Errors
+/// The handler's error, or `internal` if it panicked.
+pub async fn blocking<F>(ctx: &Arc<AgentContext>, f: F) -> Result<Response, ErrorBody>
+where
+    F: FnOnce(Arc<AgentContext>) -> Result<Response, ErrorBody> + Send + 'static,
+{
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || f(c))
+        .await
+        .unwrap_or_else(|e| {
+            Err(ErrorBody::new(
+                ErrorCode::Internal,
+                format!("file handler failed: {e}"),
+            ))
+        })
+}
+
+/// Resolves a request path: absolute as given, relative from the workspace.
+///
+/// # Errors
+/// `invalid_request` for an empty path or one containing NUL.
+pub fn resolve(ctx: &AgentContext, path: &str) -> Result<PathBuf, ErrorBody> {
+    if path.is_empty() {
+        return Err(ErrorBody::new(ErrorCode::InvalidRequest, "empty path"));
+    }
+    if path.contains('\0') {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            "path contains a NUL byte",
+        ));
+    }
+    let p = Path::new(path);
+    Ok(if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        ctx.config.workspace_dir.join(p)
+    })
+}
+
+fn io_err(path: &Path, e: &std::io::Error) -> ErrorBody {
+    ErrorBody::io(&path.display().to_string(), e)
+}
+
+/// Largest number of raw bytes whose base64 fits in one answer frame.
+pub fn max_read_bytes(max_frame: usize) -> u64 {
+    (max_frame.saturating_sub(READ_ENVELOPE) / 4 * 3) as u64
+}
+
+/// `read_file`.
+///
+/// # Errors
+/// `not_found`, `is_a_directory`, `permission_denied`, `too_large` when the
+/// answer would not fit in a frame.
+pub fn read_file(ctx: &AgentContext, req: &ReadFileRequest) -> Result<Response, ErrorBody> {
+    let path = resolve(ctx, &req.path)?;
+    let file = File::open(&path).map_err(|e| io_err(&path, &e))?;
+    let meta = file.metadata().map_err(|e| io_err(&path, &e))?;
+    if meta.is_dir() {
+        return Err(ErrorBody::new(
+            ErrorCode::IsADirectory,
+            format!("{}: is a directory", path.display()),
+        ));
+    }
+    let size = meta.len();
+    let start = req.offset.min(size);
+    let remaining = size - start;
+    let want = req.length.map_or(remaining, |l| l.min(remaining));
+    let limit = max_read_bytes(ctx.config.max_frame);
+    if want > limit {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{}: reading {want} bytes exceeds the {limit} bytes one answer can carry; read it in parts with offset/length",
+                path.display()
+            ),
+        ));
+    }
+    let mut buf = vec![0u8; want as usize];
+    let mut filled = 0usize;
+    while filled < buf.len() {
+        match file.read_at(&mut buf[filled..], start + filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err(&path, &e)),
+        }
+    }
+    buf.truncate(filled);
+    let end = start + filled as u64;
+    Ok(Response::FileContent(FileContent {
+        content_b64: B64.encode(&buf),
+        offset: start,
+        size,
+        eof: end >= size,
+    }))
+}
+
+fn decode_content(req: &WriteFileRequest) -> Result<Vec<u8>, ErrorBody> {
+    match req.encoding {
+        ContentEncoding::Utf8 => Ok(req.content.as_bytes().to_vec()),
+        ContentEncoding::Base64 => B64.decode(req.content.as_bytes()).map_err(|e| {
+            ErrorBody::new(
+                ErrorCode::InvalidRequest,
+                format!("content is not valid base64: {e}"),
+            )
+        }),
+    }
+}
+
+fn check_mode(mode: Option<u32>) -> Result<(), ErrorBody> {
+    match mode {
+        Some(m) if m > 0o7777 => Err(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            format!("mode {m:o} has bits beyond 0o7777"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `write_file`: atomic replace (temp file in the same directory, fsync,
+/// rename, fsync of the directory) or append.
+///
+/// # Errors
+/// `not_found` for a missing parent without `create_parents`,
+/// `is_a_directory`, `permission_denied`, `invalid_request` for bad base64.
+pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response, ErrorBody> {
+    let path = resolve(ctx, &req.path)?;
+    check_mode(req.mode)?;
+    let data = decode_content(req)?;
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
+    let Some(file_name) = path.file_name().map(|n| n.to_os_string()) else {
+        return Err(ErrorBody::new(
+            ErrorCode::IsADirectory,
+            format!("{}: is a directory", path.display()),
+        ));
+    };
+    if req.create_parents {
+        stdfs::create_dir_all(&parent).map_err(|e| io_err(&parent, &e))?;
+    }
+    let existing = match stdfs::metadata(&path) {
+        Ok(m) if m.is_dir() => {
+            return Err(ErrorBody::new(
+                ErrorCode::IsADirectory,
+                format!("{}: is a directory", path.display()),
+            ))
+        }
+        Ok(m) => Some(m),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err(&path, &e)),
+    };
+    if req.append {
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(req.mode.unwrap_or(0o644))
+            .open(&path)
+            .map_err(|e| io_err(&path, &e))?;
+        f.write_all(&data).map_err(|e| io_err(&path, &e))?;
+        if let (Some(mode), Some(_)) = (req.mode, &existing) {
+            f.set_permissions(stdfs::Permissions::from_mode(mode))
+                .map_err(|e| io_err(&path, &e))?;
+        }
+        f.sync_data().map_err(|e| io_err(&path, &e))?;
+        let size = f.metadata().map_err(|e| io_err(&path, &e))?.len();
+        return Ok(Response::Written(WrittenResponse {
+            path: path.display().to_string(),
+            size,
+        }));
+    }
+    let mode = req
+        .mode
+        .or(existing.as_ref().map(|m| m.mode() & 0o7777))
+        .unwrap_or(0o644);
+    let suffix: u64 = rand::random();
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&file_name);
+    tmp_name.push(format!(".locale2b-{suffix:016x}.tmp"));
+    let tmp = parent.join(tmp_name);
+    let result = (|| -> Result<u64, ErrorBody> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| io_err(&path, &e))?;
+        f.write_all(&data).map_err(|e| io_err(&path, &e))?;
+        f.set_permissions(stdfs::Permissions::from_mode(mode))
+            .map_err(|e| io_err(&path, &e))?;
+        if let Some(m) = &existing {
+            // Keep the owner of a replaced file (best effort: only root may chown).
+            let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
+        }
+        f.sync_all().map_err(|e| io_err(&path, &e))?;
+        stdfs::rename(&tmp, &path).map_err(|e| io_err(&path, &e))?;
+        if let Ok(dir) = File::open(&parent) {
+            let _ = dir.sync_all();
+        }
+        Ok(data.len() as u64)
+    })();
+    if result.is_err() {
+        let _ = stdfs::remove_file(&tmp);
+    }
+    let size = result?;
+    Ok(Response::Written(WrittenResponse {
+        path: path.display().to_string(),
+        size,
+    }))
+}
+
+/// Builds a [`FileInfo`] from `lstat` metadata.
+pub fn file_info(path: &Path, meta: &Metadata) -> FileInfo {
+    let ft = meta.file_type();
+    let kind = if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Directory
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    let symlink_target = if ft.is_symlink() {
+        stdfs::read_link(path)
+            .ok()
+            .map(|t| t.to_string_lossy().into_owned())
+    } else {
+        None
+    };
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    FileInfo {
+        name,
+        path: path.to_string_lossy().into_owned(),
+        kind,
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        mtime_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
+        symlink_target,
+    }
+}
+
+/// `list_files`: sorted by path; symlinks listed, never followed.
+///
+/// # Errors
+/// `not_found`, `not_a_directory`, `permission_denied` for the top directory
+/// (unreadable subdirectories are listed but not descended into).
+pub fn list_files(ctx: &AgentContext, req: &ListFilesRequest) -> Result<Response, ErrorBody> {
+    let root = resolve(ctx, &req.path)?;
+    let meta = stdfs::symlink_metadata(&root).map_err(|e| io_err(&root, &e))?;
+    if !meta.is_dir() {
+        return Err(ErrorBody::new(
+            ErrorCode::NotADirectory,
+            format!("{}: not a directory", root.display()),
+        ));
+    }
+    let max_entries = req
+        .max_entries
+        .unwrap_or(DEFAULT_LIST_MAX_ENTRIES)
+        .min(DEFAULT_LIST_MAX_ENTRIES) as usize;
+    let max_depth = if req.recursive {
+        req.max_depth.unwrap_or(DEFAULT_LIST_DEPTH).max(1)
+    } else {
+        1
+    };
+    let mut entries = Vec::new();
+    let mut truncated = false;
+    walk(
+        &root,
+        1,
+        max_depth,
+        max_entries,
+        &mut entries,
+        &mut truncated,
+        true,
+    )?;
+    entries.sort_by(|a: &FileInfo, b: &FileInfo| a.path.cmp(&b.path));
+    Ok(Response::Listing(Listing { entries, truncated }))
+}
+
+fn walk(
+    dir: &Path,
+    depth: u32,
+    max_depth: u32,
+    max_entries: usize,
+    out: &mut Vec<FileInfo>,
+    truncated: &mut bool,
+    top: bool,
+) -> Result<(), ErrorBody> {
+    let rd = match stdfs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if top => return Err(io_err(dir, &e)),
+        Err(_) => return Ok(()),
+    };
+    let mut children: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    children.sort();
+    for child in children {
+        if out.len() >= max_entries {
+            *truncated = true;
+            return Ok(());
+        }
+        let Ok(meta) = stdfs::symlink_metadata(&child) else {
+            continue;
+        };
+        out.push(file_info(&child, &meta));
+        // Deeper levels past `max_depth` are left out by request; that is
+        // not a truncation.
+        if meta.is_dir() && depth < max_depth {
+            walk(
+                &child,
+                depth + 1,
+                max_depth,
+                max_entries,
+                out,
+                truncated,
+                false,
+            )?;
+            if *truncated {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `mkdir`.
+///
+/// # Errors
+/// `already_exists` without `parents`, `not_found` for a missing parent,
+/// `not_a_directory` when a non-directory is in the way.
+pub fn mkdir(ctx: &AgentContext, req: &MkdirRequest) -> Result<Response, ErrorBody> {
+    let path = resolve(ctx, &req.path)?;
+    check_mode(req.mode)?;
+    let mut b = stdfs::DirBuilder::new();
+    b.recursive(req.parents).mode(req.mode.unwrap_or(0o755));
+    b.create(&path).map_err(|e| io_err(&path, &e))?;
+    let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
+    if !meta.is_dir() {
+        return Err(ErrorBody::new(
+            ErrorCode::AlreadyExists,
+            format!("{}: exists and is not a directory", path.display()),
+        ));
+    }
+    if let Some(mode) = req.mode {
+        // The umask may have cleared bits: set exactly what was asked.
+        stdfs::set_permissions(&path, stdfs::Permissions::from_mode(mode))
+            .map_err(|e| io_err(&path, &e))?;
+    }
+    let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
+    Ok(Response::Stat(file_info(&path, &meta)))
+}
+
+/// `stat` (of the path itself, not a symlink's target).
+///
+/// # Errors
+/// `not_found`, `permission_denied`.
+pub fn stat(ctx: &AgentContext, req: &PathRequest) -> Result<Response, ErrorBody> {
+    let path = resolve(ctx, &req.path)?;
+    let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
+    Ok(Response::Stat(file_info(&path, &meta)))
+}
+
+/// `delete_file`: removes a file, a symlink (never its target) or a
+/// directory (its content too when `recursive`).
+///
+/// # Errors
+/// `not_found`, `directory_not_empty` without `recursive`, `invalid_request`
+/// for `/`.
+pub fn delete_file(ctx: &AgentContext, req: &DeleteFileRequest) -> Result<Response, ErrorBody> {
+    let path = resolve(ctx, &req.path)?;
+    if path.parent().is_none() {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            "refusing to delete /",
+        ));
+    }
+    let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
+    let res = if meta.is_dir() {
+        if req.recursive {
+            // std's remove_dir_all does not follow symlinks inside the tree.
+            stdfs::remove_dir_all(&path)
+        } else {
+            stdfs::remove_dir(&path)
+        }
+    } else {
+        stdfs::remove_file(&path)
+    };
+    res.map_err(|e| io_err(&path, &e))?;
+    Ok(Response::Done)
+}
+
+/// `rename`.
+///
+/// # Errors
+/// `not_found`, `is_a_directory`/`not_a_directory` for kind mismatches,
+/// `directory_not_empty` when replacing a non-empty directory.
+pub fn rename(ctx: &AgentContext, req: &RenameRequest) -> Result<Response, ErrorBody> {
+    let from = resolve(ctx, &req.from)?;
+    let to = resolve(ctx, &req.to)?;
+    stdfs::rename(&from, &to).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::from_io_kind(e.kind()),
+            format!("rename {} -> {}: {e}", from.display(), to.display()),
+        )
+    })?;
+    Ok(Response::Done)
+}

@@ -1,0 +1,149 @@
+//! `hello`, `ping`, `init`, `sync` and `shutdown`.
+
+use crate::context::{AgentContext, SandboxState};
+use base64::Engine as _;
+use locale2b_protocol::{
+    ErrorBody, ErrorCode, HelloRequest, HelloResponse, InitRequest, PongResponse, Response,
+    AGENT_VERSION, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+};
+use std::io::Write as _;
+use std::sync::Arc;
+
+/// `hello`: refuses a host older than [`MIN_PROTOCOL_VERSION`].
+///
+/// # Errors
+/// `incompatible_version`.
+pub fn hello(req: &HelloRequest) -> Result<Response, ErrorBody> {
+    if req.protocol_version < MIN_PROTOCOL_VERSION {
+        return Err(ErrorBody::new(
+            ErrorCode::IncompatibleVersion,
+            format!(
+                "host speaks protocol {}, this agent needs at least {MIN_PROTOCOL_VERSION}",
+                req.protocol_version
+            ),
+        ));
+    }
+    tracing::info!(client = %req.client, version = req.protocol_version, "host said hello");
+    Ok(Response::Hello(HelloResponse {
+        protocol_version: PROTOCOL_VERSION,
+        min_protocol_version: MIN_PROTOCOL_VERSION,
+        agent_version: AGENT_VERSION.to_owned(),
+    }))
+}
+
+/// `ping`.
+pub fn ping(ctx: &AgentContext) -> Response {
+    Response::Pong(PongResponse {
+        agent_version: AGENT_VERSION.to_owned(),
+        uptime_ms: ctx.uptime_ms(),
+        sandbox_id: ctx.state().sandbox_id,
+    })
+}
+
+/// Sets the hostname (`sethostname(2)`).
+///
+/// # Errors
+/// The OS error (EINVAL for a name over 64 bytes, EPERM without privilege).
+pub fn set_hostname(name: &str) -> std::io::Result<()> {
+    nix::unistd::sethostname(name).map_err(std::io::Error::from)
+}
+
+/// Sets the wall clock (`clock_settime(CLOCK_REALTIME)`).
+///
+/// # Errors
+/// The OS error.
+pub fn set_clock(unix_time_ms: u64) -> std::io::Result<()> {
+    let secs = i64::try_from(unix_time_ms / 1000).map_err(std::io::Error::other)?;
+    let nanos = i64::try_from((unix_time_ms % 1000) * 1_000_000).map_err(std::io::Error::other)?;
+    let ts = nix::sys::time::TimeSpec::new(secs, nanos);
+    nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(std::io::Error::from)
+}
+
+/// `init`: records identity and environment defaults, mixes entropy into
+/// the kernel pool, and (when the agent manages the system) sets the
+/// hostname and wall clock.
+///
+/// # Errors
+/// `invalid_request` for bad base64 or an unusable hostname, or the OS error.
+pub async fn init(ctx: &Arc<AgentContext>, req: InitRequest) -> Result<Response, ErrorBody> {
+    let entropy = match &req.entropy_b64 {
+        Some(s) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(s.as_bytes())
+                .map_err(|e| {
+                    ErrorBody::new(
+                        ErrorCode::InvalidRequest,
+                        format!("entropy_b64 is not valid base64: {e}"),
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let hostname = req
+        .hostname
+        .clone()
+        .unwrap_or_else(|| req.sandbox_id.clone());
+    if hostname.is_empty() || hostname.len() > 64 || hostname.contains(['\0', '/']) {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            format!("hostname {hostname:?} must be 1 to 64 bytes without '/' or NUL"),
+        ));
+    }
+    if let Some(bytes) = entropy {
+        // Writing to /dev/urandom mixes the bytes into the pool (without
+        // crediting entropy), which is what clones need.
+        let res = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/urandom")
+            .and_then(|mut f| f.write_all(&bytes));
+        res.map_err(|e| ErrorBody::io("/dev/urandom", &e))?;
+    }
+    if ctx.config.manage_system {
+        set_hostname(&hostname).map_err(|e| ErrorBody::io("sethostname", &e))?;
+        if let Some(ms) = req.unix_time_ms {
+            set_clock(ms).map_err(|e| ErrorBody::io("clock_settime", &e))?;
+        }
+    }
+    tracing::info!(sandbox_id = %req.sandbox_id, hostname, "sandbox initialised");
+    ctx.set_state(SandboxState {
+        sandbox_id: Some(req.sandbox_id),
+        workspace_id: req.workspace_id,
+        env: req.env,
+    });
+    Ok(Response::Done)
+}
+
+/// `sync`.
+///
+/// # Errors
+/// `internal` if the blocking task failed.
+pub async fn sync() -> Result<Response, ErrorBody> {
+    tokio::task::spawn_blocking(nix::unistd::sync)
+        .await
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, format!("sync failed: {e}")))?;
+    Ok(Response::Done)
+}
+
+/// Called once the `done` answer to `shutdown` is written: stops the
+/// listeners, and powers the machine off when the agent is PID 1.
+pub fn shutdown_after_reply(ctx: &AgentContext) {
+    tracing::info!("shutdown requested by the host");
+    ctx.request_shutdown();
+    if ctx.config.power_off_on_shutdown {
+        std::thread::spawn(power_off);
+    }
+}
+
+/// Syncs every filesystem and powers the machine off. Does not return on
+/// success; if `reboot(2)` fails the error is logged and the thread parks.
+pub fn power_off() {
+    nix::unistd::sync();
+    tracing::info!("locale2b-agent: powering off");
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+        Ok(never) => match never {},
+        Err(e) => tracing::error!(error = %e, "power off failed"),
+    }
+    loop {
+        std::thread::park();
+    }
+}
