@@ -29,6 +29,10 @@ pub enum ManagerError {
         /// When it may be worth retrying.
         retry_after: Duration,
     },
+    /// A snapshot failed validation (corrupt, truncated, made for another
+    /// kernel/rootfs). Nothing was changed; the sandbox stays paused.
+    #[error("{0}")]
+    SnapshotInvalid(String),
     /// The guest agent answered with an error (file not found, ...).
     #[error("{0}")]
     Guest(ErrorBody),

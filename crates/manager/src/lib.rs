@@ -9,6 +9,8 @@
 pub mod config;
 pub mod error;
 mod manager;
+pub mod snapshot;
+pub mod store;
 pub mod model;
 
 pub use config::{Config, ConfigError, LogFormat, Secret, VmmChoice};
