@@ -575,7 +575,7 @@ impl AgentClient {
         let mut conn = Conn::new(stream, generation);
         let frame = self.frame(self.hello_request());
         let outcome = conn
-            .call(&frame, cfg.request_timeout.min(budget), cfg.max_frame)
+            .call(&frame, cfg.hello_timeout.min(budget), cfg.max_frame)
             .await
             .map_err(|(CallError::NotSent(e) | CallError::Sent(e))| e)?;
         let hello = match outcome_to_result(outcome)? {

@@ -16,8 +16,11 @@ pub struct ClientConfig {
     /// 1 s). Firecracker neither answers nor closes a `CONNECT` sent before
     /// the guest's vsock driver is up, so every attempt needs this limit.
     pub handshake_timeout: Duration,
+    /// Limit on the `hello` exchange that opens every new connection
+    /// (default 5 s).
+    pub hello_timeout: Duration,
     /// Limit on one request/response exchange when the caller gives none
-    /// (default 30 s). Also bounds the `hello` on a new connection.
+    /// (default 30 s).
     pub request_timeout: Duration,
     /// Added to an `exec`'s own timeout, so the agent's timeout fires (and
     /// reports `timed_out`) before the client gives up (default 5 s).
@@ -31,7 +34,8 @@ pub struct ClientConfig {
     /// a request never races the agent closing an idle connection.
     pub max_idle_age: Duration,
     /// Attempts to open a connection for one request before giving up
-    /// (default 3; each waits `connect_timeout` + `handshake_timeout` at most).
+    /// (default 3; each waits `connect_timeout` + `handshake_timeout` +
+    /// `hello_timeout` at most).
     pub connect_attempts: u32,
     /// First pause between attempts in [`crate::AgentClient::wait_ready`]
     /// and between connection attempts (default 20 ms); doubled per attempt.
@@ -47,6 +51,7 @@ impl Default for ClientConfig {
         Self {
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(1),
+            hello_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             exec_timeout_margin: Duration::from_secs(5),
             max_frame: DEFAULT_MAX_FRAME,
