@@ -362,8 +362,9 @@ async fn serve_client(
     let line = tokio::time::timeout(cfg.stream_timeout, read_line(&mut client))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no CONNECT line"))??;
-    let port = parse_connect(&line)
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("bad request {line:?}")))?;
+    let port = parse_connect(&line).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("bad request {line:?}"))
+    })?;
     let (tx, rx) = oneshot::channel();
     open_tx
         .send(tx)
@@ -543,7 +544,9 @@ pub(crate) mod tests {
     fn nonce_is_16_lowercase_hex() {
         let a = fresh_nonce();
         assert_eq!(a.len(), 16);
-        assert!(a.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        assert!(a
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         assert_ne!(a, fresh_nonce());
         assert_eq!(parse_connect("CONNECT 5000"), Some(5000));
         assert_eq!(parse_connect("CONNECT x"), None);
@@ -557,9 +560,14 @@ pub(crate) mod tests {
         let bridge = Bridge::start(cfg.clone()).expect("bridge");
         let guest = FakeGuest::start(&cfg.serial_path, 1);
         assert!(bridge.wait_sessions(1, Duration::from_secs(5)).await);
-        assert!(guest.connections.load(Ordering::SeqCst) >= 2, "first preamble was ignored");
+        assert!(
+            guest.connections.load(Ordering::SeqCst) >= 2,
+            "first preamble was ignored"
+        );
 
-        let got = echo_roundtrip(&cfg.vsock_path, b"hello frames").await.expect("echo");
+        let got = echo_roundtrip(&cfg.vsock_path, b"hello frames")
+            .await
+            .expect("echo");
         assert_eq!(got, b"hello frames");
         // Several concurrent streams.
         let (a, b) = tokio::join!(
@@ -590,7 +598,9 @@ pub(crate) mod tests {
             .expect("old client closed in time");
         assert!(closed.is_err() || rest.is_empty());
         assert!(bridge.wait_sessions(2, Duration::from_secs(5)).await);
-        let got = echo_roundtrip(&cfg.vsock_path, b"after reconnect").await.expect("echo");
+        let got = echo_roundtrip(&cfg.vsock_path, b"after reconnect")
+            .await
+            .expect("echo");
         assert_eq!(got, b"after reconnect");
 
         bridge.stop().await;

@@ -143,7 +143,9 @@ pub async fn probe(cfg: &ProbeConfig) -> ProbeReport {
                 );
             }
             if fc.is_none() {
-                reasons.push("Warning: no Firecracker binary is configured or it does not exist.".into());
+                reasons.push(
+                    "Warning: no Firecracker binary is configured or it does not exist.".into(),
+                );
             }
             VmmKind::Firecracker
         }
@@ -160,7 +162,9 @@ pub async fn probe(cfg: &ProbeConfig) -> ProbeReport {
                 VmmKind::Firecracker
             }
             (true, None) => {
-                reasons.push("No Firecracker binary is configured: using QEMU microvm with KVM.".into());
+                reasons.push(
+                    "No Firecracker binary is configured: using QEMU microvm with KVM.".into(),
+                );
                 VmmKind::Qemu
             }
             (false, _) => {
@@ -219,8 +223,13 @@ async fn check_kvm_uncached(cfg: &ProbeConfig) -> KvmCheck {
     let dev = &cfg.kvm_device;
     if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(dev) {
         let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "does not exist (no hardware virtualisation, or the kvm module is not loaded)".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "cannot be opened by this user (add it to the kvm group)".to_owned(),
+            std::io::ErrorKind::NotFound => {
+                "does not exist (no hardware virtualisation, or the kvm module is not loaded)"
+                    .to_owned()
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                "cannot be opened by this user (add it to the kvm group)".to_owned()
+            }
             _ => format!("cannot be opened ({e})"),
         };
         return KvmCheck {
@@ -271,18 +280,26 @@ async fn boot_test(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<Dura
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let console = dir.join("console.log");
     let mut cmd = tokio::process::Command::new(qemu);
-    cmd.args(["-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-        .arg("-chardev")
-        .arg(format!(
-            "file,id=c,path={}",
-            console.display().to_string().replace(',', ",,")
-        ))
-        .args(["-serial", "chardev:c", "-kernel"])
-        .arg(kernel)
-        .args(["-append", "console=ttyS0 panic=-1 reboot=t"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+    cmd.args([
+        "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "128M",
+    ])
+    .args([
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ])
+    .arg("-chardev")
+    .arg(format!(
+        "file,id=c,path={}",
+        console.display().to_string().replace(',', ",,")
+    ))
+    .args(["-serial", "chardev:c", "-kernel"])
+    .arg(kernel)
+    .args(["-append", "console=ttyS0 panic=-1 reboot=t"])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     let t0 = Instant::now();
     let result = match crate::process::VmmProcess::spawn(cmd) {
         Err(e) => Err(format!("could not start {}: {e}", qemu.display())),
@@ -296,10 +313,7 @@ async fn boot_test(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<Dura
                     break Err(format!("QEMU {reason} before the guest booted"));
                 }
                 if t0.elapsed() >= timeout {
-                    break Err(format!(
-                        "no progress within {} s",
-                        timeout.as_secs_f32()
-                    ));
+                    break Err(format!("no progress within {} s", timeout.as_secs_f32()));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
@@ -332,7 +346,11 @@ mod tests {
         assert_eq!(r.chosen, VmmKind::Qemu);
         assert_eq!(r.accel, Accel::Tcg);
         assert!(!r.kvm_usable);
-        assert!(r.explanation().contains("does not exist"), "{}", r.explanation());
+        assert!(
+            r.explanation().contains("does not exist"),
+            "{}",
+            r.explanation()
+        );
         assert!(r.explanation().contains("TCG"), "{}", r.explanation());
     }
 
@@ -355,6 +373,10 @@ mod tests {
         cfg.kvm_device = PathBuf::from("/dev/null");
         let r = probe(&cfg).await;
         assert!(!r.kvm_usable);
-        assert!(r.explanation().contains("no guest kernel"), "{}", r.explanation());
+        assert!(
+            r.explanation().contains("no guest kernel"),
+            "{}",
+            r.explanation()
+        );
     }
 }

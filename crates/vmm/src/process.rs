@@ -255,7 +255,11 @@ mod tests {
         let reason = adopted.wait_timeout(Duration::from_secs(5)).await;
         assert!(reason.expect("adopted exit seen").contains("exited"));
         // Idempotent.
-        assert!(p.kill(Duration::from_secs(1)).await.expect("kill").is_some());
+        assert!(p
+            .kill(Duration::from_secs(1))
+            .await
+            .expect("kill")
+            .is_some());
         assert!(VmmProcess::adopt(p.pid(), p.start_time()).is_err());
     }
 }

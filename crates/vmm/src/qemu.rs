@@ -30,9 +30,7 @@ pub use self::qmp::{Qmp, QmpError};
 use crate::bridge::{Bridge, BridgeConfig};
 pub use crate::probe::Accel;
 use crate::process::{tail_file, VmmProcess};
-use crate::{
-    Result, SnapshotFiles, VmHandle, VmProcess, VmSpec, VmStatus, Vmm, VmmError, VmmKind,
-};
+use crate::{Result, SnapshotFiles, VmHandle, VmProcess, VmSpec, VmStatus, Vmm, VmmError, VmmKind};
 use async_trait::async_trait;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -128,9 +126,7 @@ impl QemuVmm {
             .try_clone()
             .map_err(|e| io_err("duplicate log file handle", e))?;
         let mut cmd = tokio::process::Command::new(&self.config.binary);
-        cmd.args(self.args(spec, incoming))
-            .stdout(log)
-            .stderr(log2);
+        cmd.args(self.args(spec, incoming)).stdout(log).stderr(log2);
         let process = VmmProcess::spawn(cmd).map_err(|source| VmmError::Spawn {
             what: "qemu",
             source,
@@ -519,7 +515,10 @@ fn check_spec(spec: &VmSpec) -> Result<()> {
     let longest = spec.run_dir.join("serial.sock");
     if longest.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(io_err(
-            format!("run directory {} is too long for Unix sockets", spec.run_dir.display()),
+            format!(
+                "run directory {} is too long for Unix sockets",
+                spec.run_dir.display()
+            ),
             std::io::Error::from(std::io::ErrorKind::InvalidInput),
         ));
     }
@@ -556,7 +555,12 @@ fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) ->
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
     }
-    push(&["-smp", &spec.vcpus.max(1).to_string(), "-m", &format!("{mem}M")]);
+    push(&[
+        "-smp",
+        &spec.vcpus.max(1).to_string(),
+        "-m",
+        &format!("{mem}M"),
+    ]);
     push(&[
         "-object",
         &format!(
@@ -566,7 +570,13 @@ fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) ->
         "-machine",
         "memory-backend=mem",
     ]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     push(&[
         "-chardev",
         &format!("file,id=console,path={}", opt_escape(&paths.console)),
@@ -577,7 +587,12 @@ fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) ->
         "-qmp",
         &format!("unix:{},server=on,wait=off", opt_escape(&paths.qmp)),
     ]);
-    push(&["-kernel", &spec.kernel.display().to_string(), "-append", cmdline]);
+    push(&[
+        "-kernel",
+        &spec.kernel.display().to_string(),
+        "-append",
+        cmdline,
+    ]);
     for (i, d) in spec.disks.iter().enumerate() {
         push(&[
             "-drive",
@@ -832,7 +847,7 @@ fn tsc_from_kernel_log(log: &str) -> Option<u64> {
     let find = |marker: &str| {
         log.lines().rev().find_map(|l| {
             let rest = &l[l.find(marker)? + marker.len()..];
-            mhz_to_khz(rest.trim().split_whitespace().next()?)
+            mhz_to_khz(rest.split_whitespace().next()?)
         })
     };
     find("tsc: Refined TSC clocksource calibration:").or_else(|| find("tsc: Detected"))
@@ -901,8 +916,14 @@ mod tests {
         assert!(joined.contains(
             "socket,id=agent,path=/r/run/serial.sock,server=on,wait=off -device virtserialport,chardev=agent,name=org.locale2b.agent"
         ));
-        let disk0 = args.iter().position(|a| a.starts_with("id=disk0")).expect("disk0");
-        let disk1 = args.iter().position(|a| a.starts_with("id=disk1")).expect("disk1");
+        let disk0 = args
+            .iter()
+            .position(|a| a.starts_with("id=disk0"))
+            .expect("disk0");
+        let disk1 = args
+            .iter()
+            .position(|a| a.starts_with("id=disk1"))
+            .expect("disk1");
         assert!(disk0 < disk1, "root disk first");
         assert!(!joined.contains("-incoming"));
         let inc = build_args(&cfg, &s, "x", true).join(" ");
@@ -924,7 +945,10 @@ mod tests {
             tsc_from_cpuinfo("processor\t: 0\ncpu MHz\t\t: 2596.124\n"),
             Some(2_596_124)
         );
-        assert!(host_tsc_khz().is_some(), "this host exposes a TSC frequency");
+        assert!(
+            host_tsc_khz().is_some(),
+            "this host exposes a TSC frequency"
+        );
     }
 
     #[test]
@@ -934,11 +958,15 @@ mod tests {
 
     #[tokio::test]
     async fn missing_binary_and_files_are_reported() {
-        let err = QemuVmm::new(QemuConfig::new("/nonexistent/qemu", Accel::Tcg)).expect_err("missing");
+        let err =
+            QemuVmm::new(QemuConfig::new("/nonexistent/qemu", Accel::Tcg)).expect_err("missing");
         assert!(matches!(err, VmmError::BinaryMissing { .. }));
         let dir = tempfile::tempdir().expect("tempdir");
         let vmm = QemuVmm::new(QemuConfig::new("qemu-system-x86_64", Accel::Tcg)).expect("vmm");
         let err = vmm.start(&spec(dir.path())).await.expect_err("no kernel");
-        assert!(matches!(err, VmmError::MissingFile { what: "kernel", .. }), "{err}");
+        assert!(
+            matches!(err, VmmError::MissingFile { what: "kernel", .. }),
+            "{err}"
+        );
     }
 }

@@ -99,7 +99,10 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        panic!("agent not reachable through {}: {last_err}", vsock.display());
+        panic!(
+            "agent not reachable through {}: {last_err}",
+            vsock.display()
+        );
     }
 
     async fn try_connect(vsock: &Path) -> std::io::Result<Agent> {
@@ -260,11 +263,15 @@ async fn qemu_boot_pause_snapshot_restore_attach() {
     drop(agent);
 
     let t = Instant::now();
-    vm3.shutdown(Duration::from_millis(500)).await.expect("shutdown");
+    vm3.shutdown(Duration::from_millis(500))
+        .await
+        .expect("shutdown");
     assert!(t.elapsed() < Duration::from_secs(15));
     assert_cleaned_up(vm3.as_ref());
     assert!(matches!(vm3.status().await, VmStatus::Exited { .. }));
-    vm3.shutdown(Duration::from_millis(100)).await.expect("idempotent");
+    vm3.shutdown(Duration::from_millis(100))
+        .await
+        .expect("idempotent");
     // The snapshot files were never written by the restored VMs.
     assert_eq!(
         std::fs::metadata(&files.memory).expect("memory").len(),

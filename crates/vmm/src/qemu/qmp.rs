@@ -51,7 +51,9 @@ pub struct Qmp {
 
 impl std::fmt::Debug for Qmp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Qmp").field("timeout", &self.timeout).finish()
+        f.debug_struct("Qmp")
+            .field("timeout", &self.timeout)
+            .finish()
     }
 }
 
@@ -76,7 +78,9 @@ impl Qmp {
             .await
             .map_err(|_| QmpError::Timeout("greeting".into()))??;
         if greeting.get("QMP").is_none() {
-            return Err(QmpError::Protocol(format!("expected greeting, got {greeting}")));
+            return Err(QmpError::Protocol(format!(
+                "expected greeting, got {greeting}"
+            )));
         }
         let qmp = Self {
             conn: Mutex::new(conn),
@@ -90,8 +94,13 @@ impl Qmp {
     ///
     /// # Errors
     /// [`QmpError::Command`] when QEMU reports an error; i/o errors; timeout.
-    pub async fn execute(&self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
-        self.execute_with_timeout(command, arguments, self.timeout).await
+    pub async fn execute(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
+        self.execute_with_timeout(command, arguments, self.timeout)
+            .await
     }
 
     /// As [`Qmp::execute`] with an explicit timeout.
@@ -250,7 +259,13 @@ mod tests {
         let seen = server.await.expect("server");
         assert_eq!(
             seen,
-            ["qmp_capabilities", "query-status", "migrate", "silence", "query-status"]
+            [
+                "qmp_capabilities",
+                "query-status",
+                "migrate",
+                "silence",
+                "query-status"
+            ]
         );
     }
 
