@@ -1,0 +1,28 @@
+# The two commands of the README, and a few helpers.
+.PHONY: run test build image fmt lint bench clean-test
+
+# One command: set up the host, build, build the guest image, start the
+# server and show a sandbox running a command.
+run:
+	./scripts/quickstart.sh
+
+# One command: every test (unit, fuzz smoke, end-to-end with real guests,
+# Python client). Installs what it needs.
+test:
+	./scripts/test.sh
+
+build:
+	cargo build --release -p locale2b -p locale2b-agent
+
+image: build
+	./target/release/locale2b image build
+
+fmt:
+	cargo fmt --all
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+bench: build
+	./target/release/locale2b bench

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# The whole test suite: host setup, build, guest image (cached), Rust unit and
+# end-to-end tests (real guests under QEMU), a short fuzz run, and the Python
+# client tests against a real server. Prints one closing summary line and
+# exits non-zero if anything failed or if the end-to-end tests could not run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+export LOCALE2B_BASE_DIR="${LOCALE2B_BASE_DIR:-/var/lib/firecracker-workspaces}"
+export LOCALE2B_REQUIRE_E2E=1
+FUZZ_SECONDS="${LOCALE2B_FUZZ_SECONDS:-30}"
+LOG_DIR="$ROOT/target/test-logs"
+mkdir -p "$LOG_DIR"
+
+passed=0; failed=0; skipped=0
+step() { printf '\n==> %s (%s)\n' "$1" "$(date +%H:%M:%S)"; }
+record() { # name status
+  if [ "$2" -eq 0 ]; then echo "ok: $1"; else echo "FAILED: $1"; failed=$((failed + 1)); fi
+}
+
+step "host setup"
+./scripts/setup.sh
+
+step "build (release: CLI and guest agent)"
+cargo build --release -p locale2b -p locale2b-agent
+
+step "guest image (cached by input hash)"
+./target/release/locale2b image build --agent target/release/locale2b-agent
+./target/release/locale2b image verify
+export LOCALE2B_TEST_IMAGE_DIR="$LOCALE2B_BASE_DIR/images/default"
+
+step "Rust tests (unit, integration, end-to-end with real guests)"
+set +e
+cargo nextest run --workspace --no-fail-fast --final-status-level fail 2>&1 | tee "$LOG_DIR/nextest.log"
+rc=${PIPESTATUS[0]}
+set -e
+summary=$(grep -E '^ *Summary \[' "$LOG_DIR/nextest.log" | tail -1 || true)
+echo "$summary"
+n_pass=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$summary"); n_pass=${n_pass:-0}
+n_fail=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$summary"); n_fail=${n_fail:-0}
+n_skip=$(sed -nE 's/.* ([0-9]+) skipped.*/\1/p' <<<"$summary"); n_skip=${n_skip:-0}
+passed=$((passed + n_pass)); failed=$((failed + n_fail)); skipped=$((skipped + n_skip))
+if [ "$rc" -ne 0 ] && [ "$n_fail" -eq 0 ]; then record "cargo nextest (exit $rc)" 1; fi
+if grep -q 'SKIPPED: ' "$LOG_DIR/nextest.log"; then
+  echo "note: some tests reported SKIPPED (see $LOG_DIR/nextest.log)"
+fi
+
+step "doc tests"
+set +e; cargo test --workspace --doc -q >"$LOG_DIR/doctest.log" 2>&1; rc=$?; set -e
+record "doc tests" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
+
+step "fuzz smoke (${FUZZ_SECONDS}s)"
+set +e; ./scripts/fuzz.sh "$FUZZ_SECONDS" >"$LOG_DIR/fuzz.log" 2>&1; rc=$?; set -e
+tail -3 "$LOG_DIR/fuzz.log"
+record "fuzz frame_decoder ${FUZZ_SECONDS}s" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
+
+step "Python client tests against a real server"
+set +e; ./scripts/python-e2e.sh 2>&1 | tee "$LOG_DIR/python.log"; rc=${PIPESTATUS[0]}; set -e
+py=$(grep -E '^=+ .*(passed|failed).* =+$' "$LOG_DIR/python.log" | tail -1 || true)
+p_pass=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$py"); p_pass=${p_pass:-0}
+p_fail=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$py"); p_fail=${p_fail:-0}
+p_err=$(sed -nE 's/.* ([0-9]+) error.*/\1/p' <<<"$py"); p_err=${p_err:-0}
+passed=$((passed + p_pass)); failed=$((failed + p_fail + p_err))
+if [ "$rc" -ne 0 ] && [ "$((p_fail + p_err))" -eq 0 ]; then record "python tests (exit $rc)" 1; fi
+
+echo
+echo "locale2b: $passed passed, $failed failed, $skipped skipped"
+[ "$failed" -eq 0 ]
