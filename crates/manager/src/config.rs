@@ -13,17 +13,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Which VMM backend to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum VmmChoice {
-    /// Firecracker when KVM really works and a binary is configured, else QEMU.
-    Auto,
-    /// Always Firecracker.
-    Firecracker,
-    /// Always QEMU (KVM when usable, TCG otherwise).
-    Qemu,
-}
+pub use locale2b_vmm::probe::VmmPreference as VmmChoice;
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,6 +109,12 @@ pub struct Config {
     pub jailer_bin: PathBuf,
     /// Run Firecracker under the jailer.
     pub use_jailer: bool,
+    /// User id the jailer drops Firecracker to.
+    pub jailer_uid: u32,
+    /// Group id the jailer drops Firecracker to.
+    pub jailer_gid: u32,
+    /// Base directory of the jailer's chroots.
+    pub jailer_chroot_base: PathBuf,
     /// QEMU binary for the qemu backend.
     pub qemu_bin: PathBuf,
 
@@ -168,6 +164,9 @@ impl Default for Config {
             firecracker_bin: PathBuf::from("/usr/bin/firecracker"),
             jailer_bin: PathBuf::from("/usr/bin/jailer"),
             use_jailer: false,
+            jailer_uid: 65534,
+            jailer_gid: 65534,
+            jailer_chroot_base: PathBuf::from("/srv/jailer"),
             qemu_bin: PathBuf::from("qemu-system-x86_64"),
             api_key: None,
             api_keys_file: None,
@@ -399,6 +398,9 @@ fn known_keys() -> BTreeMap<&'static str, Kind> {
         ("firecracker_bin", Str),
         ("jailer_bin", Str),
         ("use_jailer", Bool),
+        ("jailer_uid", Int),
+        ("jailer_gid", Int),
+        ("jailer_chroot_base", Str),
         ("qemu_bin", Str),
         ("api_key", Str),
         ("api_keys_file", Str),

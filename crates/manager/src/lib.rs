@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod backend;
 pub mod config;
 pub mod error;
 mod manager;
