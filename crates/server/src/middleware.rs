@@ -1,0 +1,191 @@
+//! Request id and tracing span, API-key authentication, per-key rate limit,
+//! and the audit log of mutating calls.
+
+use crate::error::{ApiError, REQUEST_ID};
+use crate::AppState;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tracing::Instrument;
+
+/// Name of the key that authenticated a request (request extension).
+#[derive(Debug, Clone)]
+pub struct KeyName(pub String);
+
+/// Paths served without an API key.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/health" | "/openapi.json" | "/docs" | "/redoc")
+        || path.starts_with("/ui-assets/")
+}
+
+/// The sandbox id in `/sandboxes/{id}/...`, for logs.
+fn sandbox_id_of(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/sandboxes/")?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then_some(id)
+}
+
+fn new_request_id() -> String {
+    use rand::Rng;
+    let n: u64 = rand::thread_rng().gen();
+    format!("{n:016x}")
+}
+
+/// Outermost layer: gives every request an id (`X-Request-Id` response
+/// header), a span with method, path and sandbox id, and logs its status
+/// and latency when done.
+pub async fn trace(req: Request, next: Next) -> Response {
+    let id = new_request_id();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %id,
+        method = %method,
+        path = %path,
+        sandbox_id = sandbox_id_of(&path).unwrap_or(""),
+    );
+    let start = Instant::now();
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), next.run(req))
+        .instrument(span.clone())
+        .await;
+    let status = resp.status().as_u16();
+    let latency_ms = start.elapsed().as_millis() as u64;
+    span.in_scope(|| tracing::info!(status, latency_ms, "request done"));
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The key presented in `X-API-Key` or `Authorization: Bearer`.
+fn presented_key(req: &Request) -> Option<&str> {
+    if let Some(v) = req.headers().get("x-api-key") {
+        return v.to_str().ok().map(str::trim);
+    }
+    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = auth.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Authenticates (except public paths), applies the per-key rate limit and
+/// writes the audit log line of mutating calls.
+pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    if is_public(&path) {
+        return next.run(req).await;
+    }
+    let method = req.method().clone();
+    let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let key = presented_key(&req).and_then(|k| state.inner.keys.check(k).map(str::to_owned));
+    let resp = match key.clone() {
+        None => ApiError::Unauthorized.into_response(),
+        Some(name) => match state.inner.rate.acquire(&name) {
+            Err(retry_after) => ApiError::RateLimited {
+                per_sec: state.inner.rate.per_sec,
+                retry_after,
+            }
+            .into_response(),
+            Ok(()) => {
+                req.extensions_mut().insert(KeyName(name));
+                next.run(req).await
+            }
+        },
+    };
+    if mutating {
+        tracing::info!(
+            target: "audit",
+            key = key.as_deref().unwrap_or("-"),
+            method = %method,
+            path = %path,
+            sandbox_id = sandbox_id_of(&path).unwrap_or(""),
+            status = resp.status().as_u16(),
+            "api call"
+        );
+    }
+    resp
+}
+
+/// Token buckets, one per key name: `per_sec` tokens per second, burst
+/// `2 * per_sec`; `per_sec == 0` disables limiting.
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_sec: u32,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter allowing `per_sec` requests per second per key.
+    pub fn new(per_sec: u32) -> Self {
+        Self {
+            per_sec,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key`, or says how long to wait for one.
+    pub fn acquire(&self, key: &str) -> Result<(), Duration> {
+        if self.per_sec == 0 {
+            return Ok(());
+        }
+        let rate = f64::from(self.per_sec);
+        let burst = rate * 2.0;
+        let now = Instant::now();
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: burst,
+            last: now,
+        });
+        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn bucket_allows_burst_then_refuses() {
+        let rl = RateLimiter::new(2);
+        for _ in 0..4 {
+            assert!(rl.acquire("a").is_ok());
+        }
+        let wait = rl.acquire("a").unwrap_err();
+        assert!(wait <= Duration::from_millis(500), "{wait:?}");
+        // Other keys have their own bucket.
+        assert!(rl.acquire("b").is_ok());
+        assert!(RateLimiter::new(0).acquire("a").is_ok());
+    }
+
+    #[test]
+    fn sandbox_id_from_path() {
+        assert_eq!(sandbox_id_of("/sandboxes/sb-1/exec"), Some("sb-1"));
+        assert_eq!(sandbox_id_of("/sandboxes/sb-1"), Some("sb-1"));
+        assert_eq!(sandbox_id_of("/sandboxes"), None);
+        assert_eq!(sandbox_id_of("/workspaces/x"), None);
+    }
+}
