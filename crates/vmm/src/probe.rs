@@ -298,8 +298,12 @@ async fn boot_test(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<Dura
     .args(["-serial", "chardev:c", "-kernel"])
     .arg(kernel)
     .args(["-append", "console=ttyS0 panic=-1 reboot=t"])
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    .stdout(std::process::Stdio::null());
+    let log = dir.join("qemu.log");
+    match std::fs::File::create(&log) {
+        Ok(f) => cmd.stderr(f),
+        Err(_) => cmd.stderr(std::process::Stdio::null()),
+    };
     let t0 = Instant::now();
     let result = match crate::process::VmmProcess::spawn(cmd) {
         Err(e) => Err(format!("could not start {}: {e}", qemu.display())),
@@ -310,7 +314,13 @@ async fn boot_test(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<Dura
                     break Ok(t0.elapsed());
                 }
                 if let Some(reason) = p.exit_reason() {
-                    break Err(format!("QEMU {reason} before the guest booted"));
+                    let said = crate::process::tail_file(&log, 1);
+                    let said = if said.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", saying \"{}\"", said.trim())
+                    };
+                    break Err(format!("QEMU {reason} before the guest booted{said}"));
                 }
                 if t0.elapsed() >= timeout {
                     break Err(format!("no progress within {} s", timeout.as_secs_f32()));

@@ -407,12 +407,30 @@ impl VmHandle for QemuVm {
             memory: dir.join("memory"),
         };
         set_migration_caps(&self.qmp).await?;
-        let uri = format!("exec:cat > {}", shell_quote(&files.state));
+        // `completed` can be reported before QEMU has closed the pipe and
+        // `cat` has written the last bytes: the shell renames the file only
+        // after `cat` succeeded, so its appearance means it is whole.
+        let part = dir.join("state.part");
+        let uri = format!(
+            "exec:cat > {part} && mv -f {part} {state}",
+            part = shell_quote(&part),
+            state = shell_quote(&files.state)
+        );
         self.qmp
             .execute("migrate", Some(json!({ "uri": uri })))
             .await
             .map_err(|e| qmp_err("migrate", e))?;
         wait_migration(&self.qmp, &self.process, &self.paths, self.migrate_timeout).await?;
+        let deadline = Instant::now() + self.migrate_timeout;
+        while !files.state.is_file() {
+            if Instant::now() >= deadline {
+                return Err(VmmError::Timeout {
+                    what: format!("{} to be written", files.state.display()),
+                    after: self.migrate_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         let saved = t0.elapsed();
         copy_file(&self.paths.memory, &files.memory).await?;
         for f in [&files.state, &files.memory] {

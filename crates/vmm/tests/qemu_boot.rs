@@ -19,20 +19,37 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-fn image_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
+fn test_image_dir() -> PathBuf {
+    std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             let base = std::env::var_os("LOCALE2B_BASE_DIR")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"));
             base.join("images/default")
-        });
+        })
+}
+
+/// The image dir when it has a kernel and a rootfs, else skip (or fail).
+fn image_dir() -> Option<PathBuf> {
+    let dir = test_image_dir();
     let ok = dir.join("vmlinux").is_file() && dir.join("rootfs.ext4").is_file();
     if ok {
         return Some(dir);
     }
-    let msg = format!("guest image not found in {}", dir.display());
+    skip_or_fail(format!("guest image not found in {}", dir.display()))
+}
+
+/// The image dir when it has at least a kernel, else skip (or fail).
+fn kernel_dir() -> Option<PathBuf> {
+    let dir = test_image_dir();
+    if dir.join("vmlinux").is_file() {
+        return Some(dir);
+    }
+    skip_or_fail(format!("guest kernel not found in {}", dir.display()))
+}
+
+fn skip_or_fail(msg: String) -> Option<PathBuf> {
     if std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() == Ok("1") {
         panic!("{msg} (LOCALE2B_REQUIRE_E2E=1)");
     }
@@ -318,4 +335,76 @@ async fn qemu_bad_kernel_exits_early_with_log_tail() {
     for f in ["qmp.sock", "serial.sock", "vsock.sock"] {
         assert!(!s.run_dir.join(f).exists(), "{f} left behind");
     }
+}
+
+/// Driver mechanics with the kernel alone: the root disk is an empty ext4,
+/// so the guest panics ("No working init") and, with `panic=0`, stays up
+/// spinning in the panic loop. Exercises start, QMP, pause/resume,
+/// snapshot/restore and kill without depending on the guest agent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_mechanics_without_agent() {
+    let Some(image) = kernel_dir() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root.ext4");
+    make_disk(&root);
+    let mut s = spec(&image, &root, &tmp.path().join("r1"));
+    s.disks.truncate(1);
+    s.disks[0] = DiskSpec {
+        path: root,
+        read_only: true,
+    };
+    s.extra_boot_args = "panic=0".into();
+    let vmm = vmm();
+    let vm = vmm.start(&s).await.expect("start");
+    assert!(vm.vsock_path().exists(), "bridge socket exists after start");
+    let console = vm.process().console_log.clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&console)
+        .unwrap_or_default()
+        .contains("Kernel panic")
+    {
+        assert!(Instant::now() < deadline, "guest never reached its panic");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(vm.status().await, VmStatus::Running);
+    vm.pause().await.expect("pause");
+    assert_eq!(vm.status().await, VmStatus::Paused);
+    let snap = tmp.path().join("snap");
+    std::fs::create_dir_all(&snap).expect("snap dir");
+    let t = Instant::now();
+    let files = vm.snapshot(&snap).await.expect("snapshot");
+    println!("TIMING snapshot save (no agent) {:?}", t.elapsed());
+    assert!(std::fs::metadata(&files.state).expect("state").len() > 0);
+    assert!(!snap.join("state.part").exists());
+    // Resume after a snapshot works (QEMU is in `postmigrate`).
+    vm.resume().await.expect("resume after snapshot");
+    assert_eq!(vm.status().await, VmStatus::Running);
+    vm.kill().await.expect("kill");
+    assert_cleaned_up(vm.as_ref());
+    assert!(!s.run_dir.join("memory").exists(), "guest RAM file removed");
+
+    let s2 = VmSpec {
+        run_dir: tmp.path().join("r2"),
+        ..s.clone()
+    };
+    std::fs::create_dir_all(&s2.run_dir).expect("run dir");
+    let t = Instant::now();
+    let vm2 = vmm.restore(&s2, &files).await.expect("restore");
+    println!("TIMING snapshot restore (no agent) {:?}", t.elapsed());
+    assert_eq!(vm2.status().await, VmStatus::Running);
+    // Restoring twice from the same files works (the snapshot is not consumed).
+    let s3 = VmSpec {
+        run_dir: tmp.path().join("r3"),
+        ..s.clone()
+    };
+    std::fs::create_dir_all(&s3.run_dir).expect("run dir");
+    let vm3 = vmm.restore(&s3, &files).await.expect("second restore");
+    assert_eq!(vm3.status().await, VmStatus::Running);
+    vm2.kill().await.expect("kill");
+    vm3.shutdown(Duration::from_millis(200))
+        .await
+        .expect("shutdown");
+    assert_cleaned_up(vm2.as_ref());
+    assert_cleaned_up(vm3.as_ref());
+    assert!(matches!(vm3.wait_exit().await, r if r.contains("signal 9")));
 }
