@@ -59,6 +59,9 @@ const SNAPSHOT_MEMORY: &str = "memory";
 const SOCKET_POLL: Duration = Duration::from_millis(10);
 /// How long a SIGKILLed process may take to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long a failed start waits for the process to exit on its own, to
+/// report its log rather than a connection error.
+const EXIT_GRACE: Duration = Duration::from_millis(200);
 /// Lines of log shown in errors.
 const LOG_TAIL_LINES: usize = 20;
 
@@ -75,8 +78,10 @@ pub struct FirecrackerConfig {
     pub api_socket_timeout: Duration,
     /// Timeout of each ordinary API request.
     pub request_timeout: Duration,
-    /// Timeout of the slow requests: `InstanceStart`, snapshot create/load.
+    /// Timeout of `InstanceStart` and `PUT /snapshot/load`.
     pub boot_timeout: Duration,
+    /// Timeout of `PUT /snapshot/create` (writes all guest memory).
+    pub snapshot_timeout: Duration,
     /// Send `vsock_override` in `PUT /snapshot/load` (Firecracker 1.17+).
     /// Not needed by this driver (the vsock path is relative); kept for
     /// snapshots taken by other tools with absolute socket paths.
@@ -85,7 +90,7 @@ pub struct FirecrackerConfig {
 
 impl FirecrackerConfig {
     /// Defaults: no jailer, 5 s for the API socket and each request, 30 s
-    /// for boot and snapshot requests.
+    /// for `InstanceStart` and snapshot load, 300 s for snapshot create.
     pub fn new(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
@@ -94,6 +99,7 @@ impl FirecrackerConfig {
             api_socket_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(5),
             boot_timeout: Duration::from_secs(30),
+            snapshot_timeout: Duration::from_secs(300),
             snapshot_vsock_override: false,
         }
     }
@@ -136,12 +142,12 @@ impl FirecrackerVmm {
         })
     }
 
-    /// Prepares the run directory / jail, spawns Firecracker and waits for
-    /// its API socket. On error nothing is left running.
-    async fn spawn(&self, spec: &VmSpec, layout: &Layout) -> Result<Starting> {
+    /// Checks binaries and disks, creates the jail root (jailer mode) and
+    /// links the disks into the VM root.
+    fn prepare(&self, spec: &VmSpec) -> Result<Layout> {
         check_executable(&self.config.binary)?;
-        let jailer = self.jailer()?;
-        if let Some(j) = jailer {
+        let layout = self.layout(spec)?;
+        if let Some(j) = self.jailer()? {
             check_executable(&j.binary)?;
             if let Some(problem) = jailer::jailer_id_problem(&spec.sandbox_id) {
                 return Err(VmmError::Spawn {
@@ -155,6 +161,14 @@ impl FirecrackerVmm {
             std::fs::create_dir_all(&layout.root)
                 .map_err(|e| io_err(format!("creating jail root {}", layout.root.display()), e))?;
         }
+        Self::link_disks(spec, &layout)?;
+        Ok(layout)
+    }
+
+    /// Prepares sockets and log files, spawns Firecracker and waits for its
+    /// API socket. On error nothing is left running.
+    async fn spawn(&self, spec: &VmSpec, layout: &Layout) -> Result<Starting> {
+        let jailer = self.jailer()?;
         let api_sock = layout.host_path(API_SOCKET);
         let vsock = layout.host_path(VSOCK_SOCKET);
         remove_if_exists(&api_sock)?;
@@ -364,21 +378,23 @@ impl FirecrackerVmm {
     }
 
     async fn finish(&self, s: Starting, result: Result<()>) -> Result<Box<dyn VmHandle>> {
-        match result {
-            Ok(()) => Ok(Box::new(s.into_vm(self.config.request_timeout))),
-            Err(err) => {
-                // If the process died, its log says why; prefer that.
-                let exited = proc::wait_exit(&s.exit, Duration::from_millis(200)).await;
-                s.abort().await;
-                match (exited, err) {
-                    (_, e @ VmmError::Api { .. }) => Err(e),
-                    (Some(reason), _) => Err(VmmError::ExitedEarly {
-                        reason,
-                        log_tail: log_tail(&s.run_dir, &s.layout),
-                    }),
-                    (None, e) => Err(e),
-                }
-            }
+        let err = match result {
+            Ok(()) => return Ok(Box::new(s.into_vm(&self.config))),
+            Err(err) => err,
+        };
+        // Firecracker's own refusal says most; otherwise, if the process
+        // died, its log says why.
+        let exited = match err {
+            VmmError::Api { .. } => None,
+            _ => proc::wait_exit(&s.exit, EXIT_GRACE).await,
+        };
+        s.abort().await;
+        match exited {
+            Some(reason) => Err(VmmError::ExitedEarly {
+                reason,
+                log_tail: log_tail(&s.run_dir, &s.layout),
+            }),
+            None => Err(err),
         }
     }
 }
@@ -390,12 +406,7 @@ impl Vmm for FirecrackerVmm {
     }
 
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>> {
-        let layout = self.layout(spec)?;
-        if layout.jailed {
-            std::fs::create_dir_all(&layout.root)
-                .map_err(|e| io_err(format!("creating jail root {}", layout.root.display()), e))?;
-        }
-        Self::link_disks(spec, &layout)?;
+        let layout = self.prepare(spec)?;
         let s = self.spawn(spec, &layout).await?;
         let result = self.boot(spec, &s).await;
         self.finish(s, result).await
@@ -413,12 +424,7 @@ impl Vmm for FirecrackerVmm {
                 });
             }
         }
-        let layout = self.layout(spec)?;
-        if layout.jailed {
-            std::fs::create_dir_all(&layout.root)
-                .map_err(|e| io_err(format!("creating jail root {}", layout.root.display()), e))?;
-        }
-        Self::link_disks(spec, &layout)?;
+        let layout = self.prepare(spec)?;
         let s = self.spawn(spec, &layout).await?;
         let result = self.load(&s, snapshot).await;
         self.finish(s, result).await
@@ -463,6 +469,7 @@ impl Vmm for FirecrackerVmm {
             api,
             exit: proc::watch_adopted(process.pid, process.start_time),
             layout,
+            snapshot_timeout: self.config.snapshot_timeout,
         }))
     }
 }
@@ -511,7 +518,7 @@ impl Starting {
         cleanup(&self.layout);
     }
 
-    fn into_vm(self, _request_timeout: Duration) -> FirecrackerVm {
+    fn into_vm(self, config: &FirecrackerConfig) -> FirecrackerVm {
         let process = VmProcess {
             kind: VmmKind::Firecracker,
             pid: self.pid,
@@ -526,6 +533,7 @@ impl Starting {
             api: self.api,
             exit: self.exit,
             layout: self.layout,
+            snapshot_timeout: config.snapshot_timeout,
         }
     }
 }
@@ -544,6 +552,7 @@ pub struct FirecrackerVm {
     api: ApiClient,
     exit: ExitWatch,
     layout: Layout,
+    snapshot_timeout: Duration,
 }
 
 impl FirecrackerVm {
@@ -651,7 +660,7 @@ impl VmHandle for FirecrackerVm {
                     "snapshot_path": state,
                     "mem_file_path": memory,
                 })),
-                Some(Duration::from_secs(300)),
+                Some(self.snapshot_timeout),
             )
             .await?;
         if self.layout.jailed {

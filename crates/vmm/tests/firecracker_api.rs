@@ -676,3 +676,74 @@ async fn firecracker_jailer_needs_a_jailer_binary() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn firecracker_jailer_command_and_jail_layout() {
+    let h = Harness::fake();
+    let argv = h.dir.path().join("jailer-argv");
+    // Records its arguments and the jail's contents, then fails like a
+    // jailer without privileges would.
+    let jail = h.dir.path().join("jail");
+    let root = jail.join("fake_firecracker/sb-jailed/root");
+    let jailer = script(
+        h.dir.path(),
+        "fake-jailer",
+        &format!(
+            "for a in \"$@\"; do echo \"$a\"; done > {argv}\nls {root} > {argv}.ls\necho 'jailer: not permitted' >&2\nexit 1",
+            argv = argv.display(),
+            root = root.display()
+        ),
+    );
+    let mut cfg = FirecrackerConfig::new(&h.binary);
+    cfg.use_jailer = true;
+    cfg.jailer = Some(locale2b_vmm::firecracker::JailerConfig {
+        chroot_base: jail.clone(),
+        cgroup_version: Some(2),
+        ..locale2b_vmm::firecracker::JailerConfig::new(&jailer, 1234, 5678)
+    });
+    let vmm = FirecrackerVmm::new(cfg);
+    let err = start_retrying(&vmm, &h.spec("jailed"))
+        .await
+        .expect_err("fake jailer exits");
+    assert!(
+        matches!(&err, VmmError::ExitedEarly { reason, log_tail } if reason == "exit status 1" && log_tail.contains("not permitted")),
+        "{err:?}"
+    );
+    let args = std::fs::read_to_string(&argv).expect("argv");
+    let expected = [
+        "--id".to_owned(),
+        "sb-jailed".to_owned(),
+        "--exec-file".to_owned(),
+        h.binary.to_string_lossy().into_owned(),
+        "--uid".to_owned(),
+        "1234".to_owned(),
+        "--gid".to_owned(),
+        "5678".to_owned(),
+        "--chroot-base-dir".to_owned(),
+        jail.to_string_lossy().into_owned(),
+        "--cgroup-version".to_owned(),
+        "2".to_owned(),
+        "--".to_owned(),
+        "--api-sock".to_owned(),
+        "/firecracker.sock".to_owned(),
+    ];
+    assert_eq!(args.lines().collect::<Vec<_>>(), expected);
+    // The disks were hard-linked into the jail before the jailer ran, and
+    // the logger/metrics files created there.
+    let listing = std::fs::read_to_string(format!("{}.ls", argv.display())).expect("ls");
+    let names: Vec<&str> = listing.lines().collect();
+    for name in ["drive-0", "drive-1", "fc-logger.log", "fc-metrics.json"] {
+        assert!(names.contains(&name), "{name} missing in jail: {names:?}");
+    }
+    // After the failure the drive links are gone again.
+    assert!(!root.join("drive-0").exists());
+
+    // Sandbox ids the jailer cannot take are refused before anything runs.
+    let mut spec = h.spec("bad");
+    spec.sandbox_id = "sb_bad".parse().expect("id");
+    let err = vmm.start(&spec).await.expect_err("underscore id");
+    assert!(
+        matches!(err, VmmError::Spawn { what: "jailer", .. }),
+        "{err:?}"
+    );
+}
