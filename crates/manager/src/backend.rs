@@ -12,8 +12,15 @@ use std::sync::Arc;
 pub fn probe_config(config: &Config) -> ProbeConfig {
     let mut p = ProbeConfig::new(config.vmm);
     p.qemu_binary = config.qemu_bin.clone();
-    p.firecracker_binary = config.firecracker_bin.exists().then(|| config.firecracker_bin.clone());
-    let kernel = config.base_dir.join("images").join(&config.default_template).join("vmlinux");
+    p.firecracker_binary = config
+        .firecracker_bin
+        .exists()
+        .then(|| config.firecracker_bin.clone());
+    let kernel = config
+        .base_dir
+        .join("images")
+        .join(&config.default_template)
+        .join("vmlinux");
     p.test_kernel = kernel.exists().then_some(kernel);
     p
 }
@@ -40,7 +47,11 @@ pub async fn build(config: &Config) -> Result<(Arc<dyn Vmm>, ProbeReport)> {
             let mut fc = FirecrackerConfig::new(config.firecracker_bin.clone());
             fc.use_jailer = config.use_jailer;
             if config.use_jailer {
-                let mut j = JailerConfig::new(config.jailer_bin.clone(), config.jailer_uid, config.jailer_gid);
+                let mut j = JailerConfig::new(
+                    config.jailer_bin.clone(),
+                    config.jailer_uid,
+                    config.jailer_gid,
+                );
                 j.chroot_base = config.jailer_chroot_base.clone();
                 fc.jailer = Some(j);
             }

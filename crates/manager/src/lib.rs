@@ -10,9 +10,9 @@ pub mod backend;
 pub mod config;
 pub mod error;
 mod manager;
+pub mod model;
 pub mod snapshot;
 pub mod store;
-pub mod model;
 
 pub use config::{Config, ConfigError, LogFormat, Secret, VmmChoice};
 pub use error::{ManagerError, Result};

@@ -114,7 +114,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn not_found(id: &SandboxId) -> ManagerError {
-    ManagerError::NotFound { kind: "sandbox", id: id.to_string() }
+    ManagerError::NotFound {
+        kind: "sandbox",
+        id: id.to_string(),
+    }
 }
 
 /// Statuses that hold a VM (and count against capacity).
@@ -132,13 +135,19 @@ impl SandboxManager {
     /// When the base directory cannot be created or read.
     pub async fn open(config: Arc<Config>, vmm: Arc<dyn Vmm>, accel: String) -> Result<Arc<Self>> {
         let layout = Layout::new(&config.base_dir);
-        for dir in [layout.base().to_path_buf(), layout.sandboxes_dir(), layout.workspaces_dir()] {
+        for dir in [
+            layout.base().to_path_buf(),
+            layout.sandboxes_dir(),
+            layout.workspaces_dir(),
+        ] {
             create_private_dir(&dir)?;
         }
         let memory_budget_mb = if config.memory_budget_mb > 0 {
             config.memory_budget_mb
         } else {
-            host_memory_mb().saturating_sub(config.host_reserve_mb).max(256)
+            host_memory_mb()
+                .saturating_sub(config.host_reserve_mb)
+                .max(256)
         };
         let manager = Arc::new(Self {
             config,
@@ -146,7 +155,10 @@ impl SandboxManager {
             accel,
             layout,
             memory_budget_mb,
-            table: Mutex::new(Table { next_cid: 3, ..Table::default() }),
+            table: Mutex::new(Table {
+                next_cid: 3,
+                ..Table::default()
+            }),
         });
         manager.recover().await;
         manager.kill_orphans();
@@ -167,11 +179,19 @@ impl SandboxManager {
     }
 
     fn get_entry(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
-        lock(&self.table).sandboxes.get(id).cloned().ok_or_else(|| not_found(id))
+        lock(&self.table)
+            .sandboxes
+            .get(id)
+            .cloned()
+            .ok_or_else(|| not_found(id))
     }
 
     fn workspace_lock(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.table).workspace_locks.entry(id.clone()).or_default().clone()
+        lock(&self.table)
+            .workspace_locks
+            .entry(id.clone())
+            .or_default()
+            .clone()
     }
 
     fn info(&self, sb: &Sandbox) -> SandboxInfo {
@@ -235,7 +255,12 @@ impl SandboxManager {
                 .unwrap_or_default()
                 .to_owned()
         };
-        Ok(Image { kernel, rootfs, kernel_sha256: sha("kernel"), rootfs_sha256: sha("rootfs") })
+        Ok(Image {
+            kernel,
+            rootfs,
+            kernel_sha256: sha("kernel"),
+            rootfs_sha256: sha("rootfs"),
+        })
     }
 
     // ---------------------------------------------------------------- create
@@ -264,7 +289,10 @@ impl SandboxManager {
                 cfg.max_vcpu
             )));
         }
-        let template = req.template.clone().unwrap_or_else(|| cfg.default_template.clone());
+        let template = req
+            .template
+            .clone()
+            .unwrap_or_else(|| cfg.default_template.clone());
         if template.parse::<WorkspaceId>().is_err() {
             return Err(ManagerError::InvalidInput(format!(
                 "template {template:?} is not a valid template name"
@@ -334,20 +362,28 @@ impl SandboxManager {
             last_used: Mutex::new(Instant::now()),
         });
         let mut vm_slot = sb.lifecycle.lock().await;
-        lock(&self.table).sandboxes.insert(sandbox_id.clone(), sb.clone());
+        lock(&self.table)
+            .sandboxes
+            .insert(sandbox_id.clone(), sb.clone());
 
         let made_workspace = existing.is_none();
         let started = Instant::now();
         let result = async {
             let ws = match existing {
                 Some(ws) => ws,
-                None => self.create_workspace(&workspace_id, &template, ephemeral).await?,
+                None => {
+                    self.create_workspace(&workspace_id, &template, ephemeral)
+                        .await?
+                }
             };
             create_private_dir(&self.layout.sandbox_dir(&sandbox_id))?;
             self.persist(&record);
             let spec = self.vm_spec(&record, &image);
             let vm = self.vmm.start(&spec).await.map_err(|e| {
-                ManagerError::vm(format!("failed to start the VM for sandbox {sandbox_id}"), e)
+                ManagerError::vm(
+                    format!("failed to start the VM for sandbox {sandbox_id}"),
+                    e,
+                )
             })?;
             {
                 let mut r = lock(&sb.record);
@@ -445,8 +481,14 @@ impl SandboxManager {
             sandbox_id: r.sandbox_id.clone(),
             kernel: image.kernel.clone(),
             disks: vec![
-                DiskSpec { path: image.rootfs.clone(), read_only: true },
-                DiskSpec { path: self.layout.workspace_disk(&r.workspace_id), read_only: false },
+                DiskSpec {
+                    path: image.rootfs.clone(),
+                    read_only: true,
+                },
+                DiskSpec {
+                    path: self.layout.workspace_disk(&r.workspace_id),
+                    read_only: false,
+                },
             ],
             memory: MemMib(r.memory_mb),
             vcpus: r.vcpu_count,
@@ -539,7 +581,11 @@ impl SandboxManager {
         let text = String::from_utf8_lossy(&text);
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         let joined = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
-        if joined.is_empty() { "(console empty)".into() } else { joined }
+        if joined.is_empty() {
+            "(console empty)".into()
+        } else {
+            joined
+        }
     }
 
     // ------------------------------------------------------------ workspaces
@@ -574,7 +620,8 @@ impl SandboxManager {
     }
 
     fn write_workspace(&self, ws: &WorkspaceRecord) {
-        if let Err(e) = store::write_json_atomic(&self.layout.workspace_meta(&ws.workspace_id), ws) {
+        if let Err(e) = store::write_json_atomic(&self.layout.workspace_meta(&ws.workspace_id), ws)
+        {
             warn!(workspace_id = %ws.workspace_id, error = %e, "failed to write workspace.json");
         }
     }
@@ -615,7 +662,11 @@ impl SandboxManager {
             .map_err(|e| ManagerError::io(format!("cannot read {}", dir.display()), e))?;
         let mut out = Vec::new();
         for e in entries.flatten() {
-            let Some(id) = e.file_name().to_str().and_then(|s| s.parse::<WorkspaceId>().ok()) else {
+            let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<WorkspaceId>().ok())
+            else {
                 continue;
             };
             if let Some(ws) = self.read_workspace(&id) {
@@ -633,7 +684,10 @@ impl SandboxManager {
     pub async fn get_workspace(&self, id: &WorkspaceId) -> Result<WorkspaceInfo> {
         self.read_workspace(id)
             .map(|ws| self.workspace_info(ws))
-            .ok_or_else(|| ManagerError::NotFound { kind: "workspace", id: id.to_string() })
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: "workspace",
+                id: id.to_string(),
+            })
     }
 
     /// Deletes a workspace's data for good. Refused (Conflict) while a
@@ -646,7 +700,10 @@ impl SandboxManager {
         let _guard = ws_lock.lock().await;
         let ws = self
             .read_workspace(id)
-            .ok_or_else(|| ManagerError::NotFound { kind: "workspace", id: id.to_string() })?;
+            .ok_or_else(|| ManagerError::NotFound {
+                kind: "workspace",
+                id: id.to_string(),
+            })?;
         if let Some(sid) = &ws.sandbox_id {
             if self.get_entry(sid).is_ok() {
                 return Err(ManagerError::Conflict(format!(
@@ -677,7 +734,11 @@ impl SandboxManager {
     pub async fn list(&self) -> Vec<SandboxInfo> {
         let entries: Vec<_> = lock(&self.table).sandboxes.values().cloned().collect();
         let mut out: Vec<_> = entries.iter().map(|sb| self.info(sb)).collect();
-        out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.sandbox_id.cmp(&b.sandbox_id)));
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.sandbox_id.cmp(&b.sandbox_id))
+        });
         out
     }
 
@@ -847,12 +908,19 @@ impl SandboxManager {
         let _ = std::fs::remove_dir_all(&tmp);
         create_private_dir(&tmp)?;
         let outcome = async {
-            vm.pause().await.map_err(|e| ManagerError::vm("failed to pause the VM", e))?;
+            vm.pause()
+                .await
+                .map_err(|e| ManagerError::vm("failed to pause the VM", e))?;
             let files = vm
                 .snapshot(&tmp)
                 .await
                 .map_err(|e| ManagerError::vm("failed to write the VM snapshot", e))?;
-            let name = |p: &Path| p.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+            let name = |p: &Path| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
             let (state_name, memory_name) = (name(&files.state), name(&files.memory));
             let dir = tmp.clone();
             let digests = tokio::task::spawn_blocking(move || {
@@ -862,7 +930,10 @@ impl SandboxManager {
                 ))
             })
             .await
-            .map_err(|e| ManagerError::Internal { context: "checksum task failed".into(), source: Some(Box::new(e)) })?
+            .map_err(|e| ManagerError::Internal {
+                context: "checksum task failed".into(),
+                source: Some(Box::new(e)),
+            })?
             .map_err(|e| ManagerError::io("cannot checksum the snapshot", e))?;
             let manifest = SnapshotManifest {
                 format: 1,
@@ -928,25 +999,43 @@ impl SandboxManager {
         }
         let record = lock(&sb.record).clone();
         let ws = self.read_workspace(&record.workspace_id).ok_or_else(|| {
-            ManagerError::Conflict(format!("workspace {} of sandbox {id} is gone", record.workspace_id))
+            ManagerError::Conflict(format!(
+                "workspace {} of sandbox {id} is gone",
+                record.workspace_id
+            ))
         })?;
         let snapshot_id = ws.snapshot_id.clone().ok_or_else(|| {
-            ManagerError::Conflict(format!("sandbox {id} is paused but its workspace has no snapshot"))
+            ManagerError::Conflict(format!(
+                "sandbox {id} is paused but its workspace has no snapshot"
+            ))
         })?;
         let image = self.image(&record.template)?;
-        let snap_dir = self.layout.snapshots_dir(&record.workspace_id).join(&snapshot_id);
+        let snap_dir = self
+            .layout
+            .snapshots_dir(&record.workspace_id)
+            .join(&snapshot_id);
         let backend = record.backend.to_string();
         let (k, rsha) = (image.kernel_sha256.clone(), image.rootfs_sha256.clone());
         let dir = snap_dir.clone();
-        let manifest = tokio::task::spawn_blocking(move || snapshot::validate(&dir, &backend, &k, &rsha))
-            .await
-            .map_err(|e| ManagerError::Internal { context: "validation task failed".into(), source: Some(Box::new(e)) })?;
+        let manifest =
+            tokio::task::spawn_blocking(move || snapshot::validate(&dir, &backend, &k, &rsha))
+                .await
+                .map_err(|e| ManagerError::Internal {
+                    context: "validation task failed".into(),
+                    source: Some(Box::new(e)),
+                })?;
         let manifest = match manifest {
             Ok(m) => m,
             Err(invalid) => {
                 warn!(sandbox_id = %id, snapshot_id, error = %invalid, "snapshot invalid; sandbox stays paused");
                 self.update_workspace(&record.workspace_id, |ws| {
-                    push_lineage(ws, "restore_failed", Some(id), Some(&snapshot_id), Some(invalid.to_string()));
+                    push_lineage(
+                        ws,
+                        "restore_failed",
+                        Some(id),
+                        Some(&snapshot_id),
+                        Some(invalid.to_string()),
+                    );
                 });
                 return Err(ManagerError::SnapshotInvalid(format!(
                     "cannot resume sandbox {id}: {invalid}. The sandbox stays paused and the workspace disk is untouched; destroy the sandbox to boot the workspace fresh from its disk"
@@ -963,7 +1052,10 @@ impl SandboxManager {
         let spec = self.vm_spec(&record, &image);
         let result = async {
             let vm = self.vmm.restore(&spec, &files).await.map_err(|e| {
-                ManagerError::vm(format!("failed to restore sandbox {id} from snapshot {snapshot_id}"), e)
+                ManagerError::vm(
+                    format!("failed to restore sandbox {id} from snapshot {snapshot_id}"),
+                    e,
+                )
             })?;
             lock(&sb.record).process = Some(vm.process().clone());
             *vm_slot = Some(vm);
@@ -995,7 +1087,13 @@ impl SandboxManager {
                 lock(&sb.record).process = None;
                 self.set_status(&sb, SandboxStatus::Paused, Some(err.to_string()));
                 self.update_workspace(&record.workspace_id, |ws| {
-                    push_lineage(ws, "restore_failed", Some(id), Some(&snapshot_id), Some(err.to_string()));
+                    push_lineage(
+                        ws,
+                        "restore_failed",
+                        Some(id),
+                        Some(&snapshot_id),
+                        Some(err.to_string()),
+                    );
                 });
                 Err(err)
             }
@@ -1017,7 +1115,9 @@ impl SandboxManager {
             }
             (active, used)
         };
-        if cap.0 >= self.config.max_sandboxes || cap.1 + u64::from(r.memory_mb) > self.memory_budget_mb {
+        if cap.0 >= self.config.max_sandboxes
+            || cap.1 + u64::from(r.memory_mb) > self.memory_budget_mb
+        {
             return Err(ManagerError::AtCapacity {
                 reason: format!(
                     "at capacity ({} sandboxes, {} MiB in use); cannot resume {} now",
@@ -1037,23 +1137,32 @@ impl SandboxManager {
         if status != SandboxStatus::Running {
             let hint = match status {
                 SandboxStatus::Paused => "; resume it first",
-                SandboxStatus::Dead => "; destroy it and create a new one (the workspace data is kept)",
+                SandboxStatus::Dead => {
+                    "; destroy it and create a new one (the workspace data is kept)"
+                }
                 _ => "; retry in a moment",
             };
-            return Err(ManagerError::Conflict(format!("sandbox {id} is {status}{hint}")));
+            return Err(ManagerError::Conflict(format!(
+                "sandbox {id} is {status}{hint}"
+            )));
         }
         *lock(&sb.last_used) = Instant::now();
         let client = lock(&sb.client).clone();
-        client.ok_or_else(|| ManagerError::Conflict(format!("sandbox {id} has no agent connection")))
+        client
+            .ok_or_else(|| ManagerError::Conflict(format!("sandbox {id} has no agent connection")))
     }
 
     fn guest_error(&self, id: &SandboxId, what: &str, e: ClientError) -> ManagerError {
         match e {
             ClientError::Agent(body) => ManagerError::Guest(body),
-            ClientError::Timeout { what: w, after } => {
-                ManagerError::Timeout { what: format!("{what} in sandbox {id} ({w})"), after }
-            }
-            other => ManagerError::vm(format!("{what} in sandbox {id} failed: the guest agent is unreachable"), other),
+            ClientError::Timeout { what: w, after } => ManagerError::Timeout {
+                what: format!("{what} in sandbox {id} ({w})"),
+                after,
+            },
+            other => ManagerError::vm(
+                format!("{what} in sandbox {id} failed: the guest agent is unreachable"),
+                other,
+            ),
         }
     }
 
@@ -1074,7 +1183,10 @@ impl SandboxManager {
             None => req.timeout_ms = Some(self.config.exec_timeout_sec * 1000),
         }
         let client = self.running_client(id)?;
-        client.exec(req, None).await.map_err(|e| self.guest_error(id, "exec", e))
+        client
+            .exec(req, None)
+            .await
+            .map_err(|e| self.guest_error(id, "exec", e))
     }
 
     /// Reads (part of) a file.
@@ -1083,16 +1195,26 @@ impl SandboxManager {
     /// As [`SandboxManager::exec`]; Guest(not_found) for a missing file.
     pub async fn read_file(&self, id: &SandboxId, req: ReadFileRequest) -> Result<FileContent> {
         let client = self.running_client(id)?;
-        client.read_file(req).await.map_err(|e| self.guest_error(id, "read_file", e))
+        client
+            .read_file(req)
+            .await
+            .map_err(|e| self.guest_error(id, "read_file", e))
     }
 
     /// Writes a file.
     ///
     /// # Errors
     /// As [`SandboxManager::exec`].
-    pub async fn write_file(&self, id: &SandboxId, req: WriteFileRequest) -> Result<WrittenResponse> {
+    pub async fn write_file(
+        &self,
+        id: &SandboxId,
+        req: WriteFileRequest,
+    ) -> Result<WrittenResponse> {
         let client = self.running_client(id)?;
-        client.write_file(req).await.map_err(|e| self.guest_error(id, "write_file", e))
+        client
+            .write_file(req)
+            .await
+            .map_err(|e| self.guest_error(id, "write_file", e))
     }
 
     /// Lists a directory.
@@ -1101,7 +1223,10 @@ impl SandboxManager {
     /// As [`SandboxManager::exec`].
     pub async fn list_files(&self, id: &SandboxId, req: ListFilesRequest) -> Result<Listing> {
         let client = self.running_client(id)?;
-        client.list_files(req).await.map_err(|e| self.guest_error(id, "list_files", e))
+        client
+            .list_files(req)
+            .await
+            .map_err(|e| self.guest_error(id, "list_files", e))
     }
 
     /// Creates a directory.
@@ -1110,7 +1235,10 @@ impl SandboxManager {
     /// As [`SandboxManager::exec`].
     pub async fn mkdir(&self, id: &SandboxId, req: MkdirRequest) -> Result<FileInfo> {
         let client = self.running_client(id)?;
-        client.mkdir(req).await.map_err(|e| self.guest_error(id, "mkdir", e))
+        client
+            .mkdir(req)
+            .await
+            .map_err(|e| self.guest_error(id, "mkdir", e))
     }
 
     /// Describes a path.
@@ -1119,7 +1247,10 @@ impl SandboxManager {
     /// As [`SandboxManager::exec`].
     pub async fn stat(&self, id: &SandboxId, path: String) -> Result<FileInfo> {
         let client = self.running_client(id)?;
-        client.stat(path).await.map_err(|e| self.guest_error(id, "stat", e))
+        client
+            .stat(path)
+            .await
+            .map_err(|e| self.guest_error(id, "stat", e))
     }
 
     /// Deletes a path.
@@ -1128,7 +1259,10 @@ impl SandboxManager {
     /// As [`SandboxManager::exec`].
     pub async fn delete_file(&self, id: &SandboxId, req: DeleteFileRequest) -> Result<()> {
         let client = self.running_client(id)?;
-        client.delete_file(req).await.map_err(|e| self.guest_error(id, "delete_file", e))
+        client
+            .delete_file(req)
+            .await
+            .map_err(|e| self.guest_error(id, "delete_file", e))
     }
 
     /// Renames a path inside the guest.
@@ -1137,16 +1271,25 @@ impl SandboxManager {
     /// As [`SandboxManager::exec`].
     pub async fn rename(&self, id: &SandboxId, from: String, to: String) -> Result<()> {
         let client = self.running_client(id)?;
-        client.rename(from, to).await.map_err(|e| self.guest_error(id, "rename", e))
+        client
+            .rename(from, to)
+            .await
+            .map_err(|e| self.guest_error(id, "rename", e))
     }
 
     // ------------------------------------------------------------ recovery
 
     async fn recover(self: &Arc<Self>) {
         let dir = self.layout.sandboxes_dir();
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         for e in entries.flatten() {
-            let Some(id) = e.file_name().to_str().and_then(|s| s.parse::<SandboxId>().ok()) else {
+            let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<SandboxId>().ok())
+            else {
                 continue;
             };
             let path = self.layout.sandbox_state(&id);
@@ -1172,7 +1315,11 @@ impl SandboxManager {
                     let spec = self.vm_spec(&record, &image);
                     self.vmm.attach(&spec, p).await.map_err(|e| e.to_string())
                 }
-                (Some(p), Ok(_)) => Err(format!("VM runs under {} but the server uses {}", p.kind, self.vmm.kind())),
+                (Some(p), Ok(_)) => Err(format!(
+                    "VM runs under {} but the server uses {}",
+                    p.kind,
+                    self.vmm.kind()
+                )),
                 (None, _) => Err("no VMM process was recorded".to_owned()),
                 (_, Err(e)) => Err(e.to_string()),
             };
@@ -1194,7 +1341,8 @@ impl SandboxManager {
                         Err(e) => {
                             let _ = handle.kill().await;
                             record.status = SandboxStatus::Dead;
-                            record.error = Some(format!("agent did not answer after server restart: {e}"));
+                            record.error =
+                                Some(format!("agent did not answer after server restart: {e}"));
                         }
                     }
                 }
@@ -1261,7 +1409,9 @@ impl SandboxManager {
                 continue;
             }
             // Skip sandboxes busy with a lifecycle operation.
-            let Ok(slot) = sb.lifecycle.try_lock() else { continue };
+            let Ok(slot) = sb.lifecycle.try_lock() else {
+                continue;
+            };
             let Some(vm) = slot.as_ref() else { continue };
             if let locale2b_vmm::VmStatus::Exited { reason } = vm.status().await {
                 let tail = self.console_tail(&sb.id, 10);
@@ -1274,7 +1424,9 @@ impl SandboxManager {
                 self.set_status(
                     &sb,
                     SandboxStatus::Dead,
-                    Some(format!("VM exited unexpectedly ({reason}); last console lines: {tail}")),
+                    Some(format!(
+                        "VM exited unexpectedly ({reason}); last console lines: {tail}"
+                    )),
                 );
                 remove_sockets(&self.layout.sandbox_dir(&sb.id));
             }
@@ -1329,7 +1481,16 @@ async fn make_disk(path: &Path, size_mb: u64) -> Result<()> {
         .map_err(|e| ManagerError::io(format!("cannot size {}", path.display()), e))?;
     drop(file);
     let out = tokio::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-m", "0", "-L", "workspace", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-L",
+            "workspace",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
         .arg(path)
         .output()
         .await
@@ -1369,15 +1530,20 @@ fn kill_process(p: &VmProcess) {
 /// PIDs of processes whose command line mentions `marker` (our sandboxes dir).
 fn orphan_candidates(marker: &str) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in entries.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline);
         let exe = cmdline.split('\0').next().unwrap_or_default();
-        let is_vmm = exe.contains("qemu-system") || exe.contains("firecracker") || exe.contains("jailer");
+        let is_vmm =
+            exe.contains("qemu-system") || exe.contains("firecracker") || exe.contains("jailer");
         if is_vmm && cmdline.contains(marker) {
             out.push(pid);
         }

@@ -119,7 +119,11 @@ fn hex(bytes: &[u8]) -> String {
 pub fn digest(dir: &Path, name: &str) -> std::io::Result<FileDigest> {
     let path = dir.join(name);
     let size = std::fs::metadata(&path)?.len();
-    Ok(FileDigest { name: name.to_owned(), size, sha256: sha256_file(&path)? })
+    Ok(FileDigest {
+        name: name.to_owned(),
+        size,
+        sha256: sha256_file(&path)?,
+    })
 }
 
 /// Reads and checks a snapshot directory: sizes first (cheap, catches
@@ -145,7 +149,11 @@ pub fn validate(
             .map_err(|_| SnapshotInvalid::MissingFile(path.clone()))?
             .len();
         if size != file.size {
-            return Err(SnapshotInvalid::Size { path, actual: size, expected: file.size });
+            return Err(SnapshotInvalid::Size {
+                path,
+                actual: size,
+                expected: file.size,
+            });
         }
     }
     for file in [&manifest.state, &manifest.memory] {
@@ -216,12 +224,25 @@ mod tests {
         let mut mem = std::fs::read(d.path().join("memory")).unwrap();
         mem[100] ^= 1;
         std::fs::write(d.path().join("memory"), &mem).unwrap();
-        assert!(matches!(validate(d.path(), "qemu", "k", "r"), Err(SnapshotInvalid::Checksum(_))));
+        assert!(matches!(
+            validate(d.path(), "qemu", "k", "r"),
+            Err(SnapshotInvalid::Checksum(_))
+        ));
 
         make(d.path());
         std::fs::write(d.path().join("state"), b"stat").unwrap();
         let err = validate(d.path(), "qemu", "k", "r").unwrap_err();
-        assert!(matches!(err, SnapshotInvalid::Size { actual: 4, expected: 11, .. }), "{err}");
+        assert!(
+            matches!(
+                err,
+                SnapshotInvalid::Size {
+                    actual: 4,
+                    expected: 11,
+                    ..
+                }
+            ),
+            "{err}"
+        );
 
         make(d.path());
         let err = validate(d.path(), "qemu", "other-kernel", "r").unwrap_err();
@@ -230,6 +251,9 @@ mod tests {
         assert!(err.to_string().contains("backend"), "{err}");
 
         std::fs::remove_file(d.path().join(MANIFEST)).unwrap();
-        assert!(matches!(validate(d.path(), "qemu", "k", "r"), Err(SnapshotInvalid::Manifest(_))));
+        assert!(matches!(
+            validate(d.path(), "qemu", "k", "r"),
+            Err(SnapshotInvalid::Manifest(_))
+        ));
     }
 }

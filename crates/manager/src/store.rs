@@ -91,7 +91,9 @@ pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> std::io::Resul
 /// # Errors
 /// I/O errors of any step.
 pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().ok_or_else(|| std::io::Error::other("path has no parent"))?;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent"))?;
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
@@ -113,13 +115,16 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 /// I/O errors, or `InvalidData` when the JSON does not parse.
 pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::io::Result<T> {
     let data = std::fs::read(path)?;
-    serde_json::from_slice(&data).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_slice(&data)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// Blocks actually allocated by a file or tree, in bytes (sparse-aware).
 pub fn disk_usage(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
-    let Ok(meta) = std::fs::symlink_metadata(path) else { return 0 };
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
     let mut total = meta.blocks() * 512;
     if meta.is_dir() {
         if let Ok(entries) = std::fs::read_dir(path) {
@@ -148,7 +153,11 @@ mod tests {
         write_json_atomic(&p, &serde_json::json!({"a": 2})).unwrap();
         let v: serde_json::Value = read_json(&p).unwrap();
         assert_eq!(v["a"], 2);
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 }
