@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian/Ubuntu machine to a sandbox running code:
+# host packages, release build, guest image (cached), server in the
+# background, then a sandbox that runs Python. Re-running is cheap.
+#   ./scripts/quickstart.sh          set up, start (or reuse) the server, demo
+#   ./scripts/quickstart.sh --stop   stop the background server
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export LOCALE2B_BASE_DIR="${LOCALE2B_BASE_DIR:-/var/lib/firecracker-workspaces}"
+PORT="${LOCALE2B_PORT:-8080}"
+HOST="${LOCALE2B_HOST:-127.0.0.1}"
+URL="http://127.0.0.1:$PORT"
+PID_FILE="$LOCALE2B_BASE_DIR/server.pid"
+LOG_FILE="$LOCALE2B_BASE_DIR/server.log"
+BIN="$PWD/target/release/locale2b"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+
+if [ "${1:-}" = "--stop" ]; then
+  if [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+    kill -TERM "$(cat "$PID_FILE")" && rm -f "$PID_FILE" && echo "server stopped (running sandboxes keep running; the next start re-attaches)"
+  else
+    echo "no server running"
+  fi
+  exit 0
+fi
+
+say "1/5 host setup (Debian packages, base dir)"
+./scripts/setup.sh
+
+say "2/5 build (release)"
+if ! command -v cargo >/dev/null; then
+  echo "error: cargo is missing; install Rust (rustup) first" >&2; exit 1
+fi
+cargo build --release -p locale2b -p locale2b-agent
+
+say "3/5 guest image (cached: seconds when nothing changed)"
+"$BIN" image build --agent target/release/locale2b-agent
+
+say "4/5 server"
+"$BIN" doctor || true
+if [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null && curl -fsS "$URL/health" >/dev/null 2>&1; then
+  echo "server already running (pid $(cat "$PID_FILE"))"
+else
+  LOCALE2B_HOST="$HOST" LOCALE2B_PORT="$PORT" nohup "$BIN" serve >>"$LOG_FILE" 2>&1 &
+  echo $! >"$PID_FILE"
+  for _ in $(seq 1 600); do
+    curl -fsS "$URL/health" >/dev/null 2>&1 && break
+    if ! kill -0 "$(cat "$PID_FILE")" 2>/dev/null; then
+      echo "error: the server exited; last log lines:" >&2; tail -20 "$LOG_FILE" >&2; exit 1
+    fi
+    sleep 0.1
+  done
+fi
+KEY="${LOCALE2B_API_KEY:-$(cat "$LOCALE2B_BASE_DIR/api-key")}"
+curl -fsS "$URL/health"; echo
+
+say "5/5 a sandbox runs a command"
+auth=(-H "X-API-Key: $KEY" -H "Content-Type: application/json")
+created=$(curl -fsS "${auth[@]}" -X POST "$URL/sandboxes" -d '{"memory_mb": 512, "vcpu_count": 1, "template": "default"}')
+echo "created: $created"
+id=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["sandbox_id"])' <<<"$created")
+result=$(curl -fsS "${auth[@]}" -X POST "$URL/sandboxes/$id/exec" \
+  -d '{"command": "python3 -c \"print('"'"'hello from a microVM'"'"')\"", "working_dir": "/workspace", "timeout_ms": 60000}')
+echo "exec: $result"
+python3 -c 'import json,sys; r=json.load(sys.stdin); print("\n    " + r["stdout"].strip() + "\n")' <<<"$result"
+curl -fsS "${auth[@]}" -X DELETE "$URL/sandboxes/$id" >/dev/null && echo "sandbox $id destroyed"
+
+cat <<TXT
+
+locale2b is running in the background.
+  API:        $URL   (listening on $HOST:$PORT)
+  API key:    $LOCALE2B_BASE_DIR/api-key   (send it as X-API-Key or Authorization: Bearer)
+  Swagger UI: $URL/docs      ReDoc: $URL/redoc      OpenAPI: $URL/openapi.json
+  Log:        $LOG_FILE
+  Stop:       ./scripts/quickstart.sh --stop
+TXT
