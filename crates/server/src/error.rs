@@ -5,8 +5,8 @@
 //! Every error response has the body
 //! `{"error": {"code": "...", "message": "...", "details": {...}?}}`.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use locale2b_manager::ManagerError;
@@ -127,7 +127,15 @@ impl ApiError {
 
     /// Status, code, message, details and `Retry-After` seconds. The only
     /// place that decides a status.
-    fn parts(&self) -> (StatusCode, String, String, Option<serde_json::Value>, Option<u64>) {
+    fn parts(
+        &self,
+    ) -> (
+        StatusCode,
+        String,
+        String,
+        Option<serde_json::Value>,
+        Option<u64>,
+    ) {
         use ManagerError as M;
         let msg = self.to_string();
         let simple = |s: StatusCode, c: &str| (s, c.to_owned(), msg.clone(), None, None);
@@ -151,7 +159,13 @@ impl ApiError {
                 }
                 M::Guest(body) => {
                     let status = guest_status(body.code);
-                    (status, body.code.as_str().to_owned(), body.message.clone(), None, None)
+                    (
+                        status,
+                        body.code.as_str().to_owned(),
+                        body.message.clone(),
+                        None,
+                        None,
+                    )
                 }
                 M::Timeout { .. } => simple(StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 M::Vm { .. } => simple(StatusCode::BAD_GATEWAY, "vm_error"),

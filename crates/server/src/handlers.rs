@@ -142,7 +142,13 @@ pub async fn create_sandbox(
 #[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
     responses((status = 200, description = "All sandboxes", body = SandboxList)))]
 pub async fn list_sandboxes(State(s): State<AppState>) -> Json<SandboxList> {
-    let sandboxes = s.manager().list().await.into_iter().map(Into::into).collect();
+    let sandboxes = s
+        .manager()
+        .list()
+        .await
+        .into_iter()
+        .map(Into::into)
+        .collect();
     Json(SandboxList { sandboxes })
 }
 
@@ -197,7 +203,9 @@ pub async fn pause_sandbox(
 ) -> ApiResult<SandboxResponse> {
     let id = sandbox_id(id)?;
     let m = s.manager().clone();
-    Ok(Json(detached(async move { m.pause(&id).await }).await?.into()))
+    Ok(Json(
+        detached(async move { m.pause(&id).await }).await?.into(),
+    ))
 }
 
 /// Resumes a paused sandbox.
@@ -215,7 +223,9 @@ pub async fn resume_sandbox(
 ) -> ApiResult<SandboxResponse> {
     let id = sandbox_id(id)?;
     let m = s.manager().clone();
-    Ok(Json(detached(async move { m.resume(&id).await }).await?.into()))
+    Ok(Json(
+        detached(async move { m.resume(&id).await }).await?.into(),
+    ))
 }
 
 /// Runs a command with `/bin/sh -c` and waits for it.
@@ -253,7 +263,9 @@ pub async fn exec(
     }
     let stdin_b64 = match (body.stdin, body.stdin_b64) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("give either stdin or stdin_b64, not both"))
+            return Err(ApiError::invalid(
+                "give either stdin or stdin_b64, not both",
+            ))
         }
         (Some(text), None) => Some(B64.encode(text.as_bytes())),
         (None, Some(b64)) => {
@@ -274,7 +286,11 @@ pub async fn exec(
         user: body.user,
         max_output_bytes: body.max_output_bytes,
     };
-    let max_ms = s.manager().config().max_exec_timeout_sec.saturating_mul(1000);
+    let max_ms = s
+        .manager()
+        .config()
+        .max_exec_timeout_sec
+        .saturating_mul(1000);
     let deadline = Duration::from_millis(timeout_ms.min(max_ms)) + EXEC_DEADLINE_MARGIN;
     let out = tokio::time::timeout(deadline, s.manager().exec(&id, req))
         .await
@@ -285,7 +301,8 @@ pub async fn exec(
     let error = if out.timed_out {
         Some(format!("command timed out after {timeout_ms} ms"))
     } else {
-        out.signal.map(|sig| format!("command killed by signal {sig}"))
+        out.signal
+            .map(|sig| format!("command killed by signal {sig}"))
     };
     Ok(Json(ExecResult {
         stdout: out.stdout,

@@ -96,9 +96,8 @@ pub fn router(state: AppState) -> Router {
     use handlers as h;
     let config = state.manager().config();
     let max_body = config.max_body_bytes;
-    let max_upload =
-        usize::try_from(config.max_upload_bytes.saturating_add(MULTIPART_OVERHEAD))
-            .unwrap_or(usize::MAX);
+    let max_upload = usize::try_from(config.max_upload_bytes.saturating_add(MULTIPART_OVERHEAD))
+        .unwrap_or(usize::MAX);
     let ports = get(h::ports_not_implemented)
         .post(h::ports_not_implemented)
         .delete(h::ports_not_implemented);
@@ -121,7 +120,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/files/list", get(h::list_files))
         .route("/sandboxes/{id}/files/stat", get(h::stat))
         .route("/sandboxes/{id}/files/mkdir", post(h::mkdir))
-        .route("/sandboxes/{id}/files", axum::routing::delete(h::delete_file))
+        .route(
+            "/sandboxes/{id}/files",
+            axum::routing::delete(h::delete_file),
+        )
         .route("/sandboxes/{id}/files/delete", post(h::delete_file_post))
         .route(
             "/sandboxes/{id}/files/upload",

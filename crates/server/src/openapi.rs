@@ -91,7 +91,10 @@ pub fn openapi_json() -> String {
 /// `GET /openapi.json`.
 pub async fn spec() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         openapi_json(),
     )
         .into_response()
@@ -110,7 +113,12 @@ fn asset_base(ui_dir: &Path, sub: &str, probe: &str, cdn: &str) -> String {
 
 /// `GET /docs`: Swagger UI.
 pub async fn swagger_page(State(s): State<AppState>) -> Html<String> {
-    let base = asset_base(s.ui_dir(), "swagger-ui", "swagger-ui-bundle.js", SWAGGER_CDN);
+    let base = asset_base(
+        s.ui_dir(),
+        "swagger-ui",
+        "swagger-ui-bundle.js",
+        SWAGGER_CDN,
+    );
     Html(format!(
         r##"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>locale2b API</title>
@@ -201,7 +209,15 @@ mod tests {
             asset_path(ui, "swagger-ui/swagger-ui.css"),
             Some(PathBuf::from("/base/ui/swagger-ui/swagger-ui.css"))
         );
-        for bad in ["../api-key", "a/../../x", "", "a//b", ".hidden", "a/%2e%2e", "a\\b"] {
+        for bad in [
+            "../api-key",
+            "a/../../x",
+            "",
+            "a//b",
+            ".hidden",
+            "a/%2e%2e",
+            "a\\b",
+        ] {
             assert_eq!(asset_path(ui, bad), None, "{bad}");
         }
     }
