@@ -779,7 +779,7 @@ fn cleanup(layout: &Layout) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("drive-") || (layout.jailed && name == KERNEL_LINK) {
+            if name.starts_with("drive_") || (layout.jailed && name == KERNEL_LINK) {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -273,8 +273,8 @@ async fn lifecycle(h: Harness) {
                 "PUT /metrics",
                 "PUT /machine-config",
                 "PUT /boot-source",
-                "PUT /drives/drive-0",
-                "PUT /drives/drive-1",
+                "PUT /drives/drive_0",
+                "PUT /drives/drive_1",
                 "PUT /vsock",
                 "PUT /actions",
             ]
@@ -297,12 +297,12 @@ async fn lifecycle(h: Harness) {
         );
         assert!(!boot["boot_args"].as_str().expect("args").contains("root="));
         assert_eq!(
-            body_of(&reqs, "PUT /drives/drive-0"),
-            &json!({"drive_id": "drive-0", "path_on_host": "drive-0", "is_root_device": true, "is_read_only": true})
+            body_of(&reqs, "PUT /drives/drive_0"),
+            &json!({"drive_id": "drive_0", "path_on_host": "drive_0", "is_root_device": true, "is_read_only": true})
         );
         assert_eq!(
-            body_of(&reqs, "PUT /drives/drive-1"),
-            &json!({"drive_id": "drive-1", "path_on_host": "drive-1", "is_root_device": false, "is_read_only": false})
+            body_of(&reqs, "PUT /drives/drive_1"),
+            &json!({"drive_id": "drive_1", "path_on_host": "drive_1", "is_root_device": false, "is_read_only": false})
         );
         assert_eq!(
             body_of(&reqs, "PUT /vsock"),
@@ -449,10 +449,15 @@ async fn restore_failure(h: Harness) {
         .restore(&spec, &files)
         .await
         .expect_err("restore of a corrupt snapshot");
+    eprintln!("restore of a corrupt snapshot: {err}");
     match &err {
-        VmmError::Api { request, .. } => assert_eq!(request, "PUT /snapshot/load"),
-        VmmError::ExitedEarly { .. } => {}
-        other => panic!("expected a load error, got {other:?}"),
+        VmmError::Api {
+            request, message, ..
+        } => {
+            assert_eq!(request, "PUT /snapshot/load");
+            assert!(message.contains("snapshot"), "{message}");
+        }
+        other => panic!("expected the load to be refused, got {other:?}"),
     }
     let sock = spec.run_dir.join("firecracker.sock");
     assert!(
@@ -732,11 +737,11 @@ async fn firecracker_jailer_command_and_jail_layout() {
     // the logger/metrics files created there.
     let listing = std::fs::read_to_string(format!("{}.ls", argv.display())).expect("ls");
     let names: Vec<&str> = listing.lines().collect();
-    for name in ["drive-0", "drive-1", "fc-logger.log", "fc-metrics.json"] {
+    for name in ["drive_0", "drive_1", "fc-logger.log", "fc-metrics.json"] {
         assert!(names.contains(&name), "{name} missing in jail: {names:?}");
     }
     // After the failure the drive links are gone again.
-    assert!(!root.join("drive-0").exists());
+    assert!(!root.join("drive_0").exists());
 
     // Sandbox ids the jailer cannot take are refused before anything runs.
     let mut spec = h.spec("bad");

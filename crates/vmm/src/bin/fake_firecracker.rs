@@ -252,7 +252,7 @@ impl Vm {
                 match parse::<MachineConfig>(body) {
                     Err(e) => fault(e),
                     Ok(m) if m.vcpu_count == 0 || m.vcpu_count > 32 => {
-                        fault("The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled.")
+                        fault("Machine config error: The number of vCPUs must be greater than 0, less than 32 and must be 1 or an even number if SMT is enabled.")
                     }
                     Ok(m) if m.mem_size_mib == 0 => fault("The memory size (MiB) is invalid."),
                     Ok(m) => {
@@ -269,7 +269,7 @@ impl Vm {
                 match parse::<BootSource>(body) {
                     Err(e) => fault(e),
                     Ok(b) => match std::fs::File::open(&b.kernel_image_path) {
-                        Err(e) => fault(format!("The kernel file cannot be opened: {e}")),
+                        Err(e) => fault(format!("Boot source error: The kernel file cannot be opened: {e}")),
                         Ok(_) => {
                             self.boot_source = true;
                             self.configured = true;
@@ -283,6 +283,9 @@ impl Vm {
                     return fault(NOT_AFTER_START);
                 }
                 let id = &p["/drives/".len()..];
+                if !valid_resource_id(id) {
+                    return fault("API Resource IDs can only contain alphanumeric characters and underscores.");
+                }
                 match parse::<Drive>(body) {
                     Err(e) => fault(e),
                     Ok(d) if d.drive_id != id => {
@@ -295,7 +298,7 @@ impl Vm {
                             .open(&d.path_on_host);
                         if let Err(e) = open {
                             return fault(format!(
-                                "Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {}",
+                                "Drive config error: Unable to create the virtio block device: Virtio backend error: Error manipulating the backing file: {e} {}",
                                 d.path_on_host
                             ));
                         }
@@ -337,7 +340,7 @@ impl Vm {
                 Ok(a) => match a.action_type.as_str() {
                     "InstanceStart" if self.state != State::NotStarted => fault(NOT_AFTER_START),
                     "InstanceStart" if !self.boot_source => {
-                        fault("Cannot start microvm without kernel configuration.")
+                        fault("Start microvm error: Cannot start microvm without kernel configuration.")
                     }
                     "InstanceStart" => {
                         self.state = State::Running;
@@ -370,7 +373,7 @@ impl Vm {
             ("PUT", "/snapshot/create") => match parse::<SnapshotCreate>(body) {
                 Err(e) => fault(e),
                 Ok(_) if self.state != State::Paused => {
-                    fault("Cannot create snapshot: the microVM is not paused. Pause it first.")
+                    fault("Create snapshot error: Cannot save the microVM state: Operation not allowed: save/restore unavailable while running")
                 }
                 Ok(c)
                     if !matches!(
@@ -387,7 +390,7 @@ impl Vm {
             },
             ("PUT", "/snapshot/load") => {
                 if self.state != State::NotStarted || self.configured {
-                    return fault("Loading a microVM snapshot not allowed after configuring boot-specific resources.");
+                    return fault("Load snapshot error: Loading a microVM snapshot not allowed after configuring boot-specific resources.");
                 }
                 let load = match parse::<SnapshotLoad>(body) {
                     Err(e) => return fault(e),
@@ -403,7 +406,8 @@ impl Vm {
                 }
             }
             _ => fault(format!(
-                "Invalid request method and/or path: {method} {path}."
+                "Invalid request method and/or path: {method} {}.",
+                path.trim_start_matches('/')
             )),
         }
     }
@@ -475,6 +479,12 @@ impl Vm {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+/// Firecracker's rule for resource ids in paths (measured: `drive-0` is
+/// refused).
+fn valid_resource_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Reads one request; `None` at end of stream.

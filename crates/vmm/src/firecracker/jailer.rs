@@ -6,11 +6,11 @@
 //! another sandbox's directory, those paths are never absolute host paths:
 //!
 //! * plain mode: Firecracker runs with its working directory set to the run
-//!   directory; disks are symlinked there as `drive-<n>` and the vsock socket
+//!   directory; disks are symlinked there as `drive_<n>` and the vsock socket
 //!   is the relative path `vsock.sock`;
 //! * jailer mode: everything lives inside the chroot
 //!   (`<chroot_base>/<exec file name>/<id>/root`); kernel and disks are
-//!   hard-linked there and Firecracker sees `/vmlinux`, `/drive-<n>`,
+//!   hard-linked there and Firecracker sees `/vmlinux`, `/drive_<n>`,
 //!   `/vsock.sock`.
 
 use locale2b_protocol::SandboxId;
@@ -149,7 +149,7 @@ impl Layout {
 
     /// Name of the n-th drive link.
     pub fn drive_name(index: usize) -> String {
-        format!("drive-{index}")
+        format!("drive_{index}")
     }
 
     /// Links `target` into the VM root as `name` (replacing a stale link):
@@ -242,7 +242,7 @@ mod tests {
         );
 
         let jail = Layout::jailed("/srv/j/firecracker/sb1/root".into());
-        assert_eq!(jail.vm_path(&Layout::drive_name(1)), "/drive-1");
+        assert_eq!(jail.vm_path(&Layout::drive_name(1)), "/drive_1");
         assert_eq!(
             jail.host_path(API_SOCKET),
             Path::new("/srv/j/firecracker/sb1/root/firecracker.sock")
@@ -261,11 +261,11 @@ mod tests {
             Layout::plain(dir.path()),
             Layout::jailed(dir.path().to_owned()),
         ] {
-            layout.link_in(&a, "drive-0").expect("link a");
-            layout.link_in(&b, "drive-0").expect("relink b");
-            let got = std::fs::read(layout.host_path("drive-0")).expect("read link");
+            layout.link_in(&a, "drive_0").expect("link a");
+            layout.link_in(&b, "drive_0").expect("relink b");
+            let got = std::fs::read(layout.host_path("drive_0")).expect("read link");
             assert_eq!(got, b"B");
-            let meta = std::fs::symlink_metadata(layout.host_path("drive-0")).expect("meta");
+            let meta = std::fs::symlink_metadata(layout.host_path("drive_0")).expect("meta");
             assert_eq!(meta.file_type().is_symlink(), !layout.jailed);
         }
     }
