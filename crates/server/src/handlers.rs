@@ -261,6 +261,16 @@ pub async fn exec(
     if timeout_ms == 0 {
         return Err(ApiError::invalid("the timeout must be positive"));
     }
+    let max_ms = s
+        .manager()
+        .config()
+        .max_exec_timeout_sec
+        .saturating_mul(1000);
+    if timeout_ms > max_ms {
+        return Err(ApiError::invalid(format!(
+            "timeout of {timeout_ms} ms exceeds the server's maximum of {max_ms} ms (max_exec_timeout_sec)"
+        )));
+    }
     let stdin_b64 = match (body.stdin, body.stdin_b64) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(

@@ -236,7 +236,7 @@ async fn missing_command_is_400_naming_the_field() {
 }
 
 #[tokio::test]
-async fn both_timeouts_is_400() {
+async fn conflicting_or_excessive_timeouts_are_400() {
     let h = harness().await;
     let r = json_req(
         Method::POST,
@@ -246,6 +246,15 @@ async fn both_timeouts_is_400() {
     let (status, _, body) = send(&h, r).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_of(&body).1.contains("timeout_seconds"));
+
+    let r = json_req(
+        Method::POST,
+        "/sandboxes/sb-x/exec",
+        &json!({"command": "true", "timeout_seconds": 999_999}),
+    );
+    let (status, _, body) = send(&h, r).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).1.contains("max_exec_timeout_sec"));
 }
 
 #[tokio::test]
