@@ -552,3 +552,45 @@ async fn upload_to_unknown_sandbox_is_404_and_without_file_part_is_400() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error_of(&body).1.contains("path"), "{body}");
 }
+
+#[tokio::test]
+async fn serve_answers_on_a_socket_and_shuts_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        base_dir: dir.path().to_owned(),
+        ..Config::default()
+    };
+    let manager = SandboxManager::open(Arc::new(config), Arc::new(NoVmm), "tcg".into())
+        .await
+        .unwrap();
+    let state = AppState::new(manager, ApiKeys::new(vec![("t".into(), Secret::new(KEY))]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(locale2b_server::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_string(&mut reply),
+    )
+    .await
+    .expect("reply within 10 s")
+    .unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("\"status\""), "{reply}");
+
+    stop_tx.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), server)
+        .await
+        .expect("server stops within 10 s")
+        .unwrap()
+        .unwrap();
+}
