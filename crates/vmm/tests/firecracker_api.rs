@@ -440,6 +440,29 @@ async fn restore(h: Harness) {
     }
 }
 
+/// `snapshot_vsock_override` sends `vsock_override` (Firecracker 1.17+).
+async fn restore_with_vsock_override(h: Harness) {
+    let (_, files) = make_snapshot(&h, "ovr").await;
+    let spec = h.spec("ovr2");
+    let mut cfg = FirecrackerConfig::new(&h.binary);
+    cfg.snapshot_vsock_override = true;
+    let vm = FirecrackerVmm::new(cfg)
+        .restore(&spec, &files)
+        .await
+        .expect("restore with vsock_override");
+    assert!(is_socket(&spec.run_dir.join("vsock.sock")));
+    assert_eq!(vm.status().await, VmStatus::Running);
+    vm.kill().await.expect("kill");
+    assert_gone(vm.as_ref()).await;
+    if h.fake {
+        let reqs = requests(&spec.run_dir);
+        assert_eq!(
+            body_of(&reqs, "PUT /snapshot/load")["vsock_override"],
+            json!({"uds_path": "vsock.sock"})
+        );
+    }
+}
+
 async fn restore_failure(h: Harness) {
     let (_, files) = make_snapshot(&h, "broken").await;
     std::fs::write(&files.state, b"this is not a snapshot").expect("corrupt state");
@@ -556,6 +579,7 @@ mod firecracker {
         snapshot_requires_pause,
         restore,
         restore_failure,
+        restore_with_vsock_override,
         attach
     );
 }
