@@ -1,6 +1,8 @@
 //! Connection-level behaviour: bad frames, oversize frames, half-close,
 //! idle timeout, concurrency, and the real binary (memory stays bounded).
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 mod common;
 
 use common::{wait_for_socket, Client, TestAgent, WAIT};
@@ -20,22 +22,69 @@ async fn malformed_and_unknown_requests_get_errors_and_the_connection_survives()
     c.send_raw(b"{this is not json").await;
     let f = c.recv().await;
     assert_eq!(f.id, 0);
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::MalformedFrame, .. })), "{f:?}");
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::MalformedFrame,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
     c.send_raw(&[0xff, 0xfe, 0x00]).await;
     let f = c.recv().await;
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::MalformedFrame, .. })), "{f:?}");
-    c.send_raw(br#"{"id":41,"request":{"action":"teleport"}}"#).await;
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::MalformedFrame,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
+    c.send_raw(br#"{"id":41,"request":{"action":"teleport"}}"#)
+        .await;
     let f = c.recv().await;
     assert_eq!(f.id, 41);
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::UnknownAction, .. })), "{f:?}");
-    c.send_raw(br#"{"id":42,"request":{"action":"exec","cwd":"/"}}"#).await;
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::UnknownAction,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
+    c.send_raw(br#"{"id":42,"request":{"action":"exec","cwd":"/"}}"#)
+        .await;
     let f = c.recv().await;
     assert_eq!(f.id, 42);
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::InvalidRequest, .. })), "{f:?}");
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::InvalidRequest,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
     // A zero-length frame keeps the framing intact.
     c.stream.write_all(&[0, 0, 0, 0]).await.unwrap();
     let f = c.recv().await;
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::MalformedFrame, .. })), "{f:?}");
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::MalformedFrame,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
     assert_serving(&mut c).await;
 }
 
@@ -45,11 +94,23 @@ async fn oversize_frame_is_refused_and_closes_only_that_connection() {
     let mut other = agent.client().await;
     let mut c = agent.client().await;
     // Announce 1 GiB; send a little of it.
-    c.stream.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+    c.stream
+        .write_all(&(1u32 << 30).to_be_bytes())
+        .await
+        .unwrap();
     c.stream.write_all(b"{\"id\":1").await.unwrap();
     let f = c.recv().await;
     assert_eq!(f.id, 0);
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::TooLarge, .. })), "{f:?}");
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::TooLarge,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
     assert!(c.closed_by_agent().await);
     assert_serving(&mut other).await;
     let mut fresh = agent.client().await;
@@ -95,7 +156,11 @@ async fn idle_connections_are_closed() {
     assert_serving(&mut c).await;
     let started = Instant::now();
     assert!(c.closed_by_agent().await);
-    assert!(started.elapsed() >= Duration::from_millis(250), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -123,14 +188,21 @@ async fn fifty_concurrent_connections() {
     }
     let started = Instant::now();
     let mut seen = 0;
-    while let Some(res) = tokio::time::timeout(WAIT, tasks.join_next()).await.expect("timed out") {
+    while let Some(res) = tokio::time::timeout(WAIT, tasks.join_next())
+        .await
+        .expect("timed out")
+    {
         let (i, out) = res.expect("task");
         assert_eq!(out, format!("{i}\n"));
         seen += 1;
     }
     assert_eq!(seen, 50);
     // Served concurrently: 50 × 0.2 s one after the other would take 10 s.
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 /// The built binary, serving on a Unix socket; killed on drop.
@@ -207,7 +279,10 @@ async fn binary_caps_100_mib_of_output_with_bounded_memory() {
     assert!(r.stdout.bytes().all(|b| b == b'a'));
     let hwm = agent.status_kib("VmHWM:");
     eprintln!("agent VmHWM after 100 MiB of output: {hwm} kB");
-    assert!(hwm < 64 * 1024, "agent peak RSS {hwm} kB for 100 MiB of output");
+    assert!(
+        hwm < 64 * 1024,
+        "agent peak RSS {hwm} kB for 100 MiB of output"
+    );
 }
 
 #[tokio::test]
@@ -251,7 +326,10 @@ async fn binary_options_and_version() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("locale2b-agent {AGENT_VERSION}"));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("locale2b-agent {AGENT_VERSION}")
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_locale2b-agent"))
         .args(["serve", "--bogus"])
         .output()
@@ -261,7 +339,16 @@ async fn binary_options_and_version() {
     let mut c = Client::connect(&agent.socket).await;
     c.stream.write_all(&4096u32.to_be_bytes()).await.unwrap();
     let f = c.recv().await;
-    assert!(matches!(f.outcome, Outcome::Error(ErrorBody { code: ErrorCode::TooLarge, .. })), "{f:?}");
+    assert!(
+        matches!(
+            f.outcome,
+            Outcome::Error(ErrorBody {
+                code: ErrorCode::TooLarge,
+                ..
+            })
+        ),
+        "{f:?}"
+    );
     let mut idle = Client::connect(&agent.socket).await;
     assert_serving(&mut idle).await;
     assert!(idle.closed_by_agent().await);

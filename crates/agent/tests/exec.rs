@@ -1,5 +1,7 @@
 //! `exec`, `init`, `hello`, `ping`, `sync` and `shutdown` against a real agent.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 mod common;
 
 use base64::Engine as _;
@@ -87,11 +89,13 @@ async fn exec_env_merges_init_defaults() {
     let r = run(&mut c, req).await;
     assert_eq!(r.stdout, "init req r\npath\n");
     // The host clock was not touched (manage_system is off in tests).
-    assert!(std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        > 1_600_000_000);
+    assert!(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            > 1_600_000_000
+    );
     let Response::Pong(p) = c.call(Request::Ping).await.unwrap() else {
         panic!("no pong")
     };
@@ -130,11 +134,18 @@ async fn exec_timeout_kills_the_whole_process_group() {
     let r = run(&mut c, req).await;
     assert!(r.timed_out);
     assert_eq!(r.signal, Some(9));
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
     let bg: i32 = r.stdout.trim().parse().expect("background pid");
     let deadline = Instant::now() + WAIT;
     while !process_gone(bg) {
-        assert!(Instant::now() < deadline, "background child {bg} survived the timeout");
+        assert!(
+            Instant::now() < deadline,
+            "background child {bg} survived the timeout"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -154,7 +165,11 @@ async fn exec_background_child_does_not_block_the_answer() {
 async fn exec_output_is_capped() {
     let agent = TestAgent::start().await;
     let mut c = agent.client().await;
-    let r = run(&mut c, exec_req("yes abcdefgh | head -c 20000000; echo tail >&2")).await;
+    let r = run(
+        &mut c,
+        exec_req("yes abcdefgh | head -c 20000000; echo tail >&2"),
+    )
+    .await;
     assert!(r.truncated);
     assert_eq!(r.stdout.len() as u64, DEFAULT_EXEC_OUTPUT_LIMIT);
     assert_eq!(r.stderr, "tail\n");
@@ -176,7 +191,10 @@ async fn exec_as_nobody_gets_permission_denied() {
     std::fs::create_dir(&private).unwrap();
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut c = agent.client().await;
-    let mut req = exec_req(&format!("id -u; echo $HOME; touch '{}/x'", private.display()));
+    let mut req = exec_req(&format!(
+        "id -u; echo $HOME; touch '{}/x'",
+        private.display()
+    ));
     req.user = Some("nobody".into());
     let r = run(&mut c, req).await;
     let mut lines = r.stdout.lines();
@@ -235,7 +253,9 @@ async fn shutdown_answers_then_stops_the_listener() {
     let mut c = agent.client().await;
     assert_eq!(c.call(Request::Shutdown).await.unwrap(), Response::Done);
     assert!(c.closed_by_agent().await);
-    let res = tokio::time::timeout(WAIT, agent.task).await.expect("serve_unix did not return");
+    let res = tokio::time::timeout(WAIT, agent.task)
+        .await
+        .expect("serve_unix did not return");
     assert!(matches!(res, Ok(Ok(()))), "{res:?}");
     assert!(agent.ctx.shutdown_token().is_cancelled());
 }

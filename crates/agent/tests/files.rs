@@ -1,5 +1,7 @@
 //! File actions against a real agent on a Unix socket.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly on purpose
+
 mod common;
 
 use base64::Engine as _;
@@ -50,12 +52,20 @@ fn p(agent: &TestAgent, rel: &str) -> String {
 async fn write_then_read_empty_large_binary_and_odd_names() {
     let agent = TestAgent::start().await;
     let mut c = agent.client().await;
-    let big: Vec<u8> = (0u64..3 * 1024 * 1024 + 17).map(|i| (i * 7919 % 256) as u8).collect();
+    let big: Vec<u8> = (0u64..3 * 1024 * 1024 + 17)
+        .map(|i| (i * 7919 % 256) as u8)
+        .collect();
     let cases: Vec<(String, Vec<u8>)> = vec![
         (p(&agent, "empty.txt"), Vec::new()),
         (p(&agent, "big.bin"), big),
-        (p(&agent, "with space and ünïcødé ✓.txt"), "héllo\n".as_bytes().to_vec()),
-        (p(&agent, "nul-and-ff.bin"), vec![0, 0xff, 0, 0xfe, b'\n', 0]),
+        (
+            p(&agent, "with space and ünïcødé ✓.txt"),
+            "héllo\n".as_bytes().to_vec(),
+        ),
+        (
+            p(&agent, "nul-and-ff.bin"),
+            vec![0, 0xff, 0, 0xfe, b'\n', 0],
+        ),
     ];
     for (path, data) in &cases {
         let w = c.call(write_req(path, data)).await.expect("write");
@@ -128,7 +138,10 @@ async fn read_errors() {
     let e = c.call(read_req(&p(&agent, "missing"))).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
     assert!(e.message.contains("missing"), "{}", e.message);
-    let e = c.call(read_req(&agent.workspace.display().to_string())).await.unwrap_err();
+    let e = c
+        .call(read_req(&agent.workspace.display().to_string()))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::IsADirectory);
     std::fs::write(agent.workspace.join("big"), vec![1u8; 100 * 1024]).unwrap();
     let e = c.call(read_req("big")).await.unwrap_err();
@@ -164,21 +177,29 @@ async fn write_options_utf8_mode_parents_append() {
     let e = c.call(Request::WriteFile(req.clone())).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
     req.create_parents = true;
-    c.call(Request::WriteFile(req.clone())).await.expect("write with parents");
+    c.call(Request::WriteFile(req.clone()))
+        .await
+        .expect("write with parents");
     let meta = std::fs::metadata(&nested).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
     req.append = true;
     req.content = "line2\n".into();
     req.mode = None;
     let w = c.call(Request::WriteFile(req.clone())).await.unwrap();
-    assert!(matches!(w, Response::Written(WrittenResponse { size: 12, .. })), "{w:?}");
+    assert!(
+        matches!(w, Response::Written(WrittenResponse { size: 12, .. })),
+        "{w:?}"
+    );
     assert_eq!(std::fs::read_to_string(&nested).unwrap(), "line1\nline2\n");
     // Replacing keeps the existing mode when none is given.
     req.append = false;
     req.content = "new".into();
     c.call(Request::WriteFile(req.clone())).await.unwrap();
     assert_eq!(std::fs::read_to_string(&nested).unwrap(), "new");
-    assert_eq!(std::fs::metadata(&nested).unwrap().permissions().mode() & 0o7777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&nested).unwrap().permissions().mode() & 0o7777,
+        0o600
+    );
     // Errors: bad base64, a directory as target, bad mode.
     let e = c
         .call(Request::WriteFile(WriteFileRequest {
@@ -238,7 +259,10 @@ async fn list_recursive_sorted_with_caps_and_symlinks() {
     assert!(!flat.truncated);
     let link = &flat.entries[2];
     assert_eq!(link.kind, FileKind::Symlink);
-    assert_eq!(link.symlink_target.as_deref(), Some(outside.to_str().unwrap()));
+    assert_eq!(
+        link.symlink_target.as_deref(),
+        Some(outside.to_str().unwrap())
+    );
     let b = &flat.entries[0];
     assert_eq!((b.kind, b.size), (FileKind::File, 2));
     assert!(b.mtime_ms > 1_600_000_000_000, "{}", b.mtime_ms);
@@ -249,10 +273,29 @@ async fn list_recursive_sorted_with_caps_and_symlinks() {
     let rel: Vec<String> = all
         .entries
         .iter()
-        .map(|e| e.path.strip_prefix(&format!("{}/", w.display())).unwrap().to_owned())
+        .map(|e| {
+            e.path
+                .strip_prefix(&format!("{}/", w.display()))
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(rel, ["b.txt", "d", "d/a.txt", "d/sub", "d/sub/deeper", "d/sub/deeper/z", "link"]);
-    assert!(!rel.iter().any(|r| r.contains("secret")), "followed a symlink");
+    assert_eq!(
+        rel,
+        [
+            "b.txt",
+            "d",
+            "d/a.txt",
+            "d/sub",
+            "d/sub/deeper",
+            "d/sub/deeper/z",
+            "link"
+        ]
+    );
+    assert!(
+        !rel.iter().any(|r| r.contains("secret")),
+        "followed a symlink"
+    );
 
     let Response::Listing(shallow) = c.call(list(true, Some(2), None)).await.unwrap() else {
         panic!("not a listing")
@@ -327,12 +370,27 @@ async fn mkdir_stat_delete_rename() {
     // stat does not follow symlinks.
     std::fs::write(w.join("target"), b"12345").unwrap();
     std::os::unix::fs::symlink("target", w.join("ln")).unwrap();
-    let s = stat_of(c.call(Request::Stat(PathRequest { path: "ln".into() })).await.unwrap());
+    let s = stat_of(
+        c.call(Request::Stat(PathRequest { path: "ln".into() }))
+            .await
+            .unwrap(),
+    );
     assert_eq!(s.kind, FileKind::Symlink);
     assert_eq!(s.symlink_target.as_deref(), Some("target"));
-    let s = stat_of(c.call(Request::Stat(PathRequest { path: "target".into() })).await.unwrap());
+    let s = stat_of(
+        c.call(Request::Stat(PathRequest {
+            path: "target".into(),
+        }))
+        .await
+        .unwrap(),
+    );
     assert_eq!((s.kind, s.size), (FileKind::File, 5));
-    let e = c.call(Request::Stat(PathRequest { path: "ghost".into() })).await.unwrap_err();
+    let e = c
+        .call(Request::Stat(PathRequest {
+            path: "ghost".into(),
+        }))
+        .await
+        .unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
 
     // rename
@@ -371,7 +429,10 @@ async fn mkdir_stat_delete_rename() {
     std::os::unix::fs::symlink(&keep, w.join("x/dirlink2")).unwrap();
     assert_eq!(c.call(del("x", true)).await.unwrap(), Response::Done);
     assert!(!w.join("x").exists());
-    assert!(keep.join("precious").exists(), "recursive delete followed a symlink");
+    assert!(
+        keep.join("precious").exists(),
+        "recursive delete followed a symlink"
+    );
     let e = c.call(del("x", true)).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
     let e = c.call(del("/", true)).await.unwrap_err();

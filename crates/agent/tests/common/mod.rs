@@ -62,7 +62,11 @@ pub async fn wait_for_socket(path: &Path) {
         if UnixStream::connect(path).await.is_ok() {
             return;
         }
-        assert!(Instant::now() < deadline, "agent socket {} never came up", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "agent socket {} never came up",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -84,7 +88,9 @@ impl Client {
 
     /// Sends a raw payload as one frame.
     pub async fn send_raw(&mut self, payload: &[u8]) {
-        write_frame(&mut self.stream, payload, usize::MAX).await.expect("write frame");
+        write_frame(&mut self.stream, payload, usize::MAX)
+            .await
+            .expect("write frame");
     }
 
     /// Reads one response frame.
