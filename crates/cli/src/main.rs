@@ -1,9 +1,12 @@
-//! `locale2b`: parses the command line and hands over to a library crate.
-//! One module per subcommand.
+//! `locale2b`: parses the command line, reads the configuration and hands
+//! over to a library crate. One module per subcommand.
 
 use clap::{Parser, Subcommand};
+use locale2b_manager::{Config, LogFormat};
 
+mod doctor;
 mod image;
+mod serve;
 
 /// Self-hosted microVM sandboxes for AI agents.
 #[derive(Debug, Parser)]
@@ -15,14 +18,41 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the REST API server (configuration: LOCALE2B_* variables, see docs/configuration.md).
+    Serve,
     /// Build or verify guest images (kernel + rootfs + manifest).
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Explain which VMM backend this host can run, and why.
+    Doctor,
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Image(cmd) => image::run(cmd),
+        Command::Serve => {
+            let config = Config::from_env()?;
+            init_tracing(&config);
+            runtime()?.block_on(serve::run(config))
+        }
+        Command::Doctor => {
+            let config = Config::from_env()?;
+            runtime()?.block_on(doctor::run(config))
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -1,0 +1,47 @@
+//! `locale2b serve`: probe the host, open the manager, serve the REST API.
+//!
+//! Stopping the server (SIGINT/SIGTERM) stops the HTTP listener only: VMs
+//! keep running and a restarted server re-attaches to them.
+
+use locale2b_manager::{backend, Config, SandboxManager};
+use locale2b_server::{load_or_create_api_keys, serve, AppState};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Runs the server until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let (vmm, report) = backend::build(&config).await?;
+    let accel = backend::accel_name(&report);
+    info!(backend = %report.chosen, accel = %accel, reason = %report.explanation(), "VMM backend chosen");
+    let manager = SandboxManager::open(config.clone(), vmm, accel).await?;
+    let keys = load_or_create_api_keys(&config)?;
+    if let Some(path) = keys.stored_at() {
+        info!(path = %path.display(), "API key stored in {}", path.display());
+    }
+    let listener = tokio::net::TcpListener::bind((config.host, config.port))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+    let addr = listener.local_addr()?;
+    info!(%addr, "locale2b listening on http://{addr} (Swagger UI at /docs)");
+    let state = AppState::new(manager, keys);
+    serve(listener, state, shutdown_signal()).await?;
+    info!("server stopped; running sandboxes keep running and are re-attached at the next start");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
