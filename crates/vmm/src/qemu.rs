@@ -57,6 +57,13 @@ pub struct QemuConfig {
     /// Host TSC frequency for `tsc_early_khz=`; `None` = detect (once per
     /// process).
     pub tsc_khz: Option<u64>,
+    /// Describe devices in ACPI (`-M microvm,acpi=on`). Off by default:
+    /// QEMU then lists the virtio-mmio devices on the kernel command line
+    /// (`virtio_mmio.device=`, needs `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`),
+    /// which works with kernels whose ACPI cannot load microvm's tables
+    /// (seen with the project's 6.1 kernel: "AE_BAD_PARAMETER, During
+    /// Region initialization", then no disks).
+    pub acpi: bool,
 }
 
 impl QemuConfig {
@@ -69,6 +76,7 @@ impl QemuConfig {
             qmp_timeout: Duration::from_secs(5),
             migrate_timeout: Duration::from_secs(120),
             tsc_khz: None,
+            acpi: false,
         }
     }
 }
@@ -568,7 +576,14 @@ fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) ->
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
     push(&["-name", &format!("locale2b-{}", spec.sandbox_id)]);
-    push(&["-M", "microvm"]);
+    push(&[
+        "-M",
+        if cfg.acpi {
+            "microvm,acpi=on"
+        } else {
+            "microvm,acpi=off"
+        },
+    ]);
     match cfg.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
@@ -922,7 +937,7 @@ mod tests {
         let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
         let args = build_args(&cfg, &s, "console=ttyS0", false);
         let joined = args.join(" ");
-        assert!(joined.contains("-M microvm -accel tcg"), "{joined}");
+        assert!(joined.contains("-M microvm,acpi=off -accel tcg"), "{joined}");
         assert!(joined.contains(
             "memory-backend-file,id=mem,size=256M,mem-path=/r/run/memory,share=on -machine memory-backend=mem"
         ));

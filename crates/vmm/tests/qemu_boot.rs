@@ -116,9 +116,14 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let console = vsock.with_file_name("console.log");
+        let console = std::fs::read_to_string(&console).unwrap_or_default();
+        let tail: Vec<&str> = console.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         panic!(
-            "agent not reachable through {}: {last_err}",
-            vsock.display()
+            "agent not reachable through {}: {last_err}\n--- console tail ---\n{}",
+            vsock.display(),
+            tail.join("\n")
         );
     }
 
