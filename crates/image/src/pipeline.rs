@@ -1,0 +1,652 @@
+//! The build: three cached stages, a manifest, and installation.
+//!
+//! Cache layout (`cache_dir`):
+//! ```text
+//! kernel/<kernel-hash>/{vmlinux,config,release,meta.json}
+//! rootfs-base/<base-hash>/{root/,meta.json}
+//! images/<input-hash>/{vmlinux,rootfs.ext4,manifest.json}
+//! work/                     scratch space of stages in progress
+//! ```
+//! A stage's directory is complete when its `meta.json` (or `manifest.json`)
+//! exists: stages build into `<hash>.partial` and are renamed into place.
+//! Installed images: `images_dir/<template>/{vmlinux,rootfs.ext4,manifest.json}`,
+//! hard links to the cache when possible (copies otherwise), manifest last.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ImageError;
+use crate::hash::{sha256_file, uuid_from_hex, InputHasher};
+use crate::manifest::{
+    rfc3339_utc, AgentInfo, BuildInfo, DebianInfo, Durations, KernelInfo, Manifest, RootfsInfo, TemplateInfo,
+    KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE, SCHEMA,
+};
+use crate::progress::{human_size, Progress};
+use crate::template::Template;
+use crate::toolchain::{BaseJob, KernelJob, RootfsImageJob, Toolchain};
+
+const KERNEL_SCRIPT: &str = "scripts/build-kernel.sh";
+const ROOTFS_SCRIPT: &str = "scripts/build-rootfs.sh";
+/// Where the agent lives inside the guest.
+pub const AGENT_GUEST_PATH: &str = "/usr/local/bin/locale2b-agent";
+
+/// What to build and where.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    /// Directory holding `image/` (templates, kernel fragment) and `scripts/`.
+    pub recipe_dir: PathBuf,
+    /// Template name.
+    pub template: String,
+    /// Guest agent binary to bake in.
+    pub agent: PathBuf,
+    /// `$BASE/images`: the template is installed into `images_dir/<template>/`.
+    pub images_dir: PathBuf,
+    /// Build cache.
+    pub cache_dir: PathBuf,
+    /// Rebuild every stage even when cached.
+    pub force: bool,
+    /// Overrides the template's `source_date_epoch`.
+    pub source_date_epoch: Option<u64>,
+    /// Parallel make jobs for the kernel.
+    pub jobs: u32,
+}
+
+/// What a build did.
+#[derive(Debug, Clone)]
+pub struct BuildOutcome {
+    /// Where the image was installed.
+    pub install_dir: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Kernel came from the cache.
+    pub kernel_cached: bool,
+    /// Debian tree came from the cache.
+    pub base_cached: bool,
+    /// The whole image came from the cache (nothing was built).
+    pub image_cached: bool,
+    /// Wall time of this call, seconds.
+    pub elapsed_secs: f64,
+}
+
+/// The three cache keys of one build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputHashes {
+    /// Kernel stage key.
+    pub kernel: String,
+    /// Debian tree stage key.
+    pub base: String,
+    /// Whole image key (the manifest's `input_hash`).
+    pub image: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct KernelMeta {
+    release: String,
+    source_version: String,
+    duration_secs: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BaseMeta {
+    installed: BTreeMap<String, String>,
+    duration_secs: f64,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
+    std::fs::read(path).map_err(|e| ImageError::io("read", path, e))
+}
+
+/// Computes the cache keys from the recipe files, the template, the agent's
+/// checksum and the kernel source version.
+///
+/// # Errors
+/// [`ImageError::Io`] when a recipe file cannot be read.
+pub fn input_hashes(
+    recipe_dir: &Path,
+    template: &Template,
+    agent_sha256: &str,
+    kernel_source_version: &str,
+    epoch: u64,
+) -> Result<InputHashes, ImageError> {
+    let epoch_text = epoch.to_string();
+
+    let mut k = InputHasher::new("locale2b/kernel/v1");
+    k.field("fragment", &read(&recipe_dir.join("image").join(&template.kernel.fragment))?)
+        .field("script", &read(&recipe_dir.join(KERNEL_SCRIPT))?)
+        .text("source_package", &template.kernel.source_package)
+        .text("source_version", kernel_source_version)
+        .text("source_tarball", &template.kernel.source_tarball.display().to_string())
+        .text("epoch", &epoch_text);
+    let kernel = k.finish();
+
+    let debian = serde_json::to_vec(&template.debian).unwrap_or_default();
+    let rootfs = serde_json::to_vec(&(&template.rootfs.hostname, &template.rootfs.setup)).unwrap_or_default();
+    let mut b = InputHasher::new("locale2b/rootfs-base/v1");
+    b.field("debian", &debian)
+        .field("rootfs", &rootfs)
+        .field("script", &read(&recipe_dir.join(ROOTFS_SCRIPT))?)
+        .text("epoch", &epoch_text);
+    let base = b.finish();
+
+    let mut i = InputHasher::new("locale2b/image/v1");
+    i.text("kernel", &kernel)
+        .text("base", &base)
+        .text("agent_sha256", agent_sha256)
+        .text("template", &template.name)
+        .text("version", &template.version)
+        .text("headroom_mib", &template.rootfs.headroom_mib.to_string());
+    let image = i.finish();
+
+    Ok(InputHashes { kernel, base, image })
+}
+
+/// Builds (or fetches from the cache) the image of a template and installs it.
+///
+/// # Errors
+/// Any [`ImageError`]: a missing template or agent, a failed stage, I/O.
+pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> Result<BuildOutcome, ImageError> {
+    let started = Instant::now();
+    let (template, _) = Template::load(&req.recipe_dir, &req.template)?;
+    let epoch = req.source_date_epoch.unwrap_or(template.source_date_epoch);
+    if !req.agent.is_file() {
+        return Err(ImageError::AgentMissing { path: req.agent.clone() });
+    }
+    let agent_sha256 = sha256_file(&req.agent)?;
+    let source_version = tools.host_package_version(&template.kernel.source_package)?;
+    let hashes = input_hashes(&req.recipe_dir, &template, &agent_sha256, &source_version, epoch)?;
+    progress.step(format!(
+        "template {} v{} (epoch {epoch}); input hash {}",
+        template.name,
+        template.version,
+        short(&hashes.image)
+    ));
+
+    let install_dir = req.images_dir.join(&template.name);
+    let image_dir = req.cache_dir.join("images").join(&hashes.image);
+    if !req.force {
+        if let Ok(manifest) = Manifest::load(&image_dir) {
+            if manifest.sizes_match(&image_dir) {
+                progress.step(format!("cache hit: {}", image_dir.display()));
+                install(&image_dir, &install_dir)?;
+                progress.step(format!("installed {}", install_dir.display()));
+                return Ok(BuildOutcome {
+                    install_dir,
+                    manifest,
+                    kernel_cached: true,
+                    base_cached: true,
+                    image_cached: true,
+                    elapsed_secs: started.elapsed().as_secs_f64(),
+                });
+            }
+        }
+    }
+
+    let work_root = req.cache_dir.join("work");
+    mkdir(&work_root)?;
+
+    // Kernel.
+    let kernel_dir = req.cache_dir.join("kernel").join(&hashes.kernel);
+    let (kernel_meta, kernel_cached) = match load_meta::<KernelMeta>(&kernel_dir).filter(|_| !req.force) {
+        Some(meta) if kernel_dir.join(KERNEL_FILE).is_file() => {
+            progress.step(format!("kernel: cache hit {} ({})", meta.release, short(&hashes.kernel)));
+            (meta, true)
+        }
+        _ => {
+            progress.step(format!(
+                "kernel: building from {} {source_version} (several minutes)",
+                template.kernel.source_package
+            ));
+            let t = Instant::now();
+            let partial = fresh_partial(&kernel_dir)?;
+            let work = work_root.join(format!("kernel-{}", hashes.kernel));
+            tools.build_kernel(&KernelJob {
+                fragment: &req.recipe_dir.join("image").join(&template.kernel.fragment),
+                source_tarball: &template.kernel.source_tarball,
+                out_dir: &partial,
+                work_dir: &work,
+                epoch,
+                jobs: req.jobs.max(1),
+            })?;
+            let release_path = partial.join("release");
+            let release = std::fs::read_to_string(&release_path)
+                .map_err(|_| ImageError::MissingOutput { step: "kernel build".into(), path: release_path })?
+                .trim()
+                .to_owned();
+            expect_file("kernel build", &partial.join(KERNEL_FILE))?;
+            let meta = KernelMeta { release, source_version: source_version.clone(), duration_secs: t.elapsed().as_secs_f64() };
+            commit(&partial, &kernel_dir, &meta)?;
+            remove_dir(&work);
+            progress.step(format!("kernel: built {} in {:.0}s", meta.release, meta.duration_secs));
+            (meta, false)
+        }
+    };
+
+    // Debian tree.
+    let base_dir = req.cache_dir.join("rootfs-base").join(&hashes.base);
+    let (base_meta, base_cached) = match load_meta::<BaseMeta>(&base_dir).filter(|_| !req.force) {
+        Some(meta) if base_dir.join("root").is_dir() => {
+            progress.step(format!("rootfs base: cache hit, {} packages ({})", meta.installed.len(), short(&hashes.base)));
+            (meta, true)
+        }
+        _ => {
+            progress.step(format!(
+                "rootfs base: mmdebstrap {} {} + {} packages",
+                template.debian.suite,
+                template.debian.variant,
+                template.debian.packages.len()
+            ));
+            let t = Instant::now();
+            let partial = fresh_partial(&base_dir)?;
+            let setup_path = work_root.join(format!("setup-{}.sh", hashes.base));
+            let setup = template.setup_script();
+            if let Some(script) = &setup {
+                std::fs::write(&setup_path, script).map_err(|e| ImageError::io("write", &setup_path, e))?;
+            }
+            let root = partial.join("root");
+            tools.build_rootfs_base(&BaseJob {
+                debian: &template.debian,
+                hostname: &template.rootfs.hostname,
+                setup_script: setup.as_ref().map(|_| setup_path.as_path()),
+                out_dir: &root,
+                epoch,
+            })?;
+            if !root.is_dir() {
+                return Err(ImageError::MissingOutput { step: "rootfs base".into(), path: root });
+            }
+            let installed = tools.tree_packages(&root)?;
+            let meta = BaseMeta { installed, duration_secs: t.elapsed().as_secs_f64() };
+            commit(&partial, &base_dir, &meta)?;
+            let _ = std::fs::remove_file(&setup_path);
+            progress.step(format!(
+                "rootfs base: {} packages in {:.0}s",
+                meta.installed.len(),
+                meta.duration_secs
+            ));
+            (meta, false)
+        }
+    };
+
+    // ext4 image with the agent, then the manifest.
+    progress.step(format!("rootfs image: agent {} + mkfs.ext4", short(&agent_sha256)));
+    let t = Instant::now();
+    let partial = fresh_partial(&image_dir)?;
+    let uuid = uuid_from_hex(&hashes.image);
+    let hash_seed = uuid_from_hex(&crate::hash::sha256_hex(hashes.image.as_bytes()));
+    let work = work_root.join(format!("image-{}", hashes.image));
+    let rootfs_path = partial.join(ROOTFS_FILE);
+    tools.build_rootfs_image(&RootfsImageJob {
+        base_dir: &base_dir.join("root"),
+        agent: &req.agent,
+        out_file: &rootfs_path,
+        work_dir: &work,
+        uuid: &uuid,
+        hash_seed: &hash_seed,
+        headroom_mib: template.rootfs.headroom_mib,
+        epoch,
+    })?;
+    expect_file("rootfs image", &rootfs_path)?;
+    remove_dir(&work);
+    let image_secs = t.elapsed().as_secs_f64();
+    link_or_copy(&kernel_dir.join(KERNEL_FILE), &partial.join(KERNEL_FILE))?;
+
+    let kernel_path = partial.join(KERNEL_FILE);
+    let manifest = Manifest {
+        schema: SCHEMA,
+        template: TemplateInfo { name: template.name.clone(), version: template.version.clone() },
+        input_hash: hashes.image.clone(),
+        build: BuildInfo {
+            source_date_epoch: epoch,
+            timestamp: rfc3339_utc(epoch),
+            builder: concat!("locale2b-image ", env!("CARGO_PKG_VERSION")).to_owned(),
+            durations_secs: Durations {
+                kernel: round1(kernel_meta.duration_secs),
+                rootfs_base: round1(base_meta.duration_secs),
+                rootfs_image: round1(image_secs),
+            },
+        },
+        kernel: KernelInfo {
+            file: KERNEL_FILE.into(),
+            format: "vmlinux".into(),
+            version: kernel_meta.release.clone(),
+            sha256: sha256_file(&kernel_path)?,
+            size: file_size(&kernel_path)?,
+            source_package: template.kernel.source_package.clone(),
+            source_version: kernel_meta.source_version.clone(),
+            input_hash: hashes.kernel.clone(),
+        },
+        rootfs: RootfsInfo {
+            file: ROOTFS_FILE.into(),
+            format: "ext4".into(),
+            sha256: sha256_file(&rootfs_path)?,
+            size: file_size(&rootfs_path)?,
+            uuid,
+            base_hash: hashes.base.clone(),
+        },
+        agent: AgentInfo {
+            path: AGENT_GUEST_PATH.into(),
+            version: tools.agent_version(&req.agent),
+            sha256: agent_sha256,
+        },
+        debian: DebianInfo {
+            suite: template.debian.suite.clone(),
+            variant: template.debian.variant.clone(),
+            requested: template.debian.packages.clone(),
+            installed: base_meta.installed.clone(),
+        },
+    };
+    manifest.save(&partial)?;
+    remove_dir(&image_dir);
+    rename(&partial, &image_dir)?;
+    progress.step(format!(
+        "image: kernel {} ({}), rootfs {} (sha256 {})",
+        manifest.kernel.version,
+        human_size(manifest.kernel.size),
+        human_size(manifest.rootfs.size),
+        short(&manifest.rootfs.sha256)
+    ));
+    install(&image_dir, &install_dir)?;
+    progress.step(format!("installed {}", install_dir.display()));
+    Ok(BuildOutcome {
+        install_dir,
+        manifest,
+        kernel_cached,
+        base_cached,
+        image_cached: false,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Installs an image directory (kernel, rootfs, manifest last) into `dest`,
+/// replacing each file atomically. Running VMs keep the files they opened.
+///
+/// # Errors
+/// [`ImageError::Io`].
+pub fn install(src: &Path, dest: &Path) -> Result<(), ImageError> {
+    mkdir(dest)?;
+    for name in [KERNEL_FILE, ROOTFS_FILE, MANIFEST_FILE] {
+        let from = src.join(name);
+        let to = dest.join(name);
+        if same_file(&from, &to) {
+            continue;
+        }
+        let tmp = dest.join(format!(".{name}.install"));
+        let _ = std::fs::remove_file(&tmp);
+        link_or_copy(&from, &tmp)?;
+        rename(&tmp, &to)?;
+    }
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
+    if std::fs::hard_link(from, to).is_ok() {
+        return Ok(());
+    }
+    std::fs::copy(from, to).map(|_| ()).map_err(|e| ImageError::io("copy to", to, e))
+}
+
+fn load_meta<T: for<'de> Deserialize<'de>>(dir: &Path) -> Option<T> {
+    let bytes = std::fs::read(dir.join("meta.json")).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Writes `meta.json` into `partial` and renames it to `dir`.
+fn commit<T: Serialize>(partial: &Path, dir: &Path, meta: &T) -> Result<(), ImageError> {
+    let path = partial.join("meta.json");
+    let text = serde_json::to_vec_pretty(meta).map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
+    std::fs::write(&path, text).map_err(|e| ImageError::io("write", &path, e))?;
+    remove_dir(dir);
+    rename(partial, dir)
+}
+
+/// An empty `<dir>.partial` next to `dir`.
+fn fresh_partial(dir: &Path) -> Result<PathBuf, ImageError> {
+    let mut name = dir.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    let partial = dir.with_file_name(name);
+    remove_dir(&partial);
+    mkdir(&partial)?;
+    Ok(partial)
+}
+
+fn mkdir(dir: &Path) -> Result<(), ImageError> {
+    std::fs::create_dir_all(dir).map_err(|e| ImageError::io("create directory", dir, e))
+}
+
+fn remove_dir(dir: &Path) {
+    if dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "could not remove directory");
+        }
+    }
+}
+
+fn rename(from: &Path, to: &Path) -> Result<(), ImageError> {
+    std::fs::rename(from, to).map_err(|e| ImageError::io("rename into", to, e))
+}
+
+fn expect_file(step: &str, path: &Path) -> Result<(), ImageError> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(ImageError::MissingOutput { step: step.into(), path: path.to_owned() })
+    }
+}
+
+fn file_size(path: &Path) -> Result<u64, ImageError> {
+    std::fs::metadata(path).map(|m| m.len()).map_err(|e| ImageError::io("stat", path, e))
+}
+
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::manifest::verify;
+
+    /// Records every stage it runs and writes small stand-in artifacts.
+    #[derive(Debug, Default)]
+    struct FakeTools {
+        calls: RefCell<Vec<&'static str>>,
+    }
+
+    impl FakeTools {
+        fn take(&self) -> Vec<&'static str> {
+            std::mem::take(&mut *self.calls.borrow_mut())
+        }
+    }
+
+    impl Toolchain for FakeTools {
+        fn build_kernel(&self, job: &KernelJob<'_>) -> Result<(), ImageError> {
+            self.calls.borrow_mut().push("kernel");
+            let fragment = std::fs::read(job.fragment).expect("fragment");
+            std::fs::write(job.out_dir.join("vmlinux"), [b"ELF".as_slice(), &fragment].concat()).expect("w");
+            std::fs::write(job.out_dir.join("config"), &fragment).expect("w");
+            std::fs::write(job.out_dir.join("release"), "6.1.0-test\n").expect("w");
+            Ok(())
+        }
+        fn build_rootfs_base(&self, job: &BaseJob<'_>) -> Result<(), ImageError> {
+            self.calls.borrow_mut().push("base");
+            std::fs::create_dir_all(job.out_dir.join("etc")).expect("mkdir");
+            std::fs::write(job.out_dir.join("etc/hostname"), job.hostname).expect("w");
+            Ok(())
+        }
+        fn build_rootfs_image(&self, job: &RootfsImageJob<'_>) -> Result<(), ImageError> {
+            self.calls.borrow_mut().push("image");
+            let agent = std::fs::read(job.agent).expect("agent");
+            std::fs::write(job.out_file, [job.uuid.as_bytes(), &agent].concat()).expect("w");
+            Ok(())
+        }
+        fn host_package_version(&self, _package: &str) -> Result<String, ImageError> {
+            Ok("6.1.0-1".into())
+        }
+        fn tree_packages(&self, _root: &Path) -> Result<BTreeMap<String, String>, ImageError> {
+            Ok(BTreeMap::from([("python3".into(), "3.11".into())]))
+        }
+        fn agent_version(&self, _agent: &Path) -> Option<String> {
+            Some("0.0.1".into())
+        }
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        req: BuildRequest,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let recipe = dir.path().join("recipe");
+        let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for rel in ["image/templates/default.toml", "image/kernel/locale2b.config", KERNEL_SCRIPT, ROOTFS_SCRIPT] {
+            let to = recipe.join(rel);
+            std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(real.join(rel), &to).expect("copy recipe file");
+        }
+        let agent = dir.path().join("agent");
+        std::fs::write(&agent, b"agent v1").expect("agent");
+        let req = BuildRequest {
+            recipe_dir: recipe,
+            template: "default".into(),
+            agent,
+            images_dir: dir.path().join("base/images"),
+            cache_dir: dir.path().join("cache"),
+            force: false,
+            source_date_epoch: None,
+            jobs: 2,
+        };
+        Fixture { _dir: dir, req }
+    }
+
+    #[test]
+    fn second_build_is_a_cache_hit_and_installs_verified_files() {
+        let f = fixture();
+        let tools = FakeTools::default();
+        let first = build(&f.req, &tools, &Progress::quiet()).expect("first build");
+        assert_eq!(tools.take(), ["kernel", "base", "image"]);
+        assert!(!first.image_cached);
+        assert_eq!(first.install_dir, f.req.images_dir.join("default"));
+        let verified = verify(&first.install_dir).expect("installed image verifies");
+        assert_eq!(verified.input_hash, first.manifest.input_hash);
+        assert_eq!(verified.debian.installed["python3"], "3.11");
+        assert_eq!(verified.agent.version.as_deref(), Some("0.0.1"));
+        assert_eq!(verified.build.timestamp, "2023-11-14T22:13:20Z");
+
+        // A fresh install dir with the same cache: nothing is built.
+        let mut again = f.req.clone();
+        again.images_dir = f.req.images_dir.with_file_name("other-images");
+        let second = build(&again, &tools, &Progress::quiet()).expect("second build");
+        assert!(tools.take().is_empty(), "cache hit must not run any stage");
+        assert!(second.image_cached);
+        assert_eq!(second.manifest, first.manifest);
+        verify(&second.install_dir).expect("second install verifies");
+    }
+
+    #[test]
+    fn agent_change_rebuilds_only_the_rootfs_image() {
+        let f = fixture();
+        let tools = FakeTools::default();
+        let first = build(&f.req, &tools, &Progress::quiet()).expect("first build");
+        tools.take();
+        std::fs::write(&f.req.agent, b"agent v2").expect("new agent");
+        let second = build(&f.req, &tools, &Progress::quiet()).expect("rebuild");
+        assert_eq!(tools.take(), ["image"]);
+        assert!(second.kernel_cached && second.base_cached && !second.image_cached);
+        assert_ne!(second.manifest.input_hash, first.manifest.input_hash);
+        assert_eq!(second.manifest.kernel.sha256, first.manifest.kernel.sha256);
+        assert_ne!(second.manifest.rootfs.sha256, first.manifest.rootfs.sha256);
+        assert_ne!(second.manifest.rootfs.uuid, first.manifest.rootfs.uuid);
+        verify(&second.install_dir).expect("reinstalled image verifies");
+    }
+
+    #[test]
+    fn fragment_change_rebuilds_kernel_but_not_the_debian_tree() {
+        let f = fixture();
+        let tools = FakeTools::default();
+        build(&f.req, &tools, &Progress::quiet()).expect("first build");
+        tools.take();
+        let fragment = f.req.recipe_dir.join("image/kernel/locale2b.config");
+        let mut text = std::fs::read_to_string(&fragment).expect("read");
+        text.push_str("CONFIG_EXTRA=y\n");
+        std::fs::write(&fragment, text).expect("write");
+        let out = build(&f.req, &tools, &Progress::quiet()).expect("rebuild");
+        assert_eq!(tools.take(), ["kernel", "image"]);
+        assert!(!out.kernel_cached && out.base_cached);
+    }
+
+    #[test]
+    fn force_rebuilds_everything() {
+        let f = fixture();
+        let tools = FakeTools::default();
+        build(&f.req, &tools, &Progress::quiet()).expect("first build");
+        tools.take();
+        let mut req = f.req.clone();
+        req.force = true;
+        build(&req, &tools, &Progress::quiet()).expect("forced build");
+        assert_eq!(tools.take(), ["kernel", "base", "image"]);
+    }
+
+    #[test]
+    fn missing_agent_is_a_clear_error() {
+        let f = fixture();
+        let mut req = f.req.clone();
+        req.agent = req.agent.with_file_name("nope");
+        let err = build(&req, &FakeTools::default(), &Progress::quiet()).expect_err("must fail");
+        assert!(matches!(err, ImageError::AgentMissing { .. }), "{err:?}");
+        assert!(err.to_string().contains("cargo build --release -p locale2b-agent"));
+    }
+
+    #[test]
+    fn input_hashes_separate_the_stages() {
+        let f = fixture();
+        let (t, _) = Template::load(&f.req.recipe_dir, "default").expect("template");
+        let base = input_hashes(&f.req.recipe_dir, &t, "a1", "6.1.0-1", 1).expect("hash");
+        let agent = input_hashes(&f.req.recipe_dir, &t, "a2", "6.1.0-1", 1).expect("hash");
+        assert_eq!(base.kernel, agent.kernel);
+        assert_eq!(base.base, agent.base);
+        assert_ne!(base.image, agent.image);
+        let src = input_hashes(&f.req.recipe_dir, &t, "a1", "6.1.0-2", 1).expect("hash");
+        assert_ne!(base.kernel, src.kernel);
+        assert_eq!(base.base, src.base);
+        let mut t2 = t.clone();
+        t2.rootfs.setup.push("true".into());
+        let setup = input_hashes(&f.req.recipe_dir, &t2, "a1", "6.1.0-1", 1).expect("hash");
+        assert_eq!(base.kernel, setup.kernel);
+        assert_ne!(base.base, setup.base);
+        assert_ne!(base.image, setup.image);
+        let epoch = input_hashes(&f.req.recipe_dir, &t, "a1", "6.1.0-1", 2).expect("hash");
+        assert_ne!(base.kernel, epoch.kernel);
+        assert_ne!(base.base, epoch.base);
+    }
+
+    #[test]
+    fn install_replaces_files_and_is_idempotent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).expect("mkdir");
+        let m = crate::manifest::tests::sample(&src);
+        m.save(&src).expect("save");
+        let dest = dir.path().join("dest");
+        install(&src, &dest).expect("install");
+        install(&src, &dest).expect("install again");
+        assert_eq!(verify(&dest).expect("verify"), m);
+        assert!(same_file(&src.join(ROOTFS_FILE), &dest.join(ROOTFS_FILE)));
+    }
+}
