@@ -937,7 +937,10 @@ mod tests {
         let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
         let args = build_args(&cfg, &s, "console=ttyS0", false);
         let joined = args.join(" ");
-        assert!(joined.contains("-M microvm,acpi=off -accel tcg"), "{joined}");
+        assert!(
+            joined.contains("-M microvm,acpi=off -accel tcg"),
+            "{joined}"
+        );
         assert!(joined.contains(
             "memory-backend-file,id=mem,size=256M,mem-path=/r/run/memory,share=on -machine memory-backend=mem"
         ));

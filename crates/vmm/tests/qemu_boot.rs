@@ -57,6 +57,16 @@ fn skip_or_fail(msg: String) -> Option<PathBuf> {
     None
 }
 
+/// Logs to the test output when `RUST_LOG` is set.
+fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 fn vmm() -> QemuVmm {
     QemuVmm::new(QemuConfig::new("qemu-system-x86_64", Accel::Tcg)).expect("qemu backend")
 }
@@ -199,6 +209,7 @@ fn assert_cleaned_up(vm: &dyn VmHandle) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_boot_pause_snapshot_restore_attach() {
     let Some(image) = image_dir() else { return };
+    init_tracing();
     let tmp = tempfile::tempdir().expect("tempdir");
     let disk = tmp.path().join("disk.ext4");
     make_disk(&disk);
