@@ -225,3 +225,103 @@ async fn preamble_after_a_garbage_header_starts_a_new_session() {
         .expect("pump did not stop on shutdown");
     assert!(matches!(res, Ok(Ok(()))), "{res:?}");
 }
+
+/// Models a virtio-serial port: while no host is attached, reads return 0
+/// (hang-up) and writes fail; a host can attach again later.
+#[derive(Clone, Default)]
+struct FlakyPort(
+    Arc<Mutex<Option<DuplexStream>>>,
+    Arc<std::sync::atomic::AtomicUsize>,
+);
+
+impl FlakyPort {
+    /// Attaches a new host and returns its end.
+    fn attach(&self) -> HostEnd {
+        let (guest, host) = tokio::io::duplex(1024 * 1024);
+        *self.0.lock().unwrap() = Some(guest);
+        HostEnd(Arc::new(Mutex::new(host)))
+    }
+
+    fn detach(&self) {
+        *self.0.lock().unwrap() = None;
+    }
+}
+
+impl AsyncRead for FlakyPort {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut g = self.0.lock().unwrap();
+        match g.as_mut() {
+            Some(s) => Pin::new(s).poll_read(cx, buf),
+            None => {
+                self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for FlakyPort {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut g = self.0.lock().unwrap();
+        match g.as_mut() {
+            Some(s) => Pin::new(s).poll_write(cx, buf),
+            None => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test]
+async fn new_host_after_hangup_gets_a_fresh_session() {
+    let ctx = AgentContext::new(Config::default());
+    let port = FlakyPort::default();
+    let mut host = port.attach();
+    let pump = tokio::spawn(run_session_pump(
+        port.clone(),
+        ctx.clone(),
+        OnHangup::WaitAndRetry(Duration::from_millis(5)),
+    ));
+    handshake(&mut host, "1111111111111111", b"").await;
+    let (tx, client) = start_client(host.clone());
+    connect_and_ping(&tx, 1).await;
+
+    // The host goes away (the guest sees read() == 0 for a while) ...
+    client.abort();
+    let _ = client.await;
+    drop(tx);
+    drop(host);
+    port.detach();
+    let deadline = std::time::Instant::now() + WAIT;
+    while port.1.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "guest never saw the hang-up"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ... and a new host connects (e.g. after a snapshot restore).
+    let mut host = port.attach();
+    handshake(&mut host, "2222222222222222", b"").await;
+    let (tx, client) = start_client(host.clone());
+    let pong = connect_and_ping(&tx, 2).await;
+    assert_eq!(pong.agent_version, AGENT_VERSION);
+    client.abort();
+    ctx.request_shutdown();
+    let res = tokio::time::timeout(WAIT, pump)
+        .await
+        .expect("pump did not stop on shutdown");
+    assert!(matches!(res, Ok(Ok(()))), "{res:?}");
+}
