@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 host for locale2b. Idempotent: re-running it when
+# everything is in place changes nothing and prints a short summary.
+#
+# Usage: scripts/setup.sh [--download-firecracker]
+#   LOCALE2B_BASE_DIR       base directory (default /var/lib/firecracker-workspaces)
+#   LOCALE2B_FIRECRACKER_BIN  firecracker binary whose version is recorded
+#   --download-firecracker  fetch the pinned Firecracker release and check its
+#                           sha256 (only when asked; needs access to github.com)
+set -euo pipefail
+
+base="${LOCALE2B_BASE_DIR:-/var/lib/firecracker-workspaces}"
+download_fc=0
+for arg in "$@"; do
+    case "$arg" in
+        --download-firecracker) download_fc=1 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        *) echo "setup: unknown argument: $arg" >&2; exit 2 ;;
+    esac
+done
+
+# Host packages: VMM, rootfs and kernel build tools.
+packages=(
+    qemu-system-x86 mmdebstrap e2fsprogs linux-source-6.1
+    bc bison flex libelf-dev libssl-dev cpio xz-utils build-essential kmod
+    iproute2 python3 ca-certificates
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ "$(id -u)" -eq 0 ] || { echo "setup: run as root to install: ${missing[*]}" >&2; exit 1; }
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "setup: host packages present (${#packages[@]})"
+fi
+
+# Accelerator: the real probe (can a guest run under KVM?) is done by the server.
+if [ -e /dev/kvm ]; then
+    echo "setup: KVM device present; the server probes at start whether guests really run under it (nested PVM hosts cannot), otherwise TCG"
+else
+    echo "setup: no /dev/kvm: guests will run under QEMU TCG (software emulation, slower)"
+fi
+
+# Base directory layout, private to the service user.
+for d in "$base" "$base/images" "$base/cache" "$base/sandboxes" "$base/workspaces"; do
+    if [ ! -d "$d" ]; then
+        install -d -m 0700 "$d"
+        echo "setup: created $d"
+    elif [ "$(stat -c %a "$d")" != 700 ]; then
+        chmod 0700 "$d"
+        echo "setup: set mode 0700 on $d"
+    fi
+done
+
+# Firecracker: record the version of the configured binary.
+fc_version_file="$base/firecracker-version"
+if [ -n "${LOCALE2B_FIRECRACKER_BIN:-}" ]; then
+    if [ -x "$LOCALE2B_FIRECRACKER_BIN" ]; then
+        version="$("$LOCALE2B_FIRECRACKER_BIN" --version 2>/dev/null | head -n1 || true)"
+        if [ -n "$version" ] && [ "$(cat "$fc_version_file" 2>/dev/null || true)" != "$version" ]; then
+            printf '%s\n' "$version" >"$fc_version_file"
+            echo "setup: recorded $version in $fc_version_file"
+        fi
+    else
+        echo "setup: LOCALE2B_FIRECRACKER_BIN=$LOCALE2B_FIRECRACKER_BIN is not an executable" >&2
+    fi
+fi
+
+if [ "$download_fc" -eq 1 ]; then
+    # Pinned release; the checksum is the one published with that release.
+    fc_version="${LOCALE2B_FIRECRACKER_VERSION:-v1.10.1}"
+    fc_sha256="${LOCALE2B_FIRECRACKER_SHA256:?set LOCALE2B_FIRECRACKER_SHA256 to the published sha256 of firecracker-$fc_version-x86_64.tgz}"
+    url="https://github.com/firecracker-microvm/firecracker/releases/download/$fc_version/firecracker-$fc_version-x86_64.tgz"
+    dest="$base/firecracker/$fc_version"
+    if [ ! -x "$dest/firecracker" ]; then
+        tmp="$(mktemp -d)"
+        trap 'rm -rf "$tmp"' EXIT
+        echo "setup: downloading $url"
+        curl -fsSL -o "$tmp/fc.tgz" "$url"
+        echo "$fc_sha256  $tmp/fc.tgz" | sha256sum -c --quiet
+        tar -xzf "$tmp/fc.tgz" -C "$tmp"
+        install -d -m 0700 "$dest"
+        install -m 0755 "$tmp/release-$fc_version-x86_64/firecracker-$fc_version-x86_64" "$dest/firecracker"
+        install -m 0755 "$tmp/release-$fc_version-x86_64/jailer-$fc_version-x86_64" "$dest/jailer"
+        echo "setup: installed $dest/firecracker (set LOCALE2B_FIRECRACKER_BIN to use it)"
+    fi
+fi
+
+if [ -f "$base/images/default/manifest.json" ]; then
+    echo "setup: guest image installed at $base/images/default"
+else
+    echo "setup: no guest image yet: run \`locale2b image build\`"
+fi
