@@ -171,7 +171,10 @@ fn build_env(
     req: &ExecRequest,
     user: Option<&UserSpec>,
 ) -> BTreeMap<String, String> {
-    let mut env: BTreeMap<String, String> = std::env::vars().collect();
+    // Kernel command-line options such as `locale2b.x=y` reach PID 1 as
+    // environment variables; they are not meant for commands.
+    let mut env: BTreeMap<String, String> =
+        std::env::vars().filter(|(k, _)| !k.contains('.')).collect();
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
     if let Some(u) = user {
