@@ -18,8 +18,12 @@ enum Command {
 }
 
 fn parse(args: &[String]) -> Result<Command, String> {
+    // As PID 1 the kernel may pass stray command-line words as arguments;
+    // exiting would panic the kernel, so PID 1 is always init.
+    if std::process::id() == 1 {
+        return Ok(Command::Init);
+    }
     match args.first().map(String::as_str) {
-        None if std::process::id() == 1 => Ok(Command::Init),
         Some("--version" | "-V") => Ok(Command::Version),
         Some("init") => Ok(Command::Init),
         Some("serve") => {
