@@ -6,11 +6,18 @@ use locale2b_manager::{backend, Config};
 /// Prints the probe's decision and reasons.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let report = locale2b_vmm::probe::probe(&backend::probe_config(&config)).await;
-    println!("backend: {} ({})", report.chosen, backend::accel_name(&report));
+    println!(
+        "backend: {} ({})",
+        report.chosen,
+        backend::accel_name(&report)
+    );
     for reason in &report.reasons {
         println!("  - {reason}");
     }
-    let image = config.base_dir.join("images").join(&config.default_template);
+    let image = config
+        .base_dir
+        .join("images")
+        .join(&config.default_template);
     if image.join("vmlinux").exists() && image.join("rootfs.ext4").exists() {
         println!("guest image: {}", image.display());
     } else {

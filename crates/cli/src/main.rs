@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use locale2b_manager::{Config, LogFormat};
 
+mod bench;
 mod doctor;
 mod image;
 mod serve;
@@ -25,12 +26,16 @@ enum Command {
     Image(image::ImageCommand),
     /// Explain which VMM backend this host can run, and why.
     Doctor,
+    /// Measure boot, exec, file, pause/resume, API latency and density against a real server.
+    Bench(bench::BenchArgs),
 }
 
 fn init_tracing(config: &Config) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.with_ansi(false).init(),
@@ -46,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             init_tracing(&config);
             runtime()?.block_on(serve::run(config))
         }
+        Command::Bench(args) => bench::run(args),
         Command::Doctor => {
             let config = Config::from_env()?;
             runtime()?.block_on(doctor::run(config))
@@ -54,5 +60,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
