@@ -79,7 +79,10 @@ fn build(args: BuildArgs, base_dir: &Path, cache_dir: PathBuf) -> anyhow::Result
         .agent
         .unwrap_or_else(|| recipe_dir.join("target/release/locale2b-agent"));
     let source_date_epoch = match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.is_empty() => Some(v.parse::<u64>().context("SOURCE_DATE_EPOCH is not a number")?),
+        Ok(v) if !v.is_empty() => Some(
+            v.parse::<u64>()
+                .context("SOURCE_DATE_EPOCH is not a number")?,
+        ),
         _ => None,
     };
     let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
@@ -99,22 +102,33 @@ fn build(args: BuildArgs, base_dir: &Path, cache_dir: PathBuf) -> anyhow::Result
     let m = &outcome.manifest;
     println!(
         "{} {}: kernel {} {} sha256 {}; rootfs {} sha256 {}; {} in {:.1}s",
-        if outcome.image_cached { "cached" } else { "built" },
+        if outcome.image_cached {
+            "cached"
+        } else {
+            "built"
+        },
         outcome.install_dir.display(),
         m.kernel.version,
         locale2b_image::human_size(m.kernel.size),
         m.kernel.sha256,
         locale2b_image::human_size(m.rootfs.size),
         m.rootfs.sha256,
-        if outcome.image_cached { "cache hit" } else { "build" },
+        if outcome.image_cached {
+            "cache hit"
+        } else {
+            "build"
+        },
         outcome.elapsed_secs,
     );
     Ok(())
 }
 
 fn verify(args: VerifyArgs, base_dir: &Path) -> anyhow::Result<()> {
-    let dir = args.dir.unwrap_or_else(|| base_dir.join("images").join(&args.template));
-    let m = locale2b_image::verify(&dir).with_context(|| format!("verification of {} failed", dir.display()))?;
+    let dir = args
+        .dir
+        .unwrap_or_else(|| base_dir.join("images").join(&args.template));
+    let m = locale2b_image::verify(&dir)
+        .with_context(|| format!("verification of {} failed", dir.display()))?;
     println!(
         "ok {}: template {} v{}, kernel {} sha256 {}, rootfs sha256 {}, input hash {}",
         dir.display(),

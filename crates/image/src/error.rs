@@ -112,6 +112,10 @@ fn describe(mismatches: &[Mismatch]) -> String {
 
 impl ImageError {
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { op, path: path.into(), source }
+        Self::Io {
+            op,
+            path: path.into(),
+            source,
+        }
     }
 }

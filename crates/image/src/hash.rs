@@ -27,7 +27,9 @@ pub fn sha256_file(path: &Path) -> Result<String, ImageError> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = file.read(&mut buf).map_err(|e| ImageError::io("read", path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| ImageError::io("read", path, e))?;
         if n == 0 {
             break;
         }
@@ -38,10 +40,12 @@ pub fn sha256_file(path: &Path) -> Result<String, ImageError> {
 
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Builds a hash over named inputs. Every name and value is length-prefixed, so
@@ -55,7 +59,9 @@ impl InputHasher {
     /// Starts a hash in a domain (e.g. `locale2b/kernel/v1`); bump the domain's
     /// version when the meaning of the inputs changes.
     pub fn new(domain: &str) -> Self {
-        let mut h = Self { inner: Sha256::new() };
+        let mut h = Self {
+            inner: Sha256::new(),
+        };
         h.field("domain", domain.as_bytes());
         h
     }
@@ -94,7 +100,14 @@ pub fn uuid_from_hex(hex_digest: &str) -> String {
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let h = hex(&bytes);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ mod toolchain;
 
 pub use error::{ImageError, Mismatch};
 pub use manifest::{verify, Manifest, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE};
-pub use pipeline::{build, input_hashes, install, BuildOutcome, BuildRequest, InputHashes, AGENT_GUEST_PATH};
+pub use pipeline::{
+    build, input_hashes, install, BuildOutcome, BuildRequest, InputHashes, AGENT_GUEST_PATH,
+};
 pub use progress::{human_size, Progress};
 pub use template::Template;
 pub use toolchain::{BaseJob, KernelJob, RootfsImageJob, ScriptToolchain, Toolchain};

@@ -159,8 +159,11 @@ impl Manifest {
     /// [`ImageError::Io`] or [`ImageError::Manifest`].
     pub fn save(&self, dir: &Path) -> Result<(), ImageError> {
         let path = dir.join(MANIFEST_FILE);
-        let mut text = serde_json::to_string_pretty(self)
-            .map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
+        let mut text =
+            serde_json::to_string_pretty(self).map_err(|source| ImageError::Manifest {
+                path: path.clone(),
+                source,
+            })?;
         text.push('\n');
         let tmp = dir.join(".manifest.json.tmp");
         std::fs::write(&tmp, text).map_err(|e| ImageError::io("write", &tmp, e))?;
@@ -171,7 +174,8 @@ impl Manifest {
     /// Cheap; used on cache hits.
     pub fn sizes_match(&self, dir: &Path) -> bool {
         let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
-        size(&self.kernel.file) == Some(self.kernel.size) && size(&self.rootfs.file) == Some(self.rootfs.size)
+        size(&self.kernel.file) == Some(self.kernel.size)
+            && size(&self.rootfs.file) == Some(self.rootfs.size)
     }
 }
 
@@ -185,14 +189,26 @@ pub fn verify(dir: &Path) -> Result<Manifest, ImageError> {
     let manifest = Manifest::load(dir)?;
     let mut mismatches = Vec::new();
     for (file, sha, size) in [
-        (&manifest.kernel.file, &manifest.kernel.sha256, manifest.kernel.size),
-        (&manifest.rootfs.file, &manifest.rootfs.sha256, manifest.rootfs.size),
+        (
+            &manifest.kernel.file,
+            &manifest.kernel.sha256,
+            manifest.kernel.size,
+        ),
+        (
+            &manifest.rootfs.file,
+            &manifest.rootfs.sha256,
+            manifest.rootfs.size,
+        ),
     ] {
         let path = dir.join(file);
         let actual_size = match std::fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                mismatches.push(Mismatch { file: file.clone(), expected: format!("sha256:{sha}"), actual: "missing".into() });
+                mismatches.push(Mismatch {
+                    file: file.clone(),
+                    expected: format!("sha256:{sha}"),
+                    actual: "missing".into(),
+                });
                 continue;
             }
             Err(e) => return Err(ImageError::io("stat", path, e)),
@@ -207,13 +223,20 @@ pub fn verify(dir: &Path) -> Result<Manifest, ImageError> {
         }
         let actual = sha256_file(&path)?;
         if &actual != sha {
-            mismatches.push(Mismatch { file: file.clone(), expected: format!("sha256:{sha}"), actual: format!("sha256:{actual}") });
+            mismatches.push(Mismatch {
+                file: file.clone(),
+                expected: format!("sha256:{sha}"),
+                actual: format!("sha256:{actual}"),
+            });
         }
     }
     if mismatches.is_empty() {
         Ok(manifest)
     } else {
-        Err(ImageError::Mismatch { dir: dir.to_owned(), mismatches })
+        Err(ImageError::Mismatch {
+            dir: dir.to_owned(),
+            mismatches,
+        })
     }
 }
 
@@ -231,7 +254,12 @@ pub fn rfc3339_utc(secs: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]
@@ -247,13 +275,20 @@ pub(crate) mod tests {
         std::fs::write(dir.join(ROOTFS_FILE), &rootfs).expect("write rootfs");
         Manifest {
             schema: SCHEMA,
-            template: TemplateInfo { name: "default".into(), version: "1".into() },
+            template: TemplateInfo {
+                name: "default".into(),
+                version: "1".into(),
+            },
             input_hash: "ab".repeat(32),
             build: BuildInfo {
                 source_date_epoch: 1_700_000_000,
                 timestamp: rfc3339_utc(1_700_000_000),
                 builder: "test".into(),
-                durations_secs: Durations { kernel: 1.0, rootfs_base: 2.0, rootfs_image: 3.0 },
+                durations_secs: Durations {
+                    kernel: 1.0,
+                    rootfs_base: 2.0,
+                    rootfs_image: 3.0,
+                },
             },
             kernel: KernelInfo {
                 file: KERNEL_FILE.into(),
@@ -273,7 +308,11 @@ pub(crate) mod tests {
                 uuid: "00000000-0000-4000-8000-000000000000".into(),
                 base_hash: "ef".repeat(32),
             },
-            agent: AgentInfo { path: "/usr/local/bin/locale2b-agent".into(), version: None, sha256: "00".repeat(32) },
+            agent: AgentInfo {
+                path: "/usr/local/bin/locale2b-agent".into(),
+                version: None,
+                sha256: "00".repeat(32),
+            },
             debian: DebianInfo {
                 suite: "bookworm".into(),
                 variant: "minbase".into(),
@@ -302,12 +341,17 @@ pub(crate) mod tests {
         std::fs::write(dir.path().join(KERNEL_FILE), b"kernel bytez").expect("write");
         std::fs::remove_file(dir.path().join(ROOTFS_FILE)).expect("rm");
         let err = verify(dir.path()).expect_err("must mismatch");
-        let ImageError::Mismatch { mismatches, .. } = &err else { panic!("wrong error {err:?}") };
+        let ImageError::Mismatch { mismatches, .. } = &err else {
+            panic!("wrong error {err:?}")
+        };
         assert_eq!(mismatches.len(), 2);
         assert_eq!(mismatches[0].file, KERNEL_FILE);
         assert!(mismatches[0].actual.starts_with("sha256:"));
         assert_eq!(mismatches[1].actual, "missing");
-        assert!(err.to_string().contains("do not match manifest.json"), "{err}");
+        assert!(
+            err.to_string().contains("do not match manifest.json"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::ImageError;
 use crate::hash::{sha256_file, uuid_from_hex, InputHasher};
 use crate::manifest::{
-    rfc3339_utc, AgentInfo, BuildInfo, DebianInfo, Durations, KernelInfo, Manifest, RootfsInfo, TemplateInfo,
-    KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE, SCHEMA,
+    rfc3339_utc, AgentInfo, BuildInfo, DebianInfo, Durations, KernelInfo, Manifest, RootfsInfo,
+    TemplateInfo, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE, SCHEMA,
 };
 use crate::progress::{human_size, Progress};
 use crate::template::Template;
@@ -114,16 +114,23 @@ pub fn input_hashes(
     let epoch_text = epoch.to_string();
 
     let mut k = InputHasher::new("locale2b/kernel/v1");
-    k.field("fragment", &read(&recipe_dir.join("image").join(&template.kernel.fragment))?)
-        .field("script", &read(&recipe_dir.join(KERNEL_SCRIPT))?)
-        .text("source_package", &template.kernel.source_package)
-        .text("source_version", kernel_source_version)
-        .text("source_tarball", &template.kernel.source_tarball.display().to_string())
-        .text("epoch", &epoch_text);
+    k.field(
+        "fragment",
+        &read(&recipe_dir.join("image").join(&template.kernel.fragment))?,
+    )
+    .field("script", &read(&recipe_dir.join(KERNEL_SCRIPT))?)
+    .text("source_package", &template.kernel.source_package)
+    .text("source_version", kernel_source_version)
+    .text(
+        "source_tarball",
+        &template.kernel.source_tarball.display().to_string(),
+    )
+    .text("epoch", &epoch_text);
     let kernel = k.finish();
 
     let debian = serde_json::to_vec(&template.debian).unwrap_or_default();
-    let rootfs = serde_json::to_vec(&(&template.rootfs.hostname, &template.rootfs.setup)).unwrap_or_default();
+    let rootfs = serde_json::to_vec(&(&template.rootfs.hostname, &template.rootfs.setup))
+        .unwrap_or_default();
     let mut b = InputHasher::new("locale2b/rootfs-base/v1");
     b.field("debian", &debian)
         .field("rootfs", &rootfs)
@@ -140,23 +147,39 @@ pub fn input_hashes(
         .text("headroom_mib", &template.rootfs.headroom_mib.to_string());
     let image = i.finish();
 
-    Ok(InputHashes { kernel, base, image })
+    Ok(InputHashes {
+        kernel,
+        base,
+        image,
+    })
 }
 
 /// Builds (or fetches from the cache) the image of a template and installs it.
 ///
 /// # Errors
 /// Any [`ImageError`]: a missing template or agent, a failed stage, I/O.
-pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> Result<BuildOutcome, ImageError> {
+pub fn build(
+    req: &BuildRequest,
+    tools: &dyn Toolchain,
+    progress: &Progress,
+) -> Result<BuildOutcome, ImageError> {
     let started = Instant::now();
     let (template, _) = Template::load(&req.recipe_dir, &req.template)?;
     let epoch = req.source_date_epoch.unwrap_or(template.source_date_epoch);
     if !req.agent.is_file() {
-        return Err(ImageError::AgentMissing { path: req.agent.clone() });
+        return Err(ImageError::AgentMissing {
+            path: req.agent.clone(),
+        });
     }
     let agent_sha256 = sha256_file(&req.agent)?;
     let source_version = tools.host_package_version(&template.kernel.source_package)?;
-    let hashes = input_hashes(&req.recipe_dir, &template, &agent_sha256, &source_version, epoch)?;
+    let hashes = input_hashes(
+        &req.recipe_dir,
+        &template,
+        &agent_sha256,
+        &source_version,
+        epoch,
+    )?;
     progress.step(format!(
         "template {} v{} (epoch {epoch}); input hash {}",
         template.name,
@@ -189,46 +212,65 @@ pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> 
 
     // Kernel.
     let kernel_dir = req.cache_dir.join("kernel").join(&hashes.kernel);
-    let (kernel_meta, kernel_cached) = match load_meta::<KernelMeta>(&kernel_dir).filter(|_| !req.force) {
-        Some(meta) if kernel_dir.join(KERNEL_FILE).is_file() => {
-            progress.step(format!("kernel: cache hit {} ({})", meta.release, short(&hashes.kernel)));
-            (meta, true)
-        }
-        _ => {
-            progress.step(format!(
-                "kernel: building from {} {source_version} (several minutes)",
-                template.kernel.source_package
-            ));
-            let t = Instant::now();
-            let partial = fresh_partial(&kernel_dir)?;
-            let work = work_root.join(format!("kernel-{}", hashes.kernel));
-            tools.build_kernel(&KernelJob {
-                fragment: &req.recipe_dir.join("image").join(&template.kernel.fragment),
-                source_tarball: &template.kernel.source_tarball,
-                out_dir: &partial,
-                work_dir: &work,
-                epoch,
-                jobs: req.jobs.max(1),
-            })?;
-            let release_path = partial.join("release");
-            let release = std::fs::read_to_string(&release_path)
-                .map_err(|_| ImageError::MissingOutput { step: "kernel build".into(), path: release_path })?
-                .trim()
-                .to_owned();
-            expect_file("kernel build", &partial.join(KERNEL_FILE))?;
-            let meta = KernelMeta { release, source_version: source_version.clone(), duration_secs: t.elapsed().as_secs_f64() };
-            commit(&partial, &kernel_dir, &meta)?;
-            remove_dir(&work);
-            progress.step(format!("kernel: built {} in {:.0}s", meta.release, meta.duration_secs));
-            (meta, false)
-        }
-    };
+    let (kernel_meta, kernel_cached) =
+        match load_meta::<KernelMeta>(&kernel_dir).filter(|_| !req.force) {
+            Some(meta) if kernel_dir.join(KERNEL_FILE).is_file() => {
+                progress.step(format!(
+                    "kernel: cache hit {} ({})",
+                    meta.release,
+                    short(&hashes.kernel)
+                ));
+                (meta, true)
+            }
+            _ => {
+                progress.step(format!(
+                    "kernel: building from {} {source_version} (several minutes)",
+                    template.kernel.source_package
+                ));
+                let t = Instant::now();
+                let partial = fresh_partial(&kernel_dir)?;
+                let work = work_root.join(format!("kernel-{}", hashes.kernel));
+                tools.build_kernel(&KernelJob {
+                    fragment: &req.recipe_dir.join("image").join(&template.kernel.fragment),
+                    source_tarball: &template.kernel.source_tarball,
+                    out_dir: &partial,
+                    work_dir: &work,
+                    epoch,
+                    jobs: req.jobs.max(1),
+                })?;
+                let release_path = partial.join("release");
+                let release = std::fs::read_to_string(&release_path)
+                    .map_err(|_| ImageError::MissingOutput {
+                        step: "kernel build".into(),
+                        path: release_path,
+                    })?
+                    .trim()
+                    .to_owned();
+                expect_file("kernel build", &partial.join(KERNEL_FILE))?;
+                let meta = KernelMeta {
+                    release,
+                    source_version: source_version.clone(),
+                    duration_secs: t.elapsed().as_secs_f64(),
+                };
+                commit(&partial, &kernel_dir, &meta)?;
+                remove_dir(&work);
+                progress.step(format!(
+                    "kernel: built {} in {:.0}s",
+                    meta.release, meta.duration_secs
+                ));
+                (meta, false)
+            }
+        };
 
     // Debian tree.
     let base_dir = req.cache_dir.join("rootfs-base").join(&hashes.base);
     let (base_meta, base_cached) = match load_meta::<BaseMeta>(&base_dir).filter(|_| !req.force) {
         Some(meta) if base_dir.join("root").is_dir() => {
-            progress.step(format!("rootfs base: cache hit, {} packages ({})", meta.installed.len(), short(&hashes.base)));
+            progress.step(format!(
+                "rootfs base: cache hit, {} packages ({})",
+                meta.installed.len(),
+                short(&hashes.base)
+            ));
             (meta, true)
         }
         _ => {
@@ -243,7 +285,8 @@ pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> 
             let setup_path = work_root.join(format!("setup-{}.sh", hashes.base));
             let setup = template.setup_script();
             if let Some(script) = &setup {
-                std::fs::write(&setup_path, script).map_err(|e| ImageError::io("write", &setup_path, e))?;
+                std::fs::write(&setup_path, script)
+                    .map_err(|e| ImageError::io("write", &setup_path, e))?;
             }
             let root = partial.join("root");
             tools.build_rootfs_base(&BaseJob {
@@ -254,10 +297,16 @@ pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> 
                 epoch,
             })?;
             if !root.is_dir() {
-                return Err(ImageError::MissingOutput { step: "rootfs base".into(), path: root });
+                return Err(ImageError::MissingOutput {
+                    step: "rootfs base".into(),
+                    path: root,
+                });
             }
             let installed = tools.tree_packages(&root)?;
-            let meta = BaseMeta { installed, duration_secs: t.elapsed().as_secs_f64() };
+            let meta = BaseMeta {
+                installed,
+                duration_secs: t.elapsed().as_secs_f64(),
+            };
             commit(&partial, &base_dir, &meta)?;
             let _ = std::fs::remove_file(&setup_path);
             progress.step(format!(
@@ -270,7 +319,10 @@ pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> 
     };
 
     // ext4 image with the agent, then the manifest.
-    progress.step(format!("rootfs image: agent {} + mkfs.ext4", short(&agent_sha256)));
+    progress.step(format!(
+        "rootfs image: agent {} + mkfs.ext4",
+        short(&agent_sha256)
+    ));
     let t = Instant::now();
     let partial = fresh_partial(&image_dir)?;
     let uuid = uuid_from_hex(&hashes.image);
@@ -295,7 +347,10 @@ pub fn build(req: &BuildRequest, tools: &dyn Toolchain, progress: &Progress) -> 
     let kernel_path = partial.join(KERNEL_FILE);
     let manifest = Manifest {
         schema: SCHEMA,
-        template: TemplateInfo { name: template.name.clone(), version: template.version.clone() },
+        template: TemplateInfo {
+            name: template.name.clone(),
+            version: template.version.clone(),
+        },
         input_hash: hashes.image.clone(),
         build: BuildInfo {
             source_date_epoch: epoch,
@@ -392,7 +447,9 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), ImageError> {
     if std::fs::hard_link(from, to).is_ok() {
         return Ok(());
     }
-    std::fs::copy(from, to).map(|_| ()).map_err(|e| ImageError::io("copy to", to, e))
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| ImageError::io("copy to", to, e))
 }
 
 fn load_meta<T: for<'de> Deserialize<'de>>(dir: &Path) -> Option<T> {
@@ -403,7 +460,10 @@ fn load_meta<T: for<'de> Deserialize<'de>>(dir: &Path) -> Option<T> {
 /// Writes `meta.json` into `partial` and renames it to `dir`.
 fn commit<T: Serialize>(partial: &Path, dir: &Path, meta: &T) -> Result<(), ImageError> {
     let path = partial.join("meta.json");
-    let text = serde_json::to_vec_pretty(meta).map_err(|source| ImageError::Manifest { path: path.clone(), source })?;
+    let text = serde_json::to_vec_pretty(meta).map_err(|source| ImageError::Manifest {
+        path: path.clone(),
+        source,
+    })?;
     std::fs::write(&path, text).map_err(|e| ImageError::io("write", &path, e))?;
     remove_dir(dir);
     rename(partial, dir)
@@ -439,12 +499,17 @@ fn expect_file(step: &str, path: &Path) -> Result<(), ImageError> {
     if path.is_file() {
         Ok(())
     } else {
-        Err(ImageError::MissingOutput { step: step.into(), path: path.to_owned() })
+        Err(ImageError::MissingOutput {
+            step: step.into(),
+            path: path.to_owned(),
+        })
     }
 }
 
 fn file_size(path: &Path) -> Result<u64, ImageError> {
-    std::fs::metadata(path).map(|m| m.len()).map_err(|e| ImageError::io("stat", path, e))
+    std::fs::metadata(path)
+        .map(|m| m.len())
+        .map_err(|e| ImageError::io("stat", path, e))
 }
 
 fn short(hash: &str) -> &str {
@@ -478,7 +543,11 @@ mod tests {
         fn build_kernel(&self, job: &KernelJob<'_>) -> Result<(), ImageError> {
             self.calls.borrow_mut().push("kernel");
             let fragment = std::fs::read(job.fragment).expect("fragment");
-            std::fs::write(job.out_dir.join("vmlinux"), [b"ELF".as_slice(), &fragment].concat()).expect("w");
+            std::fs::write(
+                job.out_dir.join("vmlinux"),
+                [b"ELF".as_slice(), &fragment].concat(),
+            )
+            .expect("w");
             std::fs::write(job.out_dir.join("config"), &fragment).expect("w");
             std::fs::write(job.out_dir.join("release"), "6.1.0-test\n").expect("w");
             Ok(())
@@ -515,7 +584,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let recipe = dir.path().join("recipe");
         let real = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        for rel in ["image/templates/default.toml", "image/kernel/locale2b.config", KERNEL_SCRIPT, ROOTFS_SCRIPT] {
+        for rel in [
+            "image/templates/default.toml",
+            "image/kernel/locale2b.config",
+            KERNEL_SCRIPT,
+            ROOTFS_SCRIPT,
+        ] {
             let to = recipe.join(rel);
             std::fs::create_dir_all(to.parent().expect("parent")).expect("mkdir");
             std::fs::copy(real.join(rel), &to).expect("copy recipe file");
@@ -610,7 +684,9 @@ mod tests {
         req.agent = req.agent.with_file_name("nope");
         let err = build(&req, &FakeTools::default(), &Progress::quiet()).expect_err("must fail");
         assert!(matches!(err, ImageError::AgentMissing { .. }), "{err:?}");
-        assert!(err.to_string().contains("cargo build --release -p locale2b-agent"));
+        assert!(err
+            .to_string()
+            .contains("cargo build --release -p locale2b-agent"));
     }
 
     #[test]

@@ -14,12 +14,20 @@ pub struct Progress {
 impl Progress {
     /// `color`: bold step markers (the caller decides: a TTY and not `CI=true`).
     pub fn new(color: bool) -> Self {
-        Self { start: Instant::now(), color, quiet: false }
+        Self {
+            start: Instant::now(),
+            color,
+            quiet: false,
+        }
     }
 
     /// A reporter that prints nothing (tests).
     pub fn quiet() -> Self {
-        Self { start: Instant::now(), color: false, quiet: true }
+        Self {
+            start: Instant::now(),
+            color: false,
+            quiet: true,
+        }
     }
 
     /// Seconds since the reporter was created.

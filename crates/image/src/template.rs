@@ -77,7 +77,11 @@ pub struct RootfsSpec {
 
 impl Default for RootfsSpec {
     fn default() -> Self {
-        Self { hostname: default_hostname(), headroom_mib: default_headroom(), setup: Vec::new() }
+        Self {
+            hostname: default_hostname(),
+            headroom_mib: default_headroom(),
+            setup: Vec::new(),
+        }
     }
 }
 
@@ -91,7 +95,10 @@ fn default_headroom() -> u64 {
 
 /// Path of a template file inside a recipe directory.
 pub fn template_path(recipe_dir: &Path, name: &str) -> PathBuf {
-    recipe_dir.join("image").join("templates").join(format!("{name}.toml"))
+    recipe_dir
+        .join("image")
+        .join("templates")
+        .join(format!("{name}.toml"))
 }
 
 impl Template {
@@ -106,7 +113,10 @@ impl Template {
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ImageError::TemplateNotFound { name: name.to_owned(), path });
+                return Err(ImageError::TemplateNotFound {
+                    name: name.to_owned(),
+                    path,
+                });
             }
             Err(e) => return Err(ImageError::io("read", path, e)),
         };
@@ -126,17 +136,30 @@ impl Template {
     /// [`ImageError::TemplateInvalid`] or [`ImageError::TemplateValue`].
     pub fn parse(path: &Path, bytes: &[u8]) -> Result<Self, ImageError> {
         let text = String::from_utf8_lossy(bytes);
-        let template: Self = toml::from_str(&text)
-            .map_err(|source| ImageError::TemplateInvalid { path: path.to_owned(), source })?;
+        let template: Self =
+            toml::from_str(&text).map_err(|source| ImageError::TemplateInvalid {
+                path: path.to_owned(),
+                source,
+            })?;
         template.validate()?;
         Ok(template)
     }
 
     fn validate(&self) -> Result<(), ImageError> {
         validate_name(&self.name, &self.name)?;
-        let bad = |reason: String| ImageError::TemplateValue { name: self.name.clone(), reason };
-        if self.debian.packages.iter().any(|p| p.is_empty() || p.contains([',', ' ', '\''])) {
-            return Err(bad("package names must be non-empty without commas, spaces or quotes".into()));
+        let bad = |reason: String| ImageError::TemplateValue {
+            name: self.name.clone(),
+            reason,
+        };
+        if self
+            .debian
+            .packages
+            .iter()
+            .any(|p| p.is_empty() || p.contains([',', ' ', '\'']))
+        {
+            return Err(bad(
+                "package names must be non-empty without commas, spaces or quotes".into(),
+            ));
         }
         if self.debian.mirrors.is_empty() {
             return Err(bad("debian.mirrors is empty".into()));
@@ -165,7 +188,9 @@ impl Template {
 fn validate_name(name: &str, context: &str) -> Result<(), ImageError> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -226,9 +251,14 @@ packages = ["python3"]
         let mut seen = 0;
         for entry in std::fs::read_dir(&dir).expect("templates dir") {
             let path = entry.expect("entry").path();
-            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else { continue };
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
             let (t, _) = Template::load(&recipe, stem).expect("shipped template loads");
-            assert!(recipe.join("image").join(&t.kernel.fragment).is_file(), "fragment of {stem}");
+            assert!(
+                recipe.join("image").join(&t.kernel.fragment).is_file(),
+                "fragment of {stem}"
+            );
             seen += 1;
         }
         assert!(seen >= 1, "no templates in {}", dir.display());

@@ -89,7 +89,9 @@ pub struct ScriptToolchain {
 impl ScriptToolchain {
     /// Uses the scripts in `recipe_dir/scripts`.
     pub fn new(recipe_dir: &Path) -> Self {
-        Self { scripts_dir: recipe_dir.join("scripts") }
+        Self {
+            scripts_dir: recipe_dir.join("scripts"),
+        }
     }
 
     fn run_script(&self, step: &str, script: &str, args: &[String]) -> Result<(), ImageError> {
@@ -99,11 +101,17 @@ impl ScriptToolchain {
             .args(args)
             .stdin(Stdio::null())
             .status()
-            .map_err(|source| ImageError::ToolSpawn { program: path.display().to_string(), source })?;
+            .map_err(|source| ImageError::ToolSpawn {
+                program: path.display().to_string(),
+                source,
+            })?;
         if status.success() {
             Ok(())
         } else {
-            Err(ImageError::ToolFailed { step: step.to_owned(), status: status.to_string() })
+            Err(ImageError::ToolFailed {
+                step: step.to_owned(),
+                status: status.to_string(),
+            })
         }
     }
 }
@@ -186,7 +194,10 @@ impl Toolchain for ScriptToolchain {
             .args(["-W", "-f=${Version}", package])
             .stderr(Stdio::null())
             .output()
-            .map_err(|source| ImageError::ToolSpawn { program: "dpkg-query".into(), source })?;
+            .map_err(|source| ImageError::ToolSpawn {
+                program: "dpkg-query".into(),
+                source,
+            })?;
         let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || version.is_empty() {
             return Err(ImageError::ToolFailed {
@@ -203,7 +214,10 @@ impl Toolchain for ScriptToolchain {
             .arg(format!("--admindir={}", admindir.display()))
             .args(["-W", "-f=${Package}\t${Version}\n"])
             .output()
-            .map_err(|source| ImageError::ToolSpawn { program: "dpkg-query".into(), source })?;
+            .map_err(|source| ImageError::ToolSpawn {
+                program: "dpkg-query".into(),
+                source,
+            })?;
         if !out.status.success() {
             return Err(ImageError::ToolFailed {
                 step: format!("dpkg-query --admindir={}", admindir.display()),
