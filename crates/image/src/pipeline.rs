@@ -247,6 +247,7 @@ pub fn build(
                     .trim()
                     .to_owned();
                 expect_file("kernel build", &partial.join(KERNEL_FILE))?;
+                make_read_only(&partial.join(KERNEL_FILE))?;
                 let meta = KernelMeta {
                     release,
                     source_version: source_version.clone(),
@@ -340,6 +341,7 @@ pub fn build(
         epoch,
     })?;
     expect_file("rootfs image", &rootfs_path)?;
+    make_read_only(&rootfs_path)?;
     remove_dir(&work);
     let image_secs = t.elapsed().as_secs_f64();
     link_or_copy(&kernel_dir.join(KERNEL_FILE), &partial.join(KERNEL_FILE))?;
@@ -504,6 +506,14 @@ fn expect_file(step: &str, path: &Path) -> Result<(), ImageError> {
             path: path.to_owned(),
         })
     }
+}
+
+/// Cached artifacts are shared by hard links with installed images: mode 0444
+/// so that nothing opens them for writing by accident.
+fn make_read_only(path: &Path) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+        .map_err(|e| ImageError::io("chmod", path, e))
 }
 
 fn file_size(path: &Path) -> Result<u64, ImageError> {
@@ -724,5 +734,19 @@ mod tests {
         install(&src, &dest).expect("install again");
         assert_eq!(verify(&dest).expect("verify"), m);
         assert!(same_file(&src.join(ROOTFS_FILE), &dest.join(ROOTFS_FILE)));
+    }
+
+    #[test]
+    fn built_artifacts_are_read_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let f = fixture();
+        let out = build(&f.req, &FakeTools::default(), &Progress::quiet()).expect("build");
+        for name in [KERNEL_FILE, ROOTFS_FILE] {
+            let mode = std::fs::metadata(out.install_dir.join(name))
+                .expect("stat")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o444, "{name}");
+        }
     }
 }
