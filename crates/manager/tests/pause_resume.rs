@@ -31,7 +31,7 @@ const COUNTER: &str = "setsid sh -c 'echo $$ > /workspace/counter.pid; i=0; \
     >/dev/null 2>&1 </dev/null &";
 
 async fn counter(m: &SandboxManager, id: &SandboxId) -> u64 {
-    run(m, id, "cat /workspace/counter")
+    run(m, id, "cat /workspace/counter 2>/dev/null || echo 0")
         .await
         .trim()
         .parse()
