@@ -127,7 +127,7 @@ async fn vmm_that_exits_at_once_is_a_clear_error() {
     assert_clean(base.path());
 }
 
-/// Boots the real image with an init that only sleeps, so no agent ever
+/// Boots the real image with an init that only waits, so no agent ever
 /// answers (a test seam around the real qemu backend: the VM is real).
 #[derive(Debug)]
 struct SleepingInit(std::sync::Arc<dyn Vmm>);
@@ -139,7 +139,9 @@ impl Vmm for SleepingInit {
     }
     async fn start(&self, spec: &VmSpec) -> locale2b_vmm::Result<Box<dyn VmHandle>> {
         let mut spec = spec.clone();
-        spec.extra_boot_args = "init=/bin/sleep -- 3600".into();
+        // `cat` reading the silent console blocks forever (kernel options with
+        // `=` reach init as environment, not arguments).
+        spec.extra_boot_args = "init=/bin/cat".into();
         self.0.start(&spec).await
     }
     async fn restore(
