@@ -162,6 +162,7 @@ impl SandboxManager {
         });
         manager.recover().await;
         manager.kill_orphans();
+        manager.check_workspaces();
         let weak = Arc::downgrade(&manager);
         let period = Duration::from_secs(manager.config.health_check_interval_sec.max(1));
         tokio::spawn(health_loop(weak, period));
@@ -1376,6 +1377,40 @@ impl SandboxManager {
         let mut table = lock(&self.table);
         table.next_cid = table.next_cid.max(record.guest_cid.saturating_add(1));
         table.sandboxes.insert(id, sb);
+    }
+
+    /// Reports workspace directories without metadata (left in place: they
+    /// may hold data) and removes snapshot directories that no workspace
+    /// refers to (incomplete `.tmp` ones from a crash during pause, and ones
+    /// superseded by a newer snapshot).
+    fn check_workspaces(&self) {
+        let Ok(entries) = std::fs::read_dir(self.layout.workspaces_dir()) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let Some(id) = e
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<WorkspaceId>().ok())
+            else {
+                warn!(path = %e.path().display(), "unexpected entry in workspaces dir; left in place");
+                continue;
+            };
+            let Some(ws) = self.read_workspace(&id) else {
+                warn!(workspace_id = %id, "orphaned workspace directory (no workspace.json); left in place");
+                continue;
+            };
+            let Ok(snaps) = std::fs::read_dir(self.layout.snapshots_dir(&id)) else {
+                continue;
+            };
+            for snap in snaps.flatten() {
+                let name = snap.file_name().to_string_lossy().into_owned();
+                if ws.snapshot_id.as_deref() != Some(name.as_str()) {
+                    warn!(workspace_id = %id, snapshot = %name, "removing snapshot directory no workspace refers to");
+                    let _ = std::fs::remove_dir_all(snap.path());
+                }
+            }
+        }
     }
 
     /// Kills VMM processes that run from our sandboxes directory but belong

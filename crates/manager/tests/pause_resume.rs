@@ -150,8 +150,22 @@ async fn paused_sandbox_survives_a_service_restart() {
     run(&m, &id, "echo persisted > /workspace/p").await;
     m.pause(&id).await.unwrap();
     drop(m);
+    // Leftovers of a crash: an incomplete snapshot and a superseded one.
+    let snaps = base.path().join("workspaces/pr-restart/snapshots");
+    std::fs::create_dir_all(snaps.join(".snap-crashed.tmp")).unwrap();
+    std::fs::create_dir_all(snaps.join("snap-superseded")).unwrap();
     let m = manager(base.config()).await;
     assert_eq!(m.get(&id).await.unwrap().status, SandboxStatus::Paused);
+    let left: Vec<_> = std::fs::read_dir(&snaps)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        left.len(),
+        1,
+        "orphaned snapshot directories not removed: {left:?}"
+    );
     // Creating with the workspace id resumes the paused sandbox.
     let again = named(&m, "pr-restart").await;
     assert_eq!(again.sandbox_id, id);
