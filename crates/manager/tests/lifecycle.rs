@@ -285,10 +285,10 @@ async fn restart_reattaches_and_dead_vms_are_reported() {
         let info = m.get(&ids[1]).await.unwrap();
         if info.status == SandboxStatus::Dead {
             let reason = info.error.unwrap_or_default();
-            assert!(
-                reason.contains("signal 9") || reason.contains("killed"),
-                "{reason}"
-            );
+            // An adopted (non-child) VMM's exit status cannot be known; the
+            // reason says it exited and carries the console tail.
+            assert!(reason.contains("exited unexpectedly"), "{reason}");
+            assert!(reason.contains("console"), "{reason}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "dead VM not noticed");
