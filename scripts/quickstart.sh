@@ -37,6 +37,21 @@ cargo build --release -p locale2b -p locale2b-agent
 say "3/5 guest image (cached: seconds when nothing changed)"
 "$BIN" image build --agent target/release/locale2b-agent
 
+# Swagger UI and ReDoc assets for /docs and /redoc, from the npm registry
+# (optional: without them the pages load the same files from a CDN).
+if command -v npm >/dev/null && [ ! -f "$LOCALE2B_BASE_DIR/ui/swagger-ui/swagger-ui-bundle.js" ]; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && npm pack --silent swagger-ui-dist redoc >/dev/null 2>&1); then
+    mkdir -p "$LOCALE2B_BASE_DIR/ui/swagger-ui" "$LOCALE2B_BASE_DIR/ui/redoc"
+    tar -xzf "$tmp"/swagger-ui-dist-*.tgz -C "$LOCALE2B_BASE_DIR/ui/swagger-ui" --strip-components=1
+    tar -xzf "$tmp"/redoc-*.tgz -C "$tmp" package/bundles/redoc.standalone.js
+    cp "$tmp/package/bundles/redoc.standalone.js" "$LOCALE2B_BASE_DIR/ui/redoc/"
+  else
+    echo "note: could not fetch the Swagger UI / ReDoc assets from npm; /docs and /redoc will load them from a CDN"
+  fi
+  rm -rf "$tmp"
+fi
+
 say "4/5 server"
 "$BIN" doctor || true
 if [ -f "$PID_FILE" ] && kill -0 "$(cat "$PID_FILE")" 2>/dev/null && curl -fsS "$URL/health" >/dev/null 2>&1; then
