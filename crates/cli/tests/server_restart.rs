@@ -1,6 +1,8 @@
 //! kill -9 of the real `locale2b serve` process with three running
 //! sandboxes; after a restart all three are listed and usable.
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

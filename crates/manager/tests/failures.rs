@@ -1,6 +1,8 @@
 //! Failure injection: every broken start gives a clear error and leaves
 //! nothing behind (no process, no sandbox or workspace directory).
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
 mod common;
 
 use common::*;

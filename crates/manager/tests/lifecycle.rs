@@ -1,5 +1,7 @@
 //! End-to-end lifecycle tests of the manager with real guests under QEMU.
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
 mod common;
 
 use common::*;

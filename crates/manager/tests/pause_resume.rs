@@ -1,5 +1,7 @@
 //! Pause/resume through snapshots with real guests under QEMU.
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
 mod common;
 
 use common::*;

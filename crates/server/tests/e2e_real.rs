@@ -1,6 +1,8 @@
 //! End-to-end: the real server on 127.0.0.1:0, the real manager, the qemu
 //! backend and real guests, driven over HTTP like a client would.
 
+#![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
+
 use base64::Engine as _;
 use locale2b_manager::{backend, Config, SandboxManager, Secret, VmmChoice};
 use locale2b_server::{load_or_create_api_keys, serve, AppState};

@@ -1,7 +1,7 @@
 //! Harness for end-to-end tests of the manager with real guests (qemu
 //! backend): a fresh short base directory that shares the installed guest
 //! image, and a manager over it.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use locale2b_manager::{backend, Config, SandboxManager, VmmChoice};
 use std::path::{Path, PathBuf};
