@@ -459,8 +459,22 @@ impl VmHandle for QemuVm {
             if let Err(e) = self.qmp.execute("system_powerdown", None).await {
                 debug!(sandbox_id = %self.sandbox_id, error = %e, "system_powerdown failed");
             }
-            if self.process.wait_timeout(grace).await.is_none() {
-                info!(sandbox_id = %self.sandbox_id, "guest did not power off in time; killing");
+            // Without ACPI a guest power-off only halts the vCPUs; QEMU
+            // stays up. The kernel's last console line tells us it is done.
+            let deadline = Instant::now() + grace;
+            loop {
+                if self.process.exit_reason().is_some() {
+                    break;
+                }
+                if guest_halted(&self.paths.console) {
+                    debug!(sandbox_id = %self.sandbox_id, "guest halted; stopping qemu");
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    info!(sandbox_id = %self.sandbox_id, "guest did not power off in time; killing");
+                    break;
+                }
+                let _ = self.process.wait_timeout(Duration::from_millis(50)).await;
             }
         }
         self.kill().await
@@ -485,6 +499,13 @@ impl VmHandle for QemuVm {
     async fn wait_exit(&self) -> String {
         self.process.wait().await
     }
+}
+
+/// True when the last kernel lines on the console say the guest halted or
+/// powered off (`reboot: System halted` / `reboot: Power down`).
+fn guest_halted(console: &Path) -> bool {
+    let tail = tail_file(console, 5);
+    tail.contains("reboot: System halted") || tail.contains("reboot: Power down")
 }
 
 /// Paths of one VM's run directory.
