@@ -67,7 +67,7 @@ pub struct BenchArgs {
     /// VMM backend of the bench's own server (LOCALE2B_VMM).
     #[arg(long, env = "LOCALE2B_VMM", default_value = "qemu")]
     pub vmm: String,
-    /// Cold boots (each: create, read the console, destroy). Default 10, --quick 3.
+    /// Cold boots (each: create, read the console, destroy). Default 20, --quick 3.
     #[arg(long)]
     pub iterations: Option<usize>,
     /// Repetitions of each cheap operation (exec, ping, files, health, list).
@@ -114,7 +114,7 @@ impl BenchArgs {
     fn counts(&self) -> Counts {
         let q = self.quick;
         Counts {
-            iterations: self.iterations.unwrap_or(if q { 3 } else { 10 }).max(1),
+            iterations: self.iterations.unwrap_or(if q { 3 } else { 20 }).max(1),
             ops: self.ops.unwrap_or(if q { 10 } else { 50 }).max(1),
             pause_cycles: self.pause_cycles.unwrap_or(if q { 2 } else { 5 }),
             density_budget_mb: self
@@ -188,6 +188,8 @@ struct Bench {
     memory_mb: u32,
     tracker: Arc<Tracker>,
     server_pid: Option<u32>,
+    /// Creates that failed (any phase).
+    create_failures: std::sync::atomic::AtomicUsize,
 }
 
 async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
@@ -195,6 +197,8 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
     let counts = args.counts();
     let image_dir = args.image_dir();
+    // Read now: the image may be replaced while the bench runs.
+    let manifest = report::read_manifest(&image_dir);
 
     let mut own = None;
     let (url, key, base) = match (&args.url, &args.api_key) {
@@ -235,6 +239,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         memory_mb: args.memory_mb,
         tracker: Arc::new(Tracker::default()),
         server_pid: own.as_ref().and_then(server::OwnServer::pid),
+        create_failures: std::sync::atomic::AtomicUsize::new(0),
     };
 
     // The measurements; Ctrl-C skips to the cleanup.
@@ -247,8 +252,17 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     bench.cleanup().await;
+    let failed = matches!(&outcome, Some(Err(_)))
+        || bench
+            .create_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0;
     let leftover_processes = match own.as_mut() {
         Some(s) => {
+            if failed {
+                // The directory is about to go: show why creates failed.
+                eprintln!("bench: server log (last 40 lines):\n{}", s.log_tail(40));
+            }
             let l = s.stop().await;
             if !l.is_empty() {
                 eprintln!("bench: killed {} leftover process(es):", l.len());
@@ -270,7 +284,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         schema_version: report::SCHEMA_VERSION,
         started_at,
         duration_s: started.elapsed().as_secs_f64(),
-        environment: Environment::collect(health.as_ref(), &image_dir, own.is_some()),
+        environment: Environment::collect(health.as_ref(), &image_dir, manifest, own.is_some()),
         settings: json!({
             "iterations": counts.iterations,
             "ops": counts.ops,
@@ -404,7 +418,14 @@ impl Bench {
     }
 
     async fn create(&self, body: Value) -> Result<(String, api::Timed), anyhow::Error> {
-        let r = self.api.post("/sandboxes", &body, CREATE_TIMEOUT).await?;
+        let r = self
+            .api
+            .post("/sandboxes", &body, CREATE_TIMEOUT)
+            .await
+            .inspect_err(|_| {
+                self.create_failures
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            })?;
         let id = str_field(&r.body, "sandbox_id")?.to_owned();
         self.tracker.add(&id);
         Ok((id, r))
@@ -967,7 +988,11 @@ impl Bench {
                     Ok(Err(e)) if e.status() == Some(StatusCode::SERVICE_UNAVAILABLE) => {
                         stop = Some(format!("server at capacity: {}", err_note(&e)));
                     }
-                    Ok(Err(e)) => stop = Some(err_note(&e)),
+                    Ok(Err(e)) => {
+                        self.create_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        stop = Some(err_note(&e));
+                    }
                     Err(e) => stop = Some(format!("task failed: {e}")),
                 }
             }
@@ -1167,7 +1192,7 @@ mod tests {
         }
         let full = T::try_parse_from(["t"]).unwrap().b.counts();
         let quick = T::try_parse_from(["t", "--quick"]).unwrap().b.counts();
-        assert_eq!(full.iterations, 10);
+        assert_eq!(full.iterations, 20);
         assert!(quick.iterations < full.iterations && quick.ops < full.ops);
         let explicit = T::try_parse_from(["t", "--quick", "--iterations", "7"])
             .unwrap()

@@ -7,6 +7,13 @@ use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
 
+/// The image's manifest.json, parsed; `None` when unreadable.
+pub fn read_manifest(image_dir: &Path) -> Option<Value> {
+    std::fs::read(image_dir.join("manifest.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+}
+
 /// Version of the JSON document's layout (docs/performance.md).
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -77,8 +84,14 @@ pub struct Environment {
 }
 
 impl Environment {
-    /// Collects host facts; server facts come from the `/health` body.
-    pub fn collect(health: Option<&Value>, image_dir: &Path, own_server: bool) -> Self {
+    /// Collects host facts; server facts come from the `/health` body, the
+    /// manifest was read when the run started.
+    pub fn collect(
+        health: Option<&Value>,
+        image_dir: &Path,
+        image_manifest: Option<Value>,
+        own_server: bool,
+    ) -> Self {
         let h = |k: &str| {
             health
                 .and_then(|v| v.get(k))
@@ -98,9 +111,6 @@ impl Environment {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|n| n.parse::<u64>().ok())
             .map(|kib| kib / 1024);
-        let image_manifest = std::fs::read(image_dir.join("manifest.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
         Self {
             backend: h("backend"),
             accel: h("accel"),
