@@ -57,12 +57,15 @@ pub struct QemuConfig {
     /// Host TSC frequency for `tsc_early_khz=`; `None` = detect (once per
     /// process).
     pub tsc_khz: Option<u64>,
-    /// Describe devices in ACPI (`-M microvm,acpi=on`). Off by default:
-    /// QEMU then lists the virtio-mmio devices on the kernel command line
-    /// (`virtio_mmio.device=`, needs `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`),
-    /// which works with kernels whose ACPI cannot load microvm's tables
-    /// (seen with the project's 6.1 kernel: "AE_BAD_PARAMETER, During
-    /// Region initialization", then no disks).
+    /// Describe devices in ACPI (`-M microvm,acpi=on`, the default). ACPI
+    /// also gives the guest a way to power off that ends QEMU. With `false`
+    /// QEMU lists the virtio-mmio devices on the kernel command line instead
+    /// (`virtio_mmio.device=`, needs `CONFIG_VIRTIO_MMIO_CMDLINE_DEVICES`):
+    /// use it for kernels whose ACPI cannot load microvm's tables (seen with
+    /// an early build of the project kernel: "AE_BAD_PARAMETER, During
+    /// Region initialization", then no disks). Without ACPI a guest
+    /// power-off only halts; [`VmHandle::shutdown`] notices the halt on the
+    /// console.
     pub acpi: bool,
 }
 
@@ -76,7 +79,7 @@ impl QemuConfig {
             qmp_timeout: Duration::from_secs(5),
             migrate_timeout: Duration::from_secs(120),
             tsc_khz: None,
-            acpi: false,
+            acpi: true,
         }
     }
 }
@@ -958,10 +961,7 @@ mod tests {
         let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
         let args = build_args(&cfg, &s, "console=ttyS0", false);
         let joined = args.join(" ");
-        assert!(
-            joined.contains("-M microvm,acpi=off -accel tcg"),
-            "{joined}"
-        );
+        assert!(joined.contains("-M microvm,acpi=on -accel tcg"), "{joined}");
         assert!(joined.contains(
             "memory-backend-file,id=mem,size=256M,mem-path=/r/run/memory,share=on -machine memory-backend=mem"
         ));
@@ -985,7 +985,10 @@ mod tests {
         assert!(!joined.contains("-incoming"));
         let inc = build_args(&cfg, &s, "x", true).join(" ");
         assert!(inc.ends_with("-S -incoming defer"));
-        let kvm = build_args(&QemuConfig::new("q", Accel::Kvm), &s, "x", false).join(" ");
+        let mut no_acpi = QemuConfig::new("q", Accel::Kvm);
+        no_acpi.acpi = false;
+        let kvm = build_args(&no_acpi, &s, "x", false).join(" ");
+        assert!(kvm.contains("-M microvm,acpi=off"));
         assert!(kvm.contains("-accel kvm -cpu host"));
     }
 
