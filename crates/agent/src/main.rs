@@ -181,6 +181,9 @@ fn run_init() -> ExitCode {
             tracing::error!("no agent channel (neither vsock nor virtio-serial port)");
         }
         ctx.shutdown_token().cancelled().await;
+        // Give the vsock/serial transports a bounded moment to deliver the
+        // answer to `shutdown` before the VM ends.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     });
     if pid1 {
         locale2b_agent::system::power_off();

@@ -125,21 +125,25 @@ pub async fn sync() -> Result<Response, ErrorBody> {
 }
 
 /// Called once the `done` answer to `shutdown` is written: stops the
-/// listeners, and powers the machine off when the agent is PID 1.
+/// listeners; in init mode the main loop then syncs and ends the VM.
 pub fn shutdown_after_reply(ctx: &AgentContext) {
     tracing::info!("shutdown requested by the host");
+    // Init mode powers off from its main loop once the listeners stopped
+    // and the transports had a moment to deliver this answer.
     ctx.request_shutdown();
-    if ctx.config.power_off_on_shutdown {
-        std::thread::spawn(power_off);
-    }
 }
 
-/// Syncs every filesystem and powers the machine off. Does not return on
-/// success; if `reboot(2)` fails the error is logged and the thread parks.
+/// Syncs every filesystem and ends the VM. Does not return on success; if
+/// `reboot(2)` fails the error is logged and the thread parks.
+///
+/// A guest *reset* is what ends the VMM process on both backends: QEMU runs
+/// with `-no-reboot` (a reset exits the process) and Firecracker exits on a
+/// guest reset (`reboot=k`). A power-off request would leave QEMU's microvm
+/// (no ACPI power-off path) halted but alive until the host kills it.
 pub fn power_off() {
     nix::unistd::sync();
     tracing::info!("locale2b-agent: powering off");
-    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_POWER_OFF) {
+    match nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT) {
         Ok(never) => match never {},
         Err(e) => tracing::error!(error = %e, "power off failed"),
     }
