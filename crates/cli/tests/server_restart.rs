@@ -11,6 +11,18 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "restart-test-key-42";
 
+/// Kills every process (server, VMs) mentioning the base dir, so a failed
+/// assertion leaves nothing running.
+struct KillOnDrop(PathBuf);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &self.0.to_string_lossy()])
+            .status();
+    }
+}
+
 fn image_dir() -> Option<PathBuf> {
     let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
         .map(PathBuf::from)
@@ -92,6 +104,7 @@ async fn kill_9_of_the_server_keeps_sandboxes_usable() {
     std::fs::create_dir_all(base.path().join("images")).unwrap();
     std::os::unix::fs::symlink(&image, base.path().join("images/default")).unwrap();
     let http = reqwest::Client::new();
+    let _cleanup = KillOnDrop(base.path().to_path_buf());
 
     let (mut server, url) = start(base.path());
     let mut ids = Vec::new();

@@ -104,6 +104,21 @@ impl Drop for Server {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
+        // Never leave VMs behind when an assertion failed half-way.
+        let marker = self._base.path().to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+                if pid as u32 != std::process::id() && String::from_utf8_lossy(&c).contains(&marker)
+                {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", &pid.to_string()])
+                        .status();
+                }
+            }
+        }
     }
 }
 

@@ -68,6 +68,24 @@ impl TestBase {
     }
 }
 
+impl Drop for TestBase {
+    /// A failed test must not leave VMs running (they would slow every later
+    /// test): kill whatever still runs from this base directory.
+    fn drop(&mut self) {
+        kill_mentioning(self.path());
+    }
+}
+
+/// SIGKILLs every process whose command line mentions `dir`.
+pub fn kill_mentioning(dir: &Path) {
+    for pid in pids_mentioning(&dir.to_string_lossy()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 pub async fn manager(config: Config) -> Arc<SandboxManager> {
     let config = Arc::new(config);
     let (vmm, report) = backend::build(&config).await.expect("backend");
