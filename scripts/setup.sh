@@ -23,7 +23,7 @@ done
 packages=(
     qemu-system-x86 mmdebstrap e2fsprogs linux-source-6.1
     bc bison flex libelf-dev libssl-dev cpio xz-utils build-essential kmod
-    iproute2 python3 ca-certificates
+    iproute2 python3 python3-venv python3-pip ca-certificates curl procps
 )
 missing=()
 for p in "${packages[@]}"; do
