@@ -22,6 +22,11 @@ record() { # name status
 step "host setup"
 ./scripts/setup.sh
 
+if ! cargo nextest --version >/dev/null 2>&1; then
+  step "installing cargo-nextest (crates.io)"
+  cargo install --locked cargo-nextest
+fi
+
 step "build (release: CLI and guest agent)"
 cargo build --release -p locale2b -p locale2b-agent
 
