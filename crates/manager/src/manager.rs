@@ -109,6 +109,13 @@ pub struct SandboxManager {
     table: Mutex<Table>,
 }
 
+/// What [`SandboxManager::admit`] admits.
+#[derive(Debug, Clone, Copy)]
+enum Admission {
+    New,
+    Resume,
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -334,7 +341,6 @@ impl SandboxManager {
 
         let image = self.image(&template)?;
         let sandbox_id = SandboxId::generate();
-        let guest_cid = self.reserve(&sandbox_id, memory_mb)?;
         let now = store::now_rfc3339();
         let mut env = cfg.sandbox_env.clone();
         env.extend(req.env.clone());
@@ -346,7 +352,7 @@ impl SandboxManager {
             memory_mb,
             vcpu_count: vcpus,
             backend: self.vmm.kind(),
-            guest_cid,
+            guest_cid: 0,
             status: SandboxStatus::Starting,
             created_at: now.clone(),
             updated_at: now.clone(),
@@ -363,9 +369,8 @@ impl SandboxManager {
             last_used: Mutex::new(Instant::now()),
         });
         let mut vm_slot = sb.lifecycle.lock().await;
-        lock(&self.table)
-            .sandboxes
-            .insert(sandbox_id.clone(), sb.clone());
+        self.admit(&sb, Admission::New)?;
+        let record = lock(&sb.record).clone();
 
         let made_workspace = existing.is_none();
         let started = Instant::now();
@@ -430,20 +435,27 @@ impl SandboxManager {
         }
     }
 
-    /// Reserves a slot and memory for a new sandbox; returns its vsock CID.
-    fn reserve(&self, id: &SandboxId, memory_mb: u32) -> Result<u32> {
-        let table = lock(&self.table);
+    /// Admits a sandbox against `max_sandboxes` and the memory budget in one
+    /// step under the table lock, so concurrent creates and resumes cannot
+    /// overshoot: a new sandbox gets a free vsock CID and enters the table;
+    /// a paused one turns `resuming`.
+    fn admit(&self, sb: &Arc<Sandbox>, how: Admission) -> Result<()> {
+        let mut table = lock(&self.table);
         let mut active = 0u32;
         let mut used = 0u64;
         let mut cids = Vec::new();
-        for sb in table.sandboxes.values() {
-            let r = lock(&sb.record);
+        for other in table.sandboxes.values() {
+            if other.id == sb.id {
+                continue;
+            }
+            let r = lock(&other.record);
             if holds_vm(r.status) {
                 active += 1;
                 used += u64::from(r.memory_mb);
             }
             cids.push(r.guest_cid);
         }
+        let memory_mb = lock(&sb.record).memory_mb;
         if active >= self.config.max_sandboxes {
             return Err(ManagerError::AtCapacity {
                 reason: format!(
@@ -462,15 +474,25 @@ impl SandboxManager {
                 retry_after: Duration::from_secs(10),
             });
         }
-        drop(table);
-        let mut table = lock(&self.table);
-        let mut cid = table.next_cid.max(3);
-        while cids.contains(&cid) {
-            cid = cid.wrapping_add(1).max(3);
+        match how {
+            Admission::New => {
+                let mut cid = table.next_cid.max(3);
+                while cids.contains(&cid) {
+                    cid = cid.wrapping_add(1).max(3);
+                }
+                table.next_cid = cid.wrapping_add(1).max(3);
+                lock(&sb.record).guest_cid = cid;
+                table.sandboxes.insert(sb.id.clone(), sb.clone());
+                debug!(sandbox_id = %sb.id, cid, "admitted");
+            }
+            Admission::Resume => {
+                let mut r = lock(&sb.record);
+                r.status = SandboxStatus::Resuming;
+                r.error = None;
+                r.updated_at = store::now_rfc3339();
+            }
         }
-        table.next_cid = cid.wrapping_add(1).max(3);
-        debug!(sandbox_id = %id, cid, "reserved");
-        Ok(cid)
+        Ok(())
     }
 
     fn forget(&self, id: &SandboxId) {
@@ -1043,8 +1065,8 @@ impl SandboxManager {
                 )));
             }
         };
-        self.reserve_existing(&record)?;
-        self.set_status(&sb, SandboxStatus::Resuming, None);
+        self.admit(&sb, Admission::Resume)?;
+        self.persist(&lock(&sb.record).clone());
         let started = Instant::now();
         let files = SnapshotFiles {
             state: snap_dir.join(&manifest.state.name),
@@ -1099,35 +1121,6 @@ impl SandboxManager {
                 Err(err)
             }
         }
-    }
-
-    /// Capacity check for a sandbox that already has a record (resume).
-    fn reserve_existing(&self, r: &SandboxRecord) -> Result<()> {
-        let cap = {
-            let entries: Vec<_> = lock(&self.table).sandboxes.values().cloned().collect();
-            let mut active = 0u32;
-            let mut used = 0u64;
-            for sb in entries {
-                let rr = lock(&sb.record);
-                if holds_vm(rr.status) {
-                    active += 1;
-                    used += u64::from(rr.memory_mb);
-                }
-            }
-            (active, used)
-        };
-        if cap.0 >= self.config.max_sandboxes
-            || cap.1 + u64::from(r.memory_mb) > self.memory_budget_mb
-        {
-            return Err(ManagerError::AtCapacity {
-                reason: format!(
-                    "at capacity ({} sandboxes, {} MiB in use); cannot resume {} now",
-                    cap.0, cap.1, r.sandbox_id
-                ),
-                retry_after: Duration::from_secs(10),
-            });
-        }
-        Ok(())
     }
 
     // ------------------------------------------------------------ guest calls
