@@ -154,6 +154,8 @@ async fn create_destroy_cycles_leak_nothing() {
     m.destroy(&sb.sandbox_id).await.unwrap();
     let fds_before = open_fds();
     let files_before = files_under(base.path());
+    let usage_before = locale2b_manager::store::disk_usage(&base.path().join("sandboxes"))
+        + locale2b_manager::store::disk_usage(&base.path().join("workspaces"));
     let mounts_before = mounts_under(base.path());
     // Two at a time: the machine has two cores.
     let mut done = 0;
@@ -181,6 +183,9 @@ async fn create_destroy_cycles_leak_nothing() {
         "VMM processes left"
     );
     assert_eq!(files_under(base.path()), files_before, "files left behind");
+    let usage_after = locale2b_manager::store::disk_usage(&base.path().join("sandboxes"))
+        + locale2b_manager::store::disk_usage(&base.path().join("workspaces"));
+    assert_eq!(usage_after, usage_before, "disk usage grew");
     assert_eq!(mounts_under(base.path()), mounts_before);
     // Allow a little slack for descriptors held by the runtime's own pools.
     let fds_after = open_fds();
