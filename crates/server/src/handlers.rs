@@ -109,23 +109,7 @@ pub async fn create_sandbox(
     State(s): State<AppState>,
     ApiJson(body): ApiJson<CreateSandboxBody>,
 ) -> ApiResult<SandboxResponse> {
-    let c = s.manager().config();
-    if let Some(m) = body.memory_mb {
-        if m < c.min_memory_mb || m > c.max_memory_mb {
-            return Err(ApiError::invalid(format!(
-                "memory_mb {m} is outside the allowed range {}..={} MiB",
-                c.min_memory_mb, c.max_memory_mb
-            )));
-        }
-    }
-    if let Some(v) = body.vcpu_count {
-        if v == 0 || v > c.max_vcpu {
-            return Err(ApiError::invalid(format!(
-                "vcpu_count {v} is outside the allowed range 1..={}",
-                c.max_vcpu
-            )));
-        }
-    }
+    // Sizes and the template are validated by the manager (400 with the allowed range).
     let req = CreateSandbox {
         memory_mb: body.memory_mb,
         vcpu_count: body.vcpu_count,
