@@ -20,15 +20,14 @@
 
 mod api;
 pub mod jailer;
-mod proc;
 
+use crate::process::{check_alive, NotAlive, VmmProcess};
 use crate::{Result, SnapshotFiles, VmHandle, VmProcess, VmSpec, VmStatus, Vmm, VmmError, VmmKind};
 use api::ApiClient;
 use async_trait::async_trait;
 pub use jailer::JailerConfig;
 use jailer::{Layout, API_SOCKET, VSOCK_SOCKET};
 use locale2b_protocol::SandboxId;
-use proc::ExitWatch;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -59,6 +58,8 @@ const SNAPSHOT_MEMORY: &str = "memory";
 const SOCKET_POLL: Duration = Duration::from_millis(10);
 /// How long a SIGKILLed process may take to be reaped.
 const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How often an adopted (non-child) process is checked for exit.
+const ADOPTED_POLL: Duration = Duration::from_millis(20);
 /// How long a failed start waits for the process to exit on its own, to
 /// report its log rather than a connection error.
 const EXIT_GRACE: Duration = Duration::from_millis(200);
@@ -200,12 +201,10 @@ impl FirecrackerVmm {
                 cmd
             }
         };
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(console))
-            .stderr(Stdio::from(stderr))
-            .process_group(0)
-            .kill_on_drop(false);
-        let child = cmd.spawn().map_err(|source| VmmError::Spawn {
+        // Own process group, stdin closed, not killed on drop: see
+        // `VmmProcess::spawn`.
+        cmd.stdout(Stdio::from(console)).stderr(Stdio::from(stderr));
+        let vmm = VmmProcess::spawn(cmd).map_err(|source| VmmError::Spawn {
             what: if jailer.is_some() {
                 "jailer"
             } else {
@@ -213,18 +212,10 @@ impl FirecrackerVmm {
             },
             source,
         })?;
-        let pid = child.id().ok_or_else(|| VmmError::ExitedEarly {
-            reason: "exited before its pid was read".into(),
-            log_tail: String::new(),
-        })?;
-        let exit = proc::watch_child(child);
-        let start_time = proc::stat(pid).map(|s| s.start_time).unwrap_or_default();
-        tracing::info!(sandbox_id = %spec.sandbox_id, pid, jailed = layout.jailed, "firecracker spawned");
+        tracing::info!(sandbox_id = %spec.sandbox_id, pid = vmm.pid(), jailed = layout.jailed, "firecracker spawned");
         let starting = Starting {
             api: ApiClient::new(api_sock, self.config.request_timeout),
-            pid,
-            start_time,
-            exit,
+            vmm,
             run_dir: spec.run_dir.clone(),
             sandbox_id: spec.sandbox_id.clone(),
             layout: layout.clone(),
@@ -386,7 +377,7 @@ impl FirecrackerVmm {
         // died, its log says why.
         let exited = match err {
             VmmError::Api { .. } => None,
-            _ => proc::wait_exit(&s.exit, EXIT_GRACE).await,
+            _ => s.vmm.wait_timeout(EXIT_GRACE).await,
         };
         s.abort().await;
         match exited {
@@ -436,30 +427,26 @@ impl Vmm for FirecrackerVmm {
         }
         let layout = self.layout(spec)?;
         let tail = || log_tail(&spec.run_dir, &layout);
-        match proc::stat(process.pid) {
-            None => {
-                return Err(VmmError::ExitedEarly {
-                    reason: format!("process {} is gone", process.pid),
-                    log_tail: tail(),
-                })
+        let exited = |reason: String| VmmError::ExitedEarly {
+            reason,
+            log_tail: tail(),
+        };
+        match check_alive(process.pid, process.start_time) {
+            Ok(()) => {}
+            Err(NotAlive::Gone) => return Err(exited(format!("process {} is gone", process.pid))),
+            Err(NotAlive::Reused { start_time }) => {
+                return Err(exited(format!(
+                    "pid {} now belongs to another process (start time {} instead of {})",
+                    process.pid, start_time, process.start_time
+                )))
             }
-            Some(st) if st.start_time != process.start_time => {
-                return Err(VmmError::ExitedEarly {
-                    reason: format!(
-                        "pid {} now belongs to another process (start time {} instead of {})",
-                        process.pid, st.start_time, process.start_time
-                    ),
-                    log_tail: tail(),
-                })
+            Err(NotAlive::Exited) => {
+                return Err(exited(format!("process {} has exited", process.pid)))
             }
-            Some(st) if !st.is_running() => {
-                return Err(VmmError::ExitedEarly {
-                    reason: format!("process {} has exited", process.pid),
-                    log_tail: tail(),
-                })
-            }
-            Some(_) => {}
         }
+        // Fails only if the process ended since the check above.
+        let vmm = VmmProcess::adopt_polling(process.pid, process.start_time, ADOPTED_POLL)
+            .map_err(|_| exited(format!("process {} has exited", process.pid)))?;
         let api = ApiClient::new(process.control_path.clone(), self.config.request_timeout);
         let info: InstanceInfo = api.get_json("/").await?;
         tracing::info!(sandbox_id = %spec.sandbox_id, pid = process.pid, state = %info.state, "firecracker attached");
@@ -467,7 +454,7 @@ impl Vmm for FirecrackerVmm {
             sandbox_id: spec.sandbox_id.clone(),
             process: process.clone(),
             api,
-            exit: proc::watch_adopted(process.pid, process.start_time),
+            vmm,
             layout,
             snapshot_timeout: self.config.snapshot_timeout,
         }))
@@ -477,9 +464,7 @@ impl Vmm for FirecrackerVmm {
 /// A Firecracker process between spawn and a usable handle.
 struct Starting {
     api: ApiClient,
-    pid: u32,
-    start_time: u64,
-    exit: ExitWatch,
+    vmm: VmmProcess,
     run_dir: PathBuf,
     sandbox_id: SandboxId,
     layout: Layout,
@@ -490,7 +475,7 @@ impl Starting {
     async fn wait_for_socket(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(reason) = proc::exited(&self.exit) {
+            if let Some(reason) = self.vmm.exit_reason() {
                 return Err(VmmError::ExitedEarly {
                     reason,
                     log_tail: log_tail(&self.run_dir, &self.layout),
@@ -511,9 +496,8 @@ impl Starting {
 
     /// Kills the process, reaps it and removes its sockets.
     async fn abort(&self) {
-        proc::kill_group(self.pid);
-        if proc::wait_exit(&self.exit, KILL_WAIT).await.is_none() {
-            tracing::warn!(sandbox_id = %self.sandbox_id, pid = self.pid, "firecracker not reaped after SIGKILL");
+        if kill_group(&self.vmm, &self.sandbox_id).await.is_none() {
+            tracing::warn!(sandbox_id = %self.sandbox_id, pid = self.vmm.pid(), "firecracker not reaped after SIGKILL");
         }
         cleanup(&self.layout);
     }
@@ -521,8 +505,8 @@ impl Starting {
     fn into_vm(self, config: &FirecrackerConfig) -> FirecrackerVm {
         let process = VmProcess {
             kind: VmmKind::Firecracker,
-            pid: self.pid,
-            start_time: self.start_time,
+            pid: self.vmm.pid(),
+            start_time: self.vmm.start_time(),
             vsock_path: self.layout.host_path(VSOCK_SOCKET),
             control_path: self.api.socket().to_owned(),
             console_log: self.run_dir.join(CONSOLE_LOG),
@@ -531,7 +515,7 @@ impl Starting {
             sandbox_id: self.sandbox_id,
             process,
             api: self.api,
-            exit: self.exit,
+            vmm: self.vmm,
             layout: self.layout,
             snapshot_timeout: config.snapshot_timeout,
         }
@@ -550,14 +534,14 @@ pub struct FirecrackerVm {
     sandbox_id: SandboxId,
     process: VmProcess,
     api: ApiClient,
-    exit: ExitWatch,
+    vmm: VmmProcess,
     layout: Layout,
     snapshot_timeout: Duration,
 }
 
 impl FirecrackerVm {
     fn ensure_alive(&self, op: &'static str) -> Result<()> {
-        match proc::exited(&self.exit) {
+        match self.vmm.exit_reason() {
             Some(reason) => Err(VmmError::InvalidState {
                 op,
                 state: format!("exited ({reason})"),
@@ -575,11 +559,10 @@ impl FirecrackerVm {
     }
 
     async fn kill_and_reap(&self) {
-        if proc::exited(&self.exit).is_none() {
-            proc::kill_group(self.process.pid);
-            if proc::wait_exit(&self.exit, KILL_WAIT).await.is_none() {
-                tracing::warn!(sandbox_id = %self.sandbox_id, pid = self.process.pid, "firecracker still there after SIGKILL");
-            }
+        if self.vmm.exit_reason().is_none()
+            && kill_group(&self.vmm, &self.sandbox_id).await.is_none()
+        {
+            tracing::warn!(sandbox_id = %self.sandbox_id, pid = self.process.pid, "firecracker still there after SIGKILL");
         }
         cleanup(&self.layout);
     }
@@ -595,14 +578,14 @@ impl VmHandle for FirecrackerVm {
     /// ("Not started" counts as paused: no vCPU runs). If the API does not
     /// answer while the process lives, reports `Running` and logs a warning.
     async fn status(&self) -> VmStatus {
-        if let Some(reason) = proc::exited(&self.exit) {
+        if let Some(reason) = self.vmm.exit_reason() {
             return VmStatus::Exited { reason };
         }
         match self.api.get_json::<InstanceInfo>("/").await {
             Ok(info) if info.state == "Running" => VmStatus::Running,
             Ok(_) => VmStatus::Paused,
             Err(err) => {
-                if let Some(reason) = proc::exited(&self.exit) {
+                if let Some(reason) = self.vmm.exit_reason() {
                     return VmStatus::Exited { reason };
                 }
                 tracing::warn!(sandbox_id = %self.sandbox_id, error = %err, "firecracker API did not answer GET /");
@@ -676,14 +659,14 @@ impl VmHandle for FirecrackerVm {
     }
 
     async fn shutdown(&self, grace: Duration) -> Result<()> {
-        if proc::exited(&self.exit).is_none() {
+        if self.vmm.exit_reason().is_none() {
             let sent = self
                 .api
                 .put("/actions", &json!({"action_type": "SendCtrlAltDel"}))
                 .await;
             match sent {
                 Ok(()) => {
-                    if proc::wait_exit(&self.exit, grace).await.is_none() {
+                    if self.vmm.wait_timeout(grace).await.is_none() {
                         tracing::info!(sandbox_id = %self.sandbox_id, ?grace, "guest did not power off in time; killing firecracker");
                     }
                 }
@@ -702,13 +685,18 @@ impl VmHandle for FirecrackerVm {
     }
 
     async fn wait_exit(&self) -> String {
-        let mut rx = self.exit.clone();
-        let reason = match rx.wait_for(Option::is_some).await {
-            Ok(v) => v.clone().unwrap_or_default(),
-            Err(_) => "exit status unknown".into(),
-        };
-        reason
+        self.vmm.wait().await
     }
+}
+
+/// SIGKILLs the VMM's process group (the jailer or Firecracker leads its
+/// own) and waits up to [`KILL_WAIT`] for the exit. Returns the exit
+/// reason, or `None` if the process is still there.
+async fn kill_group(vmm: &VmmProcess, sandbox_id: &SandboxId) -> Option<String> {
+    if let Err(err) = vmm.signal_group(nix::sys::signal::Signal::SIGKILL) {
+        tracing::warn!(%sandbox_id, pid = vmm.pid(), error = %err, "SIGKILL to firecracker failed");
+    }
+    vmm.wait_timeout(KILL_WAIT).await
 }
 
 /// Kernel command line: the driver's base arguments plus the spec's extras.

@@ -18,7 +18,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// How often an adopted (non-child) process is checked for liveness.
+/// How often [`VmmProcess::adopt`] checks an adopted process for liveness.
 const ADOPTED_POLL: Duration = Duration::from_millis(50);
 
 /// Reads the start time of `pid` (`/proc/<pid>/stat` field 22, clock ticks
@@ -54,12 +54,41 @@ fn parse_stat(text: &str) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
+/// Why a pid does not name the live process that started at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAlive {
+    /// No such process (or its stat line is unreadable).
+    Gone,
+    /// The pid now belongs to another process, which started at `start_time`.
+    Reused {
+        /// Start time of the process that holds the pid now.
+        start_time: u64,
+    },
+    /// The process has exited but is not reaped yet (zombie or dead).
+    Exited,
+}
+
+/// Checks that `pid` exists, started at `start_time` (so the pid was not
+/// reused) and is not a zombie; says which of these fails otherwise.
+///
+/// # Errors
+/// The reason the process is not the live one that started at `start_time`.
+pub fn check_alive(pid: u32, start_time: u64) -> Result<(), NotAlive> {
+    let Ok(stat) = read_stat(pid) else {
+        return Err(NotAlive::Gone);
+    };
+    match stat.start_time {
+        None => Err(NotAlive::Gone),
+        Some(t) if t != start_time => Err(NotAlive::Reused { start_time: t }),
+        // `x` is the "dead" state of older kernels.
+        Some(_) if matches!(stat.state, 'Z' | 'X' | 'x') => Err(NotAlive::Exited),
+        Some(_) => Ok(()),
+    }
+}
+
 /// True when `pid` exists, is not a zombie, and started at `start_time`.
 pub fn is_alive(pid: u32, start_time: u64) -> bool {
-    match read_stat(pid) {
-        Ok(stat) => stat.state != 'Z' && stat.state != 'X' && stat.start_time == Some(start_time),
-        Err(_) => false,
-    }
+    check_alive(pid, start_time).is_ok()
 }
 
 /// Describes an exit status in words: "exit status 1", "killed by signal 9".
@@ -132,6 +161,14 @@ impl VmmProcess {
     /// [`io::ErrorKind::NotFound`] when the process is gone or the pid now
     /// belongs to a process with another start time.
     pub fn adopt(pid: u32, start_time: u64) -> io::Result<Self> {
+        Self::adopt_polling(pid, start_time, ADOPTED_POLL)
+    }
+
+    /// As [`VmmProcess::adopt`], checking for the exit every `poll`.
+    ///
+    /// # Errors
+    /// As [`VmmProcess::adopt`].
+    pub fn adopt_polling(pid: u32, start_time: u64, poll: Duration) -> io::Result<Self> {
         if !is_alive(pid, start_time) {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -148,7 +185,7 @@ impl VmmProcess {
                 if tx.is_closed() {
                     return;
                 }
-                tokio::time::sleep(ADOPTED_POLL).await;
+                tokio::time::sleep(poll).await;
             }
         });
         Ok(Self {
@@ -203,6 +240,27 @@ impl VmmProcess {
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
             Err(e) => Err(io::Error::from(e)),
         }
+    }
+
+    /// Sends `signal` to the process group led by the process (every
+    /// [`VmmProcess::spawn`]ed process leads its own group) and to the
+    /// process itself, unless it has already exited (and the pid still
+    /// names it). "No such process" is not an error.
+    ///
+    /// # Errors
+    /// `killpg(2)` or `kill(2)` failed for another reason (both are tried).
+    pub fn signal_group(&self, signal: nix::sys::signal::Signal) -> io::Result<()> {
+        if self.exit_reason().is_some() || !is_alive(self.pid, self.start_time) {
+            return Ok(());
+        }
+        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
+        let ignore_gone = |r: nix::Result<()>| match r {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(io::Error::from(e)),
+        };
+        let group = ignore_gone(nix::sys::signal::killpg(pid, signal));
+        let single = ignore_gone(nix::sys::signal::kill(pid, signal));
+        group.and(single)
     }
 
     /// SIGKILLs the process and waits (up to `timeout`) until it is gone.
@@ -261,5 +319,77 @@ mod tests {
             .expect("kill")
             .is_some());
         assert!(VmmProcess::adopt(p.pid(), p.start_time()).is_err());
+    }
+
+    #[test]
+    fn check_alive_names_the_reason() {
+        let me = std::process::id();
+        let st = proc_start_time(me).expect("own stat");
+        assert_eq!(check_alive(me, st), Ok(()));
+        assert_eq!(
+            check_alive(me, st + 1),
+            Err(NotAlive::Reused { start_time: st })
+        );
+        assert_eq!(check_alive(u32::MAX - 1, st), Err(NotAlive::Gone));
+
+        // An exited, unreaped child is a zombie.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let pid = child.id();
+        let st = proc_start_time(pid).expect("child stat");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while check_alive(pid, st).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "child never exited");
+            std::thread::yield_now();
+        }
+        assert_eq!(check_alive(pid, st), Err(NotAlive::Exited));
+        child.wait().expect("reap");
+    }
+
+    /// Polls until `pid` (started at `start_time`) is gone or a zombie.
+    async fn wait_gone(pid: u32, start_time: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while is_alive(pid, start_time) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn signal_group_reaches_the_whole_group() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pid_file = dir.path().join("member.pid");
+        let mut cmd = tokio::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"sleep 30 & echo $! > "$1"; wait"#)
+            .arg("sh")
+            .arg(&pid_file);
+        let leader = VmmProcess::spawn(cmd).expect("spawn");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let member: u32 = loop {
+            let text = std::fs::read_to_string(&pid_file).unwrap_or_default();
+            if text.ends_with('\n') {
+                break text.trim().parse().expect("member pid");
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no member pid");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let member_start = proc_start_time(member).expect("member stat");
+
+        leader
+            .signal_group(nix::sys::signal::Signal::SIGKILL)
+            .expect("signal group");
+        let reason = leader.wait_timeout(Duration::from_secs(5)).await;
+        assert_eq!(reason.as_deref(), Some("killed by signal 9"));
+        assert!(
+            wait_gone(member, member_start).await,
+            "group member survived"
+        );
+        // Idempotent once the leader has exited.
+        leader
+            .signal_group(nix::sys::signal::Signal::SIGKILL)
+            .expect("signal exited group");
     }
 }
