@@ -18,7 +18,7 @@ use crate::{
 };
 use locale2b_agent_client::{AgentClient, ClientConfig, ClientError};
 use locale2b_protocol::{
-    DeleteFileRequest, ErrorCode, ExecRequest, ExecResponse, FileContent, FileInfo, InitRequest,
+    DeleteFileRequest, ExecRequest, ExecResponse, FileContent, FileInfo, InitRequest,
     ListFilesRequest, Listing, MkdirRequest, ReadFileRequest, SandboxId, WorkspaceId,
     WriteFileRequest, WrittenResponse,
 };
@@ -1590,10 +1590,4 @@ fn host_memory_mb() -> u64 {
         })
         .map(|kb| kb / 1024)
         .unwrap_or(4096)
-}
-
-#[allow(dead_code)]
-fn _assert_send(m: &SandboxManager) -> impl Send + '_ {
-    let _ = ErrorCode::NotFound;
-    async move { m.list().await }
 }
