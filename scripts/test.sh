@@ -62,10 +62,11 @@ record "fuzz frame_decoder ${FUZZ_SECONDS}s" "$rc"; [ "$rc" -eq 0 ] && passed=$(
 
 step "Python client tests against a real server"
 set +e; ./scripts/python-e2e.sh 2>&1 | tee "$LOG_DIR/python.log"; rc=${PIPESTATUS[0]}; set -e
-py=$(grep -E '^=+ .*(passed|failed).* =+$' "$LOG_DIR/python.log" | tail -1 || true)
-p_pass=$(sed -nE 's/.* ([0-9]+) passed.*/\1/p' <<<"$py"); p_pass=${p_pass:-0}
-p_fail=$(sed -nE 's/.* ([0-9]+) failed.*/\1/p' <<<"$py"); p_fail=${p_fail:-0}
-p_err=$(sed -nE 's/.* ([0-9]+) error.*/\1/p' <<<"$py"); p_err=${p_err:-0}
+# pytest's closing line, with or without the ==== decoration (-q drops it).
+py=$(grep -E '[0-9]+ (passed|failed|errors?).* in [0-9.]+s' "$LOG_DIR/python.log" | tail -1 || true)
+p_pass=$(sed -nE 's/(^|.* )([0-9]+) passed.*/\2/p' <<<"$py"); p_pass=${p_pass:-0}
+p_fail=$(sed -nE 's/(^|.* )([0-9]+) failed.*/\2/p' <<<"$py"); p_fail=${p_fail:-0}
+p_err=$(sed -nE 's/(^|.* )([0-9]+) error.*/\2/p' <<<"$py"); p_err=${p_err:-0}
 passed=$((passed + p_pass)); failed=$((failed + p_fail + p_err))
 if [ "$rc" -ne 0 ] && [ "$((p_fail + p_err))" -eq 0 ]; then record "python tests (exit $rc)" 1; fi
 
