@@ -11,8 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use locale2b_image::{BuildRequest, Progress, ScriptToolchain};
-
-const DEFAULT_BASE_DIR: &str = "/var/lib/firecracker-workspaces";
+use locale2b_manager::Config;
 
 /// Image subcommands.
 #[derive(Debug, Subcommand)]
@@ -56,14 +55,11 @@ pub struct VerifyArgs {
     dir: Option<PathBuf>,
 }
 
-/// Runs an image subcommand.
-pub fn run(cmd: ImageCommand) -> anyhow::Result<()> {
-    let base_dir = std::env::var_os("LOCALE2B_BASE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE_DIR));
-    let cache_dir = std::env::var_os("LOCALE2B_CACHE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| base_dir.join("cache"));
+/// Runs an image subcommand. The base and cache directories come from the
+/// one configuration (`LOCALE2B_BASE_DIR`, `LOCALE2B_CACHE_DIR`).
+pub fn run(cmd: ImageCommand, config: &Config) -> anyhow::Result<()> {
+    let base_dir = config.base_dir.clone();
+    let cache_dir = config.cache_dir();
     match cmd {
         ImageCommand::Build(args) => build(args, &base_dir, cache_dir),
         ImageCommand::Verify(args) => verify(args, &base_dir),

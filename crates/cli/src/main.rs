@@ -45,7 +45,7 @@ fn init_tracing(config: &Config) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Image(cmd) => image::run(cmd),
+        Command::Image(cmd) => image::run(cmd, &Config::from_env()?),
         Command::Serve => {
             let config = Config::from_env()?;
             init_tracing(&config);
