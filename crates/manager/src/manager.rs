@@ -1146,6 +1146,18 @@ impl SandboxManager {
             .ok_or_else(|| ManagerError::Conflict(format!("sandbox {id} has no agent connection")))
     }
 
+    /// Runs one agent call on a running sandbox and maps its error.
+    async fn with_guest<T, F, Fut>(&self, id: &SandboxId, what: &str, call: F) -> Result<T>
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let client = self.running_client(id)?;
+        call(client)
+            .await
+            .map_err(|e| self.guest_error(id, what, e))
+    }
+
     fn guest_error(&self, id: &SandboxId, what: &str, e: ClientError) -> ManagerError {
         match e {
             ClientError::Agent(body) => ManagerError::Guest(body),
@@ -1176,11 +1188,8 @@ impl SandboxManager {
             Some(_) => {}
             None => req.timeout_ms = Some(self.config.exec_timeout_sec * 1000),
         }
-        let client = self.running_client(id)?;
-        client
-            .exec(req, None)
+        self.with_guest(id, "exec", |c| async move { c.exec(req, None).await })
             .await
-            .map_err(|e| self.guest_error(id, "exec", e))
     }
 
     /// Reads (part of) a file.
@@ -1188,11 +1197,8 @@ impl SandboxManager {
     /// # Errors
     /// As [`SandboxManager::exec`]; Guest(not_found) for a missing file.
     pub async fn read_file(&self, id: &SandboxId, req: ReadFileRequest) -> Result<FileContent> {
-        let client = self.running_client(id)?;
-        client
-            .read_file(req)
+        self.with_guest(id, "read_file", |c| async move { c.read_file(req).await })
             .await
-            .map_err(|e| self.guest_error(id, "read_file", e))
     }
 
     /// Writes a file.
@@ -1204,11 +1210,8 @@ impl SandboxManager {
         id: &SandboxId,
         req: WriteFileRequest,
     ) -> Result<WrittenResponse> {
-        let client = self.running_client(id)?;
-        client
-            .write_file(req)
+        self.with_guest(id, "write_file", |c| async move { c.write_file(req).await })
             .await
-            .map_err(|e| self.guest_error(id, "write_file", e))
     }
 
     /// Lists a directory.
@@ -1216,11 +1219,8 @@ impl SandboxManager {
     /// # Errors
     /// As [`SandboxManager::exec`].
     pub async fn list_files(&self, id: &SandboxId, req: ListFilesRequest) -> Result<Listing> {
-        let client = self.running_client(id)?;
-        client
-            .list_files(req)
+        self.with_guest(id, "list_files", |c| async move { c.list_files(req).await })
             .await
-            .map_err(|e| self.guest_error(id, "list_files", e))
     }
 
     /// Creates a directory.
@@ -1228,11 +1228,8 @@ impl SandboxManager {
     /// # Errors
     /// As [`SandboxManager::exec`].
     pub async fn mkdir(&self, id: &SandboxId, req: MkdirRequest) -> Result<FileInfo> {
-        let client = self.running_client(id)?;
-        client
-            .mkdir(req)
+        self.with_guest(id, "mkdir", |c| async move { c.mkdir(req).await })
             .await
-            .map_err(|e| self.guest_error(id, "mkdir", e))
     }
 
     /// Describes a path.
@@ -1240,11 +1237,8 @@ impl SandboxManager {
     /// # Errors
     /// As [`SandboxManager::exec`].
     pub async fn stat(&self, id: &SandboxId, path: String) -> Result<FileInfo> {
-        let client = self.running_client(id)?;
-        client
-            .stat(path)
+        self.with_guest(id, "stat", |c| async move { c.stat(path).await })
             .await
-            .map_err(|e| self.guest_error(id, "stat", e))
     }
 
     /// Deletes a path.
@@ -1252,11 +1246,12 @@ impl SandboxManager {
     /// # Errors
     /// As [`SandboxManager::exec`].
     pub async fn delete_file(&self, id: &SandboxId, req: DeleteFileRequest) -> Result<()> {
-        let client = self.running_client(id)?;
-        client
-            .delete_file(req)
-            .await
-            .map_err(|e| self.guest_error(id, "delete_file", e))
+        self.with_guest(
+            id,
+            "delete_file",
+            |c| async move { c.delete_file(req).await },
+        )
+        .await
     }
 
     /// Renames a path inside the guest.
@@ -1264,11 +1259,8 @@ impl SandboxManager {
     /// # Errors
     /// As [`SandboxManager::exec`].
     pub async fn rename(&self, id: &SandboxId, from: String, to: String) -> Result<()> {
-        let client = self.running_client(id)?;
-        client
-            .rename(from, to)
+        self.with_guest(id, "rename", |c| async move { c.rename(from, to).await })
             .await
-            .map_err(|e| self.guest_error(id, "rename", e))
     }
 
     // ------------------------------------------------------------ recovery
