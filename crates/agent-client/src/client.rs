@@ -355,29 +355,18 @@ impl AgentClient {
         }
     }
 
-    /// Runs a command. The command's timeout is `request.timeout_ms`, else
-    /// `timeout`, else [`ClientConfig::request_timeout`]; it is written into
-    /// the request so the agent kills the command, and the client waits that
-    /// long plus [`ClientConfig::exec_timeout_margin`] so the agent's timeout
-    /// fires first (the answer then has `timed_out` set). Never re-sent.
+    /// Runs a command and waits at most `wait` for its answer. The command's
+    /// own timeout is `request.timeout_ms` (the agent kills it then); the
+    /// caller chooses both, so `wait` should leave the agent time to answer
+    /// after its timeout fired. Never re-sent.
     ///
     /// # Errors
-    /// As [`Self::call`]; [`ClientError::Timeout`] when even the margin passed.
+    /// As [`Self::call`]; [`ClientError::Timeout`] when `wait` passed.
     pub async fn exec(
         &self,
-        mut request: ExecRequest,
-        timeout: Option<Duration>,
+        request: ExecRequest,
+        wait: Duration,
     ) -> Result<ExecResponse, ClientError> {
-        let cfg = &self.inner.config;
-        let command_timeout = match request.timeout_ms {
-            Some(ms) => Duration::from_millis(ms),
-            None => {
-                let t = timeout.unwrap_or(cfg.request_timeout);
-                request.timeout_ms = Some(u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
-                t
-            }
-        };
-        let wait = command_timeout.saturating_add(cfg.exec_timeout_margin);
         match self.call(Request::Exec(request), Some(wait)).await? {
             Response::Exec(result) => Ok(result),
             other => Err(unexpected("exec", &other)),

@@ -22,9 +22,6 @@ pub struct ClientConfig {
     /// Limit on one request/response exchange when the caller gives none
     /// (default 30 s).
     pub request_timeout: Duration,
-    /// Added to an `exec`'s own timeout, so the agent's timeout fires (and
-    /// reports `timed_out`) before the client gives up (default 5 s).
-    pub exec_timeout_margin: Duration,
     /// Largest frame sent or accepted (default [`DEFAULT_MAX_FRAME`]).
     pub max_frame: usize,
     /// Most idle connections kept for reuse (default 8).
@@ -53,7 +50,6 @@ impl Default for ClientConfig {
             handshake_timeout: Duration::from_secs(1),
             hello_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
-            exec_timeout_margin: Duration::from_secs(5),
             max_frame: DEFAULT_MAX_FRAME,
             max_idle: 8,
             max_idle_age: Duration::from_secs(60),

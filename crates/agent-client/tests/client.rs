@@ -14,7 +14,6 @@ fn config() -> ClientConfig {
         connect_timeout: Duration::from_millis(500),
         handshake_timeout: Duration::from_millis(150),
         request_timeout: Duration::from_secs(5),
-        exec_timeout_margin: Duration::from_millis(200),
         ..ClientConfig::default()
     }
 }
@@ -44,12 +43,14 @@ async fn connect_handshake_and_typed_calls() {
     let pong = client.ping().await.expect("ping");
     assert_eq!(pong.agent_version, "0.0.1-fake");
 
+    let mut req = exec_req("echo hi");
+    req.timeout_ms = Some(3000);
     let out = client
-        .exec(exec_req("echo hi"), Some(Duration::from_secs(3)))
+        .exec(req, Duration::from_secs(3))
         .await
         .expect("exec");
     assert_eq!(out.stdout, "echo hi");
-    // The command timeout is written into the request for the agent.
+    // The command timeout reaches the agent as the caller set it.
     assert_eq!(out.stderr, "timeout_ms=Some(3000)");
 
     let content = client
@@ -299,7 +300,10 @@ async fn reconnects_after_guest_restart() {
     // the requests (even a non-idempotent one) go out on a fresh connection.
     let pong = client.ping().await.expect("ping after restart");
     assert_eq!(pong.agent_version, "0.0.2-restarted");
-    let out = client.exec(exec_req("true"), None).await.expect("exec");
+    let out = client
+        .exec(exec_req("true"), Duration::from_secs(5))
+        .await
+        .expect("exec");
     assert_eq!(out.stdout, "true");
     assert_eq!(state.count("exec"), 1);
     assert_eq!(
@@ -358,7 +362,7 @@ async fn request_timeout_drops_the_connection() {
     client.ping().await.expect("warm up");
     let start = Instant::now();
     let err = client
-        .exec(exec_req("hang"), Some(Duration::from_millis(100)))
+        .exec(exec_req("hang"), Duration::from_millis(300))
         .await
         .expect_err("agent never answers");
     let took = start.elapsed();
@@ -431,7 +435,7 @@ async fn non_idempotent_request_is_not_resent_after_disconnect() {
     // The pooled connection dies after the agent received the exec.
     state.drop_next_request.store(true, Ordering::SeqCst);
     let err = client
-        .exec(exec_req("touch /once"), None)
+        .exec(exec_req("touch /once"), Duration::from_secs(5))
         .await
         .expect_err("connection lost mid-request");
     assert!(

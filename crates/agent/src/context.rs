@@ -1,6 +1,6 @@
 //! Configuration and shared state of a running agent.
 
-use crate::exec::ChildRegistry;
+use crate::children::ChildRegistry;
 use locale2b_protocol::DEFAULT_MAX_FRAME;
 use std::collections::BTreeMap;
 use std::path::PathBuf;

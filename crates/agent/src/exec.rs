@@ -7,11 +7,11 @@ use base64::Engine as _;
 use locale2b_protocol::{
     ErrorBody, ErrorCode, ExecRequest, ExecResponse, DEFAULT_EXEC_OUTPUT_LIMIT,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
@@ -22,37 +22,6 @@ const OUTPUT_GRACE: Duration = Duration::from_millis(250);
 
 /// PATH given to commands when neither the agent nor `init` sets one.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-
-/// Pids of the children `exec` is waiting for. The init-mode reaper only
-/// reaps zombies that are *not* in this set, so it never steals an exit
-/// status `exec` needs. Registration happens under the same lock as the
-/// spawn, so a child cannot exit unregistered.
-#[derive(Debug, Default)]
-pub struct ChildRegistry {
-    pids: Mutex<HashSet<i32>>,
-}
-
-impl ChildRegistry {
-    /// Locks the set (the reaper holds this while it reaps).
-    pub fn lock(&self) -> MutexGuard<'_, HashSet<i32>> {
-        self.pids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn spawn(&self, cmd: &mut tokio::process::Command) -> std::io::Result<tokio::process::Child> {
-        let mut pids = self.lock();
-        let child = cmd.spawn()?;
-        if let Some(pid) = child.id() {
-            pids.insert(pid as i32);
-        }
-        Ok(child)
-    }
-
-    fn remove(&self, pid: i32) {
-        self.lock().remove(&pid);
-    }
-}
 
 /// A user to run a command as, from `/etc/passwd` and `/etc/group`.
 #[derive(Debug, Clone, PartialEq, Eq)]

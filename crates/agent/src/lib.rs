@@ -10,6 +10,7 @@
 //! up the guest ([`init`]): pseudo filesystems, the writable overlay root,
 //! zombie reaping and signal handling.
 
+pub mod children;
 pub mod conn;
 pub mod context;
 pub mod dispatch;

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use locale2b_config::Config;
 use locale2b_image::{BuildRequest, Progress, ScriptToolchain};
-use locale2b_manager::Config;
 
 /// Image subcommands.
 #[derive(Debug, Subcommand)]
@@ -58,8 +58,8 @@ pub struct VerifyArgs {
 /// Runs an image subcommand. The base and cache directories come from the
 /// one configuration (`LOCALE2B_BASE_DIR`, `LOCALE2B_CACHE_DIR`).
 pub fn run(cmd: ImageCommand, config: &Config) -> anyhow::Result<()> {
-    let base_dir = config.base_dir.clone();
-    let cache_dir = config.cache_dir();
+    let base_dir = config.manager.base_dir.clone();
+    let cache_dir = config.manager.cache_dir();
     match cmd {
         ImageCommand::Build(args) => build(args, &base_dir, cache_dir),
         ImageCommand::Verify(args) => verify(args, &base_dir),

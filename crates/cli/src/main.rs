@@ -2,7 +2,7 @@
 //! over to a library crate. One module per subcommand.
 
 use clap::{Parser, Subcommand};
-use locale2b_manager::{Config, LogFormat};
+use locale2b_config::{Config, LogConfig, LogFormat};
 
 mod bench;
 mod doctor;
@@ -30,7 +30,7 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
-fn init_tracing(config: &Config) {
+fn init_tracing(config: &LogConfig) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&config.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
@@ -48,10 +48,10 @@ fn main() -> anyhow::Result<()> {
         Command::Image(cmd) => image::run(cmd, &Config::from_env()?),
         Command::Serve => {
             let config = Config::from_env()?;
-            init_tracing(&config);
+            init_tracing(&config.log);
             runtime()?.block_on(serve::run(config))
         }
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::run(args, &Config::from_env()?),
         Command::Doctor => {
             let config = Config::from_env()?;
             runtime()?.block_on(doctor::run(config))

@@ -3,28 +3,31 @@
 //! Stopping the server (SIGINT/SIGTERM) stops the HTTP listener only: VMs
 //! keep running and a restarted server re-attaches to them.
 
-use locale2b_manager::{backend, Config, SandboxManager};
+use locale2b_config::Config;
+use locale2b_manager::{backend, SandboxManager};
 use locale2b_server::{load_or_create_api_keys, serve, AppState};
 use std::sync::Arc;
 use tracing::{info, warn};
 
 /// Runs the server until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
-    let (vmm, report) = backend::build(&config).await?;
+    let mut server = config.server.clone();
+    server.ui_dir = Some(config.ui_dir());
+    let manager_config = Arc::new(config.manager);
+    let (vmm, report) = backend::build(&config.vmm, &manager_config).await?;
     let accel = backend::accel_name(&report);
     info!(backend = %report.chosen, accel = %accel, reason = %report.explanation(), "VMM backend chosen");
-    let manager = SandboxManager::open(config.clone(), vmm, accel).await?;
-    let keys = load_or_create_api_keys(&config)?;
+    let manager = SandboxManager::open(manager_config.clone(), vmm, accel).await?;
+    let keys = load_or_create_api_keys(&server, &manager_config.base_dir)?;
     if let Some(path) = keys.stored_at() {
         info!(path = %path.display(), "API key stored in {}", path.display());
     }
-    let listener = tokio::net::TcpListener::bind((config.host, config.port))
+    let listener = tokio::net::TcpListener::bind((server.host, server.port))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", config.host, config.port))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}:{}: {e}", server.host, server.port))?;
     let addr = listener.local_addr()?;
     info!(%addr, "locale2b listening on http://{addr} (Swagger UI at /docs)");
-    let state = AppState::new(manager, keys);
+    let state = AppState::new(manager, keys, &server);
     serve(listener, state, shutdown_signal()).await?;
     info!("server stopped; running sandboxes keep running and are re-attached at the next start");
     Ok(())

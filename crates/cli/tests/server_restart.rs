@@ -23,21 +23,7 @@ impl Drop for KillOnDrop {
     }
 }
 
-fn image_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces/images/default"));
-    if dir.join("vmlinux").exists() {
-        return Some(dir);
-    }
-    assert!(
-        std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() != Ok("1"),
-        "image missing in {}",
-        dir.display()
-    );
-    println!("SKIPPED: no guest image in {}", dir.display());
-    None
-}
+use locale2b_testkit::image_dir;
 
 /// Starts the server; returns the child and its URL (read from its log).
 fn start(base: &Path) -> (Child, String) {

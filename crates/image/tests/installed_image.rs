@@ -14,24 +14,11 @@ use locale2b_image::{
     Toolchain, KERNEL_FILE,
 };
 
-fn image_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR") {
-        return PathBuf::from(dir);
-    }
-    let base = std::env::var_os("LOCALE2B_BASE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"));
-    base.join("images/default")
-}
+use locale2b_testkit::image_path as image_dir;
 
-fn require_e2e() -> bool {
-    std::env::var("LOCALE2B_REQUIRE_E2E").is_ok_and(|v| v == "1")
-}
-
-/// Returns false (after printing SKIPPED) when the test cannot run here.
+/// Returns false (after reporting the skip) when the test cannot run here.
 fn skip_or_fail(reason: &str) -> bool {
-    assert!(!require_e2e(), "LOCALE2B_REQUIRE_E2E=1 but {reason}");
-    println!("SKIPPED: {reason}");
+    locale2b_testkit::require_or_skip(reason);
     false
 }
 

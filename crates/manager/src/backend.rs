@@ -1,25 +1,26 @@
 //! Builds the VMM backend the configuration asks for, after the probe has
 //! explained what this host can do.
 
-use crate::{Config, ManagerError, Result};
+use crate::{ManagerConfig, ManagerError, Result, VmmConfig};
 use locale2b_vmm::firecracker::{FirecrackerConfig, FirecrackerVmm, JailerConfig};
 use locale2b_vmm::probe::{self, Accel, ProbeConfig, ProbeReport};
 use locale2b_vmm::qemu::{QemuConfig, QemuVmm};
 use locale2b_vmm::{Vmm, VmmKind};
 use std::sync::Arc;
 
-/// Inputs of the probe derived from the configuration.
-pub fn probe_config(config: &Config) -> ProbeConfig {
-    let mut p = ProbeConfig::new(config.vmm);
-    p.qemu_binary = config.qemu_bin.clone();
-    p.firecracker_binary = config
+/// Inputs of the probe derived from the configuration (the test kernel is
+/// the default template's).
+pub fn probe_config(vmm: &VmmConfig, manager: &ManagerConfig) -> ProbeConfig {
+    let mut p = ProbeConfig::new(vmm.vmm);
+    p.qemu_binary = vmm.qemu_bin.clone();
+    p.firecracker_binary = vmm
         .firecracker_bin
         .exists()
-        .then(|| config.firecracker_bin.clone());
-    let kernel = config
+        .then(|| vmm.firecracker_bin.clone());
+    let kernel = manager
         .base_dir
         .join("images")
-        .join(&config.default_template)
+        .join(&manager.default_template)
         .join("vmlinux");
     p.test_kernel = kernel.exists().then_some(kernel);
     p
@@ -29,36 +30,36 @@ pub fn probe_config(config: &Config) -> ProbeConfig {
 ///
 /// # Errors
 /// When the chosen backend's binary is missing.
-pub async fn build(config: &Config) -> Result<(Arc<dyn Vmm>, ProbeReport)> {
-    let report = probe::probe(&probe_config(config)).await;
-    let vmm: Arc<dyn Vmm> = match report.chosen {
+pub async fn build(
+    vmm: &VmmConfig,
+    manager: &ManagerConfig,
+) -> Result<(Arc<dyn Vmm>, ProbeReport)> {
+    let report = probe::probe(&probe_config(vmm, manager)).await;
+    let built: Arc<dyn Vmm> = match report.chosen {
         VmmKind::Qemu => {
-            let qemu = QemuVmm::new(QemuConfig::new(config.qemu_bin.clone(), report.accel))
+            let qemu = QemuVmm::new(QemuConfig::new(vmm.qemu_bin.clone(), report.accel))
                 .map_err(|e| ManagerError::vm("the qemu backend cannot start", e))?;
             Arc::new(qemu)
         }
         VmmKind::Firecracker => {
-            if !config.firecracker_bin.exists() {
+            if !vmm.firecracker_bin.exists() {
                 return Err(ManagerError::InvalidInput(format!(
                     "LOCALE2B_VMM=firecracker but {} does not exist; set LOCALE2B_FIRECRACKER_BIN",
-                    config.firecracker_bin.display()
+                    vmm.firecracker_bin.display()
                 )));
             }
-            let mut fc = FirecrackerConfig::new(config.firecracker_bin.clone());
-            fc.use_jailer = config.use_jailer;
-            if config.use_jailer {
-                let mut j = JailerConfig::new(
-                    config.jailer_bin.clone(),
-                    config.jailer_uid,
-                    config.jailer_gid,
-                );
-                j.chroot_base = config.jailer_chroot_base.clone();
+            let mut fc = FirecrackerConfig::new(vmm.firecracker_bin.clone());
+            fc.use_jailer = vmm.use_jailer;
+            if vmm.use_jailer {
+                let mut j =
+                    JailerConfig::new(vmm.jailer_bin.clone(), vmm.jailer_uid, vmm.jailer_gid);
+                j.chroot_base = vmm.jailer_chroot_base.clone();
                 fc.jailer = Some(j);
             }
             Arc::new(FirecrackerVmm::new(fc))
         }
     };
-    Ok((vmm, report))
+    Ok((built, report))
 }
 
 /// "kvm" or "tcg" for the report.

@@ -1,8 +1,52 @@
 //! Errors of the sandbox manager. The HTTP layer maps each variant to one
 //! status code in a single place; nothing here knows about HTTP.
 
-use locale2b_protocol::ErrorBody;
 use std::time::Duration;
+
+/// What kind of refusal a guest operation met (the guest agent's answer,
+/// classified by the manager).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestErrorKind {
+    /// No such file or directory.
+    NotFound,
+    /// The guest refused access.
+    PermissionDenied,
+    /// A directory where a file was expected.
+    IsADirectory,
+    /// A file where a directory was expected.
+    NotADirectory,
+    /// The request is invalid for the guest (bad path, unknown user, ...).
+    InvalidRequest,
+    /// The path exists already.
+    AlreadyExists,
+    /// The directory is not empty.
+    DirectoryNotEmpty,
+    /// The data does not fit (frame or size limit).
+    TooLarge,
+    /// The agent failed in a way that is not the caller's fault (I/O
+    /// error, internal error, protocol mismatch); `code` is the agent's.
+    Failed {
+        /// The agent's error code (`io`, `internal`, ...).
+        code: &'static str,
+    },
+}
+
+impl GuestErrorKind {
+    /// Stable snake_case name (the API's error `code`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::PermissionDenied => "permission_denied",
+            Self::IsADirectory => "is_a_directory",
+            Self::NotADirectory => "not_a_directory",
+            Self::InvalidRequest => "invalid_request",
+            Self::AlreadyExists => "already_exists",
+            Self::DirectoryNotEmpty => "directory_not_empty",
+            Self::TooLarge => "too_large",
+            Self::Failed { code } => code,
+        }
+    }
+}
 
 /// What went wrong, classified by who can fix it.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +77,14 @@ pub enum ManagerError {
     /// kernel/rootfs). Nothing was changed; the sandbox stays paused.
     #[error("{0}")]
     SnapshotInvalid(String),
-    /// The guest agent answered with an error (file not found, ...).
-    #[error("{0}")]
-    Guest(ErrorBody),
+    /// The guest agent refused the operation (file not found, ...).
+    #[error("{message}")]
+    Guest {
+        /// Classification.
+        kind: GuestErrorKind,
+        /// The agent's message.
+        message: String,
+    },
     /// The guest did not answer in time.
     #[error("{what} timed out after {after:?}")]
     Timeout {

@@ -1,20 +1,42 @@
 //! The sandbox manager: lifecycle of sandboxes (VMs) and workspaces (their
 //! persistent disks and snapshots), state on disk and recovery.
 //!
-//! Nothing here knows about HTTP: the server crate translates requests into
-//! calls on [`SandboxManager`] and maps [`ManagerError`] to status codes.
+//! Nothing here knows about HTTP: the server crate holds a
+//! [`SandboxService`], translates requests into its calls and maps
+//! [`ManagerError`] to status codes.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`service`] | the traits callers hold: [`SandboxService`], [`GuestOps`] |
+//! | `manager` | [`SandboxManager`]: create, destroy, pause/resume, recovery, workspaces |
+//! | [`sandbox`] | [`sandbox::Sandbox`]: one sandbox in memory and its status rules |
+//! | [`registry`] | the table of sandboxes, workspace locks, admission against capacity |
+//! | [`guest`] | [`guest::Guest`]: the one way to a running guest, exec rules, guest error classes |
+//! | [`store`] | the base directory: layout, typed records, disks, atomic files |
+//! | [`snapshot`] | snapshot manifests, checksums, validation |
+//! | [`image`] | the installed image of a template |
+//! | [`host`] | host processes (kill, orphan scan) and host memory |
+//! | [`backend`] | building the VMM backend from its configuration |
+//! | [`model`] | the values callers pass and get back |
+//! | [`error`] | [`ManagerError`] |
 
 #![deny(unsafe_code)]
 
 pub mod backend;
-pub mod config;
 pub mod error;
+pub mod guest;
+pub mod host;
+pub mod image;
 mod manager;
 pub mod model;
+pub mod registry;
+pub mod sandbox;
+pub mod service;
 pub mod snapshot;
 pub mod store;
 
-pub use config::{Config, ConfigError, LogFormat, Secret, VmmChoice};
-pub use error::{ManagerError, Result};
+pub use error::{GuestErrorKind, ManagerError, Result};
+pub use locale2b_config::{ManagerConfig, VmmConfig};
 pub use manager::SandboxManager;
 pub use model::*;
+pub use service::{GuestOps, SandboxService};

@@ -1,9 +1,14 @@
-//! Values the manager hands to its callers (the HTTP layer, the CLI, tests).
+//! Values the manager hands to its callers (the HTTP layer, the CLI, tests)
+//! and the requests it takes from them. None of them is a guest protocol
+//! message: [`crate::guest`] translates.
 
 use locale2b_protocol::{SandboxId, WorkspaceId};
 use locale2b_vmm::VmmKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+pub use locale2b_protocol::{FileInfo, FileKind, Listing};
 
 /// Lifecycle state of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,6 +103,8 @@ pub struct Capacity {
     pub paused_sandboxes: u32,
     /// Configured maximum.
     pub max_sandboxes: u32,
+    /// Whether a sandbox of the default size could be admitted now.
+    pub can_create_default: bool,
     /// Guest RAM held by active sandboxes.
     pub memory_used_mb: u64,
     /// Budget left.
@@ -144,4 +151,113 @@ pub struct WorkspaceInfo {
     pub created_at: String,
     /// History.
     pub lineage: Vec<LineageEvent>,
+}
+
+/// A command to run in a sandbox (`/bin/sh -c command`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecSpec {
+    /// Shell command line.
+    pub command: String,
+    /// Working directory; `/workspace` when `None`.
+    pub working_dir: Option<String>,
+    /// Extra environment (added to the sandbox's).
+    pub env: BTreeMap<String, String>,
+    /// Bytes fed to stdin; stdin is empty when `None`.
+    pub stdin: Option<Vec<u8>>,
+    /// How long the command may run; the configured default when `None`.
+    /// Zero and values above the configured maximum are refused.
+    pub timeout: Option<Duration>,
+    /// Run as this user (name or uid).
+    pub user: Option<String>,
+    /// Cap on each of stdout and stderr (default 1 MiB).
+    pub max_output_bytes: Option<u64>,
+}
+
+impl ExecSpec {
+    /// `command` with every other field at its default.
+    pub fn shell(command: impl Into<String>) -> Self {
+        Self {
+            command: command.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Captured stdout (invalid UTF-8 replaced by U+FFFD).
+    pub stdout: String,
+    /// Captured stderr.
+    pub stderr: String,
+    /// Exit status; `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    /// Signal that ended the command.
+    pub signal: Option<i32>,
+    /// The timeout fired and the process group was killed.
+    pub timed_out: bool,
+    /// Output exceeded the cap and was cut.
+    pub truncated: bool,
+    /// Wall time in the guest.
+    pub duration_ms: u64,
+    /// `None` when the command ran to completion (whatever its exit code),
+    /// else why it did not, in words (timeout, signal).
+    pub error: Option<String>,
+}
+
+/// Bytes read from a guest file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRead {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// Offset of the first byte.
+    pub offset: u64,
+    /// Size of the file.
+    pub size: u64,
+    /// The read reached the end of the file.
+    pub eof: bool,
+}
+
+/// A file to write into the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteFile {
+    /// Guest path.
+    pub path: String,
+    /// Content.
+    pub data: Vec<u8>,
+    /// Mode of a new file (default 0644).
+    pub mode: Option<u32>,
+    /// Create missing parent directories.
+    pub create_parents: bool,
+    /// Append instead of replacing atomically.
+    pub append: bool,
+}
+
+/// Result of a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// The path written.
+    pub path: String,
+    /// Size of the file afterwards.
+    pub size: u64,
+}
+
+/// Limits every request is checked against (from the configuration), for
+/// callers that document or pre-check them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Smallest guest RAM, MiB.
+    pub min_memory_mb: u32,
+    /// Largest guest RAM, MiB.
+    pub max_memory_mb: u32,
+    /// Guest RAM when a request names none.
+    pub default_memory_mb: u32,
+    /// Largest vCPU count.
+    pub max_vcpu: u8,
+    /// vCPUs when a request names none.
+    pub default_vcpu: u8,
+    /// Exec timeout when a request names none, ms.
+    pub default_exec_timeout_ms: u64,
+    /// Largest exec timeout, ms.
+    pub max_exec_timeout_ms: u64,
 }

@@ -113,7 +113,7 @@ async fn vmm_that_exits_at_once_is_a_clear_error() {
     .unwrap();
     std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut config = base.config();
-    config.qemu_bin = fake.clone();
+    config.vmm.qemu_bin = fake.clone();
     let m = manager(config).await;
     let err = m.create(CreateSandbox::default()).await.unwrap_err();
     let msg = format!(
@@ -167,9 +167,11 @@ async fn agent_that_never_answers_times_out_and_is_cleaned_up() {
     let Some(image) = image_dir() else { return };
     let base = TestBase::new(&image);
     let mut config = base.config();
-    config.boot_timeout_sec = 10;
-    let config = std::sync::Arc::new(config);
-    let (vmm, report) = locale2b_manager::backend::build(&config).await.unwrap();
+    config.manager.boot_timeout_sec = 10;
+    let (vmm, report) = locale2b_manager::backend::build(&config.vmm, &config.manager)
+        .await
+        .unwrap();
+    let config = std::sync::Arc::new(config.manager);
     let vmm: std::sync::Arc<dyn Vmm> = std::sync::Arc::new(SleepingInit(vmm));
     let m = locale2b_manager::SandboxManager::open(
         config,

@@ -5,19 +5,15 @@
 mod common;
 
 use common::*;
-use locale2b_manager::{CreateSandbox, ManagerError, SandboxStatus};
-use locale2b_protocol::{ExecRequest, ReadFileRequest, WriteFileRequest};
+use locale2b_manager::{
+    CreateSandbox, ExecSpec, GuestErrorKind, GuestOps, ManagerError, SandboxStatus, WriteFile,
+};
 use std::time::Duration;
 
-fn exec(cmd: &str) -> ExecRequest {
-    ExecRequest {
-        command: cmd.into(),
-        working_dir: None,
-        env: Default::default(),
-        stdin_b64: None,
-        timeout_ms: Some(30_000),
-        user: None,
-        max_output_bytes: None,
+fn exec(cmd: &str) -> ExecSpec {
+    ExecSpec {
+        timeout: Some(Duration::from_secs(30)),
+        ..ExecSpec::shell(cmd)
     }
 }
 
@@ -31,50 +27,40 @@ async fn create_exec_files_destroy() {
     assert_eq!(sb.memory_mb, 256);
 
     let out = m
-        .exec(&sb.sandbox_id, exec("hostname; pwd; id -u"))
+        .guest(&sb.sandbox_id)
+        .exec(exec("hostname; pwd; id -u"))
         .await
         .unwrap();
     assert_eq!(out.exit_code, Some(0), "{out:?}");
     assert_eq!(out.stdout, format!("{}\n/workspace\n0\n", sb.sandbox_id));
 
-    m.write_file(
-        &sb.sandbox_id,
-        WriteFileRequest {
+    m.guest(&sb.sandbox_id)
+        .write_file(WriteFile {
             path: "/workspace/hello.txt".into(),
-            content: "aGVsbG8=".into(),
-            encoding: Default::default(),
-            mode: None,
-            create_parents: false,
-            append: false,
-        },
-    )
-    .await
-    .unwrap();
-    let read = m
-        .read_file(
-            &sb.sandbox_id,
-            ReadFileRequest {
-                path: "/workspace/hello.txt".into(),
-                offset: 0,
-                length: None,
-            },
-        )
+            data: b"hello".to_vec(),
+            ..WriteFile::default()
+        })
         .await
         .unwrap();
-    assert_eq!(read.content_b64, "aGVsbG8=");
+    let read = m
+        .guest(&sb.sandbox_id)
+        .read_file("/workspace/hello.txt", 0, None)
+        .await
+        .unwrap();
+    assert_eq!(read.data, b"hello");
     let missing = m
-        .read_file(
-            &sb.sandbox_id,
-            ReadFileRequest {
-                path: "/nope".into(),
-                offset: 0,
-                length: None,
-            },
-        )
+        .guest(&sb.sandbox_id)
+        .read_file("/nope", 0, None)
         .await
         .unwrap_err();
     assert!(
-        matches!(missing, ManagerError::Guest(ref b) if b.code == locale2b_protocol::ErrorCode::NotFound),
+        matches!(
+            missing,
+            ManagerError::Guest {
+                kind: GuestErrorKind::NotFound,
+                ..
+            }
+        ),
         "{missing:?}"
     );
 
@@ -91,7 +77,7 @@ async fn create_exec_files_destroy() {
         Err(ManagerError::NotFound { .. })
     ));
     assert!(matches!(
-        m.exec(&sb.sandbox_id, exec("true")).await,
+        m.guest(&sb.sandbox_id).exec(exec("true")).await,
         Err(ManagerError::NotFound { .. })
     ));
     assert!(pids_mentioning(base.path().to_str().unwrap()).is_empty());
@@ -109,7 +95,8 @@ async fn named_workspace_keeps_its_data_across_sandboxes() {
     };
     let a = m.create(req.clone()).await.unwrap();
     let out = m
-        .exec(&a.sandbox_id, exec("echo kept > /workspace/f && sync"))
+        .guest(&a.sandbox_id)
+        .exec(exec("echo kept > /workspace/f && sync"))
         .await
         .unwrap();
     assert_eq!(out.exit_code, Some(0));
@@ -121,7 +108,8 @@ async fn named_workspace_keeps_its_data_across_sandboxes() {
     let b = m.create(req).await.unwrap();
     assert_ne!(b.sandbox_id, a.sandbox_id);
     let out = m
-        .exec(&b.sandbox_id, exec("cat /workspace/f"))
+        .guest(&b.sandbox_id)
+        .exec(exec("cat /workspace/f"))
         .await
         .unwrap();
     assert_eq!(out.stdout, "kept\n");
@@ -166,7 +154,11 @@ async fn create_destroy_cycles_leak_nothing() {
             let m = m.clone();
             tasks.push(tokio::spawn(async move {
                 let sb = m.create(CreateSandbox::default()).await.unwrap();
-                let out = m.exec(&sb.sandbox_id, exec("echo $((6*7))")).await.unwrap();
+                let out = m
+                    .guest(&sb.sandbox_id)
+                    .exec(exec("echo $((6*7))"))
+                    .await
+                    .unwrap();
                 assert_eq!(out.stdout, "42\n");
                 m.destroy(&sb.sandbox_id).await.unwrap();
             }));
@@ -203,8 +195,8 @@ async fn eight_concurrent_creates_reach_the_right_vm() {
     let Some(image) = image_dir() else { return };
     let base = TestBase::new(&image);
     let mut config = base.config();
-    config.max_sandboxes = 8;
-    config.boot_timeout_sec = 240;
+    config.manager.max_sandboxes = 8;
+    config.manager.boot_timeout_sec = 240;
     let m = manager(config).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -225,7 +217,8 @@ async fn eight_concurrent_creates_reach_the_right_vm() {
     );
     for id in &ids {
         let out = m
-            .exec(id, exec("hostname; cat /proc/cmdline"))
+            .guest(id)
+            .exec(exec("hostname; cat /proc/cmdline"))
             .await
             .unwrap();
         let mut lines = out.stdout.lines();
@@ -250,7 +243,8 @@ async fn restart_reattaches_and_dead_vms_are_reported() {
     for _ in 0..3 {
         ids.push(m.create(CreateSandbox::default()).await.unwrap().sandbox_id);
     }
-    m.exec(&ids[0], exec("echo before > /workspace/mark"))
+    m.guest(&ids[0])
+        .exec(exec("echo before > /workspace/mark"))
         .await
         .unwrap();
     // "Crash" the server: drop the manager without destroying anything.
@@ -267,7 +261,11 @@ async fn restart_reattaches_and_dead_vms_are_reported() {
         assert!(ids.contains(id));
         assert_eq!(*status, SandboxStatus::Running);
     }
-    let out = m.exec(&ids[0], exec("cat /workspace/mark")).await.unwrap();
+    let out = m
+        .guest(&ids[0])
+        .exec(exec("cat /workspace/mark"))
+        .await
+        .unwrap();
     assert_eq!(out.stdout, "before\n");
 
     // Kill -9 one VMM: only that sandbox becomes dead, with a reason.
@@ -302,11 +300,14 @@ async fn restart_reattaches_and_dead_vms_are_reported() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(matches!(
-        m.exec(&ids[1], exec("true")).await,
+        m.guest(&ids[1]).exec(exec("true")).await,
         Err(ManagerError::Conflict(_))
     ));
     for id in [&ids[0], &ids[2]] {
-        assert_eq!(m.exec(id, exec("echo ok")).await.unwrap().stdout, "ok\n");
+        assert_eq!(
+            m.guest(id).exec(exec("echo ok")).await.unwrap().stdout,
+            "ok\n"
+        );
     }
     for id in &ids {
         m.destroy(id).await.unwrap();

@@ -5,25 +5,22 @@
 mod common;
 
 use common::*;
-use locale2b_manager::{CreateSandbox, ManagerError, SandboxManager, SandboxStatus};
-use locale2b_protocol::{ExecRequest, SandboxId, WorkspaceId};
+use locale2b_manager::{
+    CreateSandbox, ExecSpec, GuestOps, ManagerError, SandboxManager, SandboxStatus,
+};
+use locale2b_protocol::{SandboxId, WorkspaceId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn exec(cmd: &str) -> ExecRequest {
-    ExecRequest {
-        command: cmd.into(),
-        working_dir: None,
-        env: Default::default(),
-        stdin_b64: None,
-        timeout_ms: Some(30_000),
-        user: None,
-        max_output_bytes: None,
+fn exec(cmd: &str) -> ExecSpec {
+    ExecSpec {
+        timeout: Some(Duration::from_secs(30)),
+        ..ExecSpec::shell(cmd)
     }
 }
 
 async fn run(m: &SandboxManager, id: &SandboxId, cmd: &str) -> String {
-    let out = m.exec(id, exec(cmd)).await.unwrap();
+    let out = m.guest(id).exec(exec(cmd)).await.unwrap();
     assert_eq!(out.exit_code, Some(0), "{cmd}: {out:?}");
     out.stdout
 }
@@ -85,7 +82,7 @@ async fn background_process_and_files_survive_five_cycles() {
         // Pausing again is a no-op with the current state.
         assert_eq!(m.pause(&id).await.unwrap().status, SandboxStatus::Paused);
         assert!(matches!(
-            m.exec(&id, exec("true")).await,
+            m.guest(&id).exec(exec("true")).await,
             Err(ManagerError::Conflict(_))
         ));
         assert_eq!(

@@ -9,8 +9,7 @@ use axum::extract::multipart::{MultipartError, MultipartRejection};
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use locale2b_manager::ManagerError;
-use locale2b_protocol::ErrorCode;
+use locale2b_manager::{GuestErrorKind, ManagerError};
 use serde::Serialize;
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -103,14 +102,6 @@ pub enum ApiError {
         /// Request path.
         path: String,
     },
-    /// The HTTP layer gave up waiting for the manager.
-    #[error("{what} did not finish within {after:?}")]
-    Deadline {
-        /// What was awaited.
-        what: String,
-        /// How long.
-        after: Duration,
-    },
     /// The endpoint exists in the API but is not implemented yet.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
@@ -157,16 +148,13 @@ impl ApiError {
                         Some(secs),
                     )
                 }
-                M::Guest(body) => {
-                    let status = guest_status(body.code);
-                    (
-                        status,
-                        body.code.as_str().to_owned(),
-                        body.message.clone(),
-                        None,
-                        None,
-                    )
-                }
+                M::Guest { kind, message } => (
+                    guest_status(*kind),
+                    kind.as_str().to_owned(),
+                    message.clone(),
+                    None,
+                    None,
+                ),
                 M::Timeout { .. } => simple(StatusCode::GATEWAY_TIMEOUT, "timeout"),
                 M::Vm { .. } => simple(StatusCode::BAD_GATEWAY, "vm_error"),
                 M::Internal { .. } => {
@@ -205,29 +193,21 @@ impl ApiError {
             Self::MethodNotAllowed { .. } => {
                 simple(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
-            Self::Deadline { .. } => simple(StatusCode::GATEWAY_TIMEOUT, "timeout"),
             Self::NotImplemented(_) => simple(StatusCode::NOT_IMPLEMENTED, "not_implemented"),
         }
     }
 }
 
-/// Status of an error the guest agent reported.
-fn guest_status(code: ErrorCode) -> StatusCode {
-    match code {
-        ErrorCode::NotFound => StatusCode::NOT_FOUND,
-        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
-        ErrorCode::IsADirectory | ErrorCode::NotADirectory | ErrorCode::InvalidRequest => {
-            StatusCode::BAD_REQUEST
-        }
-        ErrorCode::AlreadyExists | ErrorCode::DirectoryNotEmpty => StatusCode::CONFLICT,
-        ErrorCode::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
-        ErrorCode::MalformedFrame
-        | ErrorCode::UnknownAction
-        | ErrorCode::IncompatibleVersion
-        | ErrorCode::Io
-        | ErrorCode::Internal
-        | ErrorCode::Unknown => StatusCode::BAD_GATEWAY,
+/// Status of a refusal from the guest.
+fn guest_status(kind: GuestErrorKind) -> StatusCode {
+    use GuestErrorKind as K;
+    match kind {
+        K::NotFound => StatusCode::NOT_FOUND,
+        K::PermissionDenied => StatusCode::FORBIDDEN,
+        K::IsADirectory | K::NotADirectory | K::InvalidRequest => StatusCode::BAD_REQUEST,
+        K::AlreadyExists | K::DirectoryNotEmpty => StatusCode::CONFLICT,
+        K::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        K::Failed { .. } => StatusCode::BAD_GATEWAY,
     }
 }
 
@@ -309,7 +289,13 @@ impl From<QueryRejection> for ApiError {
 
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
-        rejected(r.status(), r.body_text(), "")
+        match r {
+            // A typed id that does not parse: say which rule it breaks.
+            PathRejection::FailedToDeserializePathParams(e) => {
+                ApiError::invalid(e.kind().to_string())
+            }
+            other => rejected(other.status(), other.body_text(), ""),
+        }
     }
 }
 
@@ -333,7 +319,6 @@ impl From<MultipartError> for ApiError {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use locale2b_protocol::ErrorBody;
 
     fn status_of(e: ApiError) -> StatusCode {
         e.into_response().status()
@@ -387,20 +372,24 @@ mod tests {
 
     #[test]
     fn guest_errors_map_to_statuses() {
-        for (code, want) in [
-            (ErrorCode::NotFound, 404),
-            (ErrorCode::PermissionDenied, 403),
-            (ErrorCode::IsADirectory, 400),
-            (ErrorCode::NotADirectory, 400),
-            (ErrorCode::InvalidRequest, 400),
-            (ErrorCode::AlreadyExists, 409),
-            (ErrorCode::DirectoryNotEmpty, 409),
-            (ErrorCode::TooLarge, 413),
-            (ErrorCode::Timeout, 504),
-            (ErrorCode::Io, 502),
+        use GuestErrorKind as K;
+        for (kind, want) in [
+            (K::NotFound, 404),
+            (K::PermissionDenied, 403),
+            (K::IsADirectory, 400),
+            (K::NotADirectory, 400),
+            (K::InvalidRequest, 400),
+            (K::AlreadyExists, 409),
+            (K::DirectoryNotEmpty, 409),
+            (K::TooLarge, 413),
+            (K::Failed { code: "io" }, 502),
         ] {
-            let e = ApiError::from(ManagerError::Guest(ErrorBody::new(code, "m")));
-            assert_eq!(status_of(e).as_u16(), want, "{code}");
+            let e = ApiError::from(ManagerError::Guest {
+                kind,
+                message: "m".into(),
+            });
+            let resp = e.into_response();
+            assert_eq!(resp.status().as_u16(), want, "{kind:?}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! API keys: loading from the configuration, generating one on first start,
 //! and constant-time checking.
 
-use locale2b_manager::{Config, Secret};
+use locale2b_config::{Secret, ServerConfig};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
@@ -109,7 +109,7 @@ impl ApiKeys {
 
 /// Loads the keys from `config.api_key` and `config.api_keys_file` (both
 /// may be set; the single key is named `default`). When neither is set, reads
-/// `<base_dir>/api-key`, creating it (mode 0600, with a fresh random 32-byte
+/// `<base_dir>/api-key` (`base_dir` is the manager's state directory), creating it (mode 0600, with a fresh random 32-byte
 /// key, hex) and the base directory when missing.
 ///
 /// Key file format: one key per line, `name:key` or just `key` (named
@@ -118,7 +118,10 @@ impl ApiKeys {
 ///
 /// # Errors
 /// [`KeyError`] naming the file and line.
-pub fn load_or_create_api_keys(config: &Config) -> Result<ApiKeys, KeyError> {
+pub fn load_or_create_api_keys(
+    config: &ServerConfig,
+    base_dir: &Path,
+) -> Result<ApiKeys, KeyError> {
     let mut keys = Vec::new();
     if let Some(k) = &config.api_key {
         if !k.expose().trim().is_empty() {
@@ -147,8 +150,8 @@ pub fn load_or_create_api_keys(config: &Config) -> Result<ApiKeys, KeyError> {
             source: KeySource::Configured,
         });
     }
-    let path = config.base_dir.join(GENERATED_KEY_FILE);
-    let (key, created) = read_or_generate(&config.base_dir, &path)?;
+    let path = base_dir.join(GENERATED_KEY_FILE);
+    let (key, created) = read_or_generate(base_dir, &path)?;
     Ok(ApiKeys {
         keys: vec![("generated".to_owned(), key)],
         source: KeySource::Generated { path, created },
@@ -257,18 +260,15 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn config(base: &Path) -> Config {
-        Config {
-            base_dir: base.to_owned(),
-            ..Config::default()
-        }
+    fn config() -> ServerConfig {
+        ServerConfig::default()
     }
 
     #[test]
     fn generates_once_with_mode_0600_and_reuses() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().join("base");
-        let first = load_or_create_api_keys(&config(&base)).unwrap();
+        let first = load_or_create_api_keys(&config(), &base).unwrap();
         let path = base.join(GENERATED_KEY_FILE);
         assert_eq!(
             first.source(),
@@ -282,7 +282,7 @@ mod tests {
         let stored = std::fs::read_to_string(&path).unwrap();
         assert_eq!(stored.trim().len(), 64);
         assert_eq!(first.check(stored.trim()), Some("generated"));
-        let second = load_or_create_api_keys(&config(&base)).unwrap();
+        let second = load_or_create_api_keys(&config(), &base).unwrap();
         assert_eq!(second.stored_at(), Some(path.as_path()));
         assert_eq!(second.check(stored.trim()), Some("generated"));
         assert!(matches!(
@@ -300,10 +300,10 @@ mod tests {
             "# team keys\nalice:aaaaaaaaaaaaaaaaaaaa\n\nbbbbbbbbbbbbbbbbbbbb\n",
         )
         .unwrap();
-        let mut c = config(dir.path());
+        let mut c = config();
         c.api_key = Some(Secret::new("cccccccccccccccccccc"));
         c.api_keys_file = Some(file);
-        let keys = load_or_create_api_keys(&c).unwrap();
+        let keys = load_or_create_api_keys(&c, dir.path()).unwrap();
         assert_eq!(keys.len(), 3);
         assert_eq!(keys.check("aaaaaaaaaaaaaaaaaaaa"), Some("alice"));
         assert_eq!(keys.check("bbbbbbbbbbbbbbbbbbbb"), Some("key4"));
@@ -318,9 +318,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys");
         std::fs::write(&file, "ok:aaaaaaaaaaaaaaaaaaaa\nshort\n").unwrap();
-        let mut c = config(dir.path());
+        let mut c = config();
         c.api_keys_file = Some(file);
-        let err = load_or_create_api_keys(&c).unwrap_err().to_string();
+        let err = load_or_create_api_keys(&c, dir.path())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 }

@@ -1,11 +1,23 @@
 //! The REST API of locale2b (axum).
 //!
-//! Handlers translate HTTP requests into calls on the
-//! [`SandboxManager`]; the manager decides, and [`ApiError`]'s single
-//! `IntoResponse` is the only place that chooses a status code. The contract
-//! (every route, body, status and the semantics of retries and timeouts) is
-//! `docs/api.md`; the machine-readable form is `docs/openapi.json`, generated
-//! from this crate (see [`openapi::openapi_json`]).
+//! Handlers translate HTTP requests into calls on a
+//! [`SandboxService`] (the manager, or a test double); the manager decides,
+//! and [`ApiError`]'s single `IntoResponse` is the only place that chooses a
+//! status code. The contract (every route, body, status and the semantics
+//! of retries and timeouts) is `docs/api.md`; the machine-readable form is
+//! `docs/openapi.json`, generated from this crate (see
+//! [`openapi::openapi_json`]).
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`handlers`] | one module per resource: HTTP ↔ domain translation |
+//! | [`models`] | request and response bodies, one module per resource |
+//! | [`extract`] | extractors whose rejections use the error shape |
+//! | [`error`] | [`ApiError`] and the one status mapping |
+//! | [`middleware`] | request id + span, API key + rate limit + audit line |
+//! | [`rate`] | the per-key token buckets |
+//! | [`keys`] | loading and checking API keys |
+//! | [`openapi`] | the OpenAPI document, Swagger UI and ReDoc pages |
 //!
 //! Layers, outermost first: request id + tracing span ([`middleware::trace`]),
 //! API key + per-key rate limit + audit log ([`middleware::auth`]), body size
@@ -13,11 +25,13 @@
 //!
 //! ```no_run
 //! # async fn run(manager: std::sync::Arc<locale2b_manager::SandboxManager>) -> std::io::Result<()> {
-//! let keys = locale2b_server::load_or_create_api_keys(manager.config()).expect("keys");
+//! let server = locale2b_config::ServerConfig::default();
+//! let keys = locale2b_server::load_or_create_api_keys(&server, &manager.config().base_dir)
+//!     .expect("keys");
 //! if let Some(path) = keys.stored_at() {
 //!     println!("API key stored in {}", path.display());
 //! }
-//! let state = locale2b_server::AppState::new(manager, keys);
+//! let state = locale2b_server::AppState::new(manager, keys, &server);
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! locale2b_server::serve(listener, state, std::future::pending::<()>()).await
 //! # }
@@ -26,25 +40,28 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod extract;
 pub mod handlers;
 pub mod keys;
 pub mod middleware;
 pub mod models;
 pub mod openapi;
+pub mod rate;
 
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
 pub use keys::{load_or_create_api_keys, ApiKeys, KeyError, KeySource, GENERATED_KEY_FILE};
+pub use locale2b_config::ServerConfig;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
-use locale2b_manager::SandboxManager;
+use locale2b_manager::SandboxService;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// Shared state of every handler: the manager, the API keys, the rate
-/// limiter and the UI asset directory. Cheap to clone.
+/// Shared state of every handler: the sandbox service, the API keys, the
+/// rate limiter and the server's settings. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -52,38 +69,49 @@ pub struct AppState {
 
 #[derive(Debug)]
 struct Inner {
-    manager: Arc<SandboxManager>,
+    sandboxes: Arc<dyn SandboxService>,
     keys: ApiKeys,
-    rate: middleware::RateLimiter,
-    ui_dir: PathBuf,
+    rate: rate::RateLimiter,
+    api_key_header: Option<String>,
+    max_body_bytes: usize,
+    max_upload_bytes: u64,
+    ui_dir: Option<PathBuf>,
 }
 
 impl AppState {
-    /// State for `manager`, accepting `keys`. Limits (rate, body and upload
-    /// sizes, exec timeouts, memory and vCPU ranges) come from
-    /// `manager.config()`; the UI assets are looked up in `<base_dir>/ui`.
-    pub fn new(manager: Arc<SandboxManager>, keys: ApiKeys) -> Self {
-        let config = manager.config();
-        let rate = middleware::RateLimiter::new(config.rate_limit_per_sec);
-        let ui_dir = config.base_dir.join("ui");
+    /// State serving `sandboxes`, accepting `keys`, with the limits and
+    /// the UI asset directory of `server` (no local UI assets when
+    /// `server.ui_dir` is unset: the pages then use the public CDN).
+    pub fn new(sandboxes: Arc<dyn SandboxService>, keys: ApiKeys, server: &ServerConfig) -> Self {
         Self {
             inner: Arc::new(Inner {
-                manager,
+                sandboxes,
                 keys,
-                rate,
-                ui_dir,
+                rate: rate::RateLimiter::new(server.rate_limit_per_sec),
+                api_key_header: server
+                    .api_key_header
+                    .as_ref()
+                    .map(|h| h.to_ascii_lowercase()),
+                max_body_bytes: server.max_body_bytes,
+                max_upload_bytes: server.max_upload_bytes,
+                ui_dir: server.ui_dir.clone(),
             }),
         }
     }
 
-    /// The sandbox manager.
-    pub fn manager(&self) -> &Arc<SandboxManager> {
-        &self.inner.manager
+    /// The sandbox service.
+    pub fn sandboxes(&self) -> &Arc<dyn SandboxService> {
+        &self.inner.sandboxes
     }
 
-    /// Directory of the Swagger UI / ReDoc assets (`<base_dir>/ui`).
-    pub fn ui_dir(&self) -> &Path {
-        &self.inner.ui_dir
+    /// Directory of the Swagger UI / ReDoc assets, when configured.
+    pub fn ui_dir(&self) -> Option<&Path> {
+        self.inner.ui_dir.as_deref()
+    }
+
+    /// Largest multipart upload.
+    pub fn max_upload_bytes(&self) -> u64 {
+        self.inner.max_upload_bytes
     }
 }
 
@@ -94,9 +122,8 @@ const MULTIPART_OVERHEAD: u64 = 1024 * 1024;
 /// The complete router with every route and layer.
 pub fn router(state: AppState) -> Router {
     use handlers as h;
-    let config = state.manager().config();
-    let max_body = config.max_body_bytes;
-    let max_upload = usize::try_from(config.max_upload_bytes.saturating_add(MULTIPART_OVERHEAD))
+    let max_body = state.inner.max_body_bytes;
+    let max_upload = usize::try_from(state.max_upload_bytes().saturating_add(MULTIPART_OVERHEAD))
         .unwrap_or(usize::MAX);
     let ports = get(h::ports_not_implemented)
         .post(h::ports_not_implemented)

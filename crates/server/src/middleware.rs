@@ -1,5 +1,6 @@
-//! Request id and tracing span, API-key authentication, per-key rate limit,
-//! and the audit log of mutating calls.
+//! The request layers: request id and tracing span ([`trace`]); API-key
+//! authentication, the per-key rate limit and the audit log line of
+//! mutating calls ([`auth`]).
 
 use crate::error::{ApiError, REQUEST_ID};
 use crate::AppState;
@@ -7,9 +8,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tracing::Instrument;
 
 /// Name of the key that authenticated a request (request extension).
@@ -63,10 +62,13 @@ pub async fn trace(req: Request, next: Next) -> Response {
     resp
 }
 
-/// The key presented in `X-API-Key` or `Authorization: Bearer`.
-fn presented_key(req: &Request) -> Option<&str> {
-    if let Some(v) = req.headers().get("x-api-key") {
-        return v.to_str().ok().map(str::trim);
+/// The key presented in `X-API-Key`, the configured extra header
+/// (`api_key_header`), or `Authorization: Bearer`.
+fn presented_key<'r>(req: &'r Request, extra_header: Option<&str>) -> Option<&'r str> {
+    for name in std::iter::once("x-api-key").chain(extra_header) {
+        if let Some(v) = req.headers().get(name) {
+            return v.to_str().ok().map(str::trim);
+        }
     }
     let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.trim().split_once(' ')?;
@@ -84,7 +86,8 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
     }
     let method = req.method().clone();
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let key = presented_key(&req).and_then(|k| state.inner.keys.check(k).map(str::to_owned));
+    let key = presented_key(&req, state.inner.api_key_header.as_deref())
+        .and_then(|k| state.inner.keys.check(k).map(str::to_owned));
     let resp = match key.clone() {
         None => ApiError::Unauthorized.into_response(),
         Some(name) => match state.inner.rate.acquire(&name) {
@@ -113,73 +116,10 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
     resp
 }
 
-/// Token buckets, one per key name: `per_sec` tokens per second, burst
-/// `2 * per_sec`; `per_sec == 0` disables limiting.
-#[derive(Debug)]
-pub struct RateLimiter {
-    per_sec: u32,
-    buckets: Mutex<HashMap<String, Bucket>>,
-}
-
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    last: Instant,
-}
-
-impl RateLimiter {
-    /// A limiter allowing `per_sec` requests per second per key.
-    pub fn new(per_sec: u32) -> Self {
-        Self {
-            per_sec,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `key`, or says how long to wait for one.
-    pub fn acquire(&self, key: &str) -> Result<(), Duration> {
-        if self.per_sec == 0 {
-            return Ok(());
-        }
-        let rate = f64::from(self.per_sec);
-        let burst = rate * 2.0;
-        let now = Instant::now();
-        let mut buckets = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let b = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: burst,
-            last: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.last).as_secs_f64() * rate).min(burst);
-        b.last = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - b.tokens) / rate))
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn bucket_allows_burst_then_refuses() {
-        let rl = RateLimiter::new(2);
-        for _ in 0..4 {
-            assert!(rl.acquire("a").is_ok());
-        }
-        let wait = rl.acquire("a").unwrap_err();
-        assert!(wait <= Duration::from_millis(500), "{wait:?}");
-        // Other keys have their own bucket.
-        assert!(rl.acquire("b").is_ok());
-        assert!(RateLimiter::new(0).acquire("a").is_ok());
-    }
 
     #[test]
     fn sandbox_id_from_path() {

@@ -15,6 +15,8 @@ use crate::AppState;
 use axum::extract::{Path as AxPath, State};
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
+use locale2b_manager::Limits;
+use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -79,23 +81,182 @@ impl Modify for Security {
     }
 }
 
-/// The spec as pretty JSON (what `docs/openapi.json` holds).
+/// The limits of the default configuration (what `docs/openapi.json`
+/// states; a running server states its own).
+pub fn default_limits() -> Limits {
+    let c = locale2b_config::ManagerConfig::default();
+    Limits {
+        min_memory_mb: c.min_memory_mb,
+        max_memory_mb: c.max_memory_mb,
+        default_memory_mb: c.default_memory_mb,
+        max_vcpu: c.max_vcpu,
+        default_vcpu: c.default_vcpu,
+        default_exec_timeout_ms: c.exec_timeout_sec * 1000,
+        max_exec_timeout_ms: c.max_exec_timeout_sec * 1000,
+    }
+}
+
+/// The spec for the default configuration as pretty JSON (what
+/// `docs/openapi.json` holds).
 pub fn openapi_json() -> String {
-    let mut s = ApiDoc::openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    openapi_json_for(&default_limits())
+}
+
+/// The spec as pretty JSON, with the value constraints the server enforces
+/// under `limits` (ranges, id patterns, enums), so that generated clients
+/// and fuzzers produce requests that pass validation.
+pub fn openapi_json_for(limits: &Limits) -> String {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    constrain(&mut doc, limits);
+    let mut s =
+        serde_json::to_string_pretty(&doc).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
 }
 
-/// `GET /openapi.json`.
-pub async fn spec() -> Response {
+/// What sandbox, workspace and template ids look like.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$";
+
+/// Standard base64 with padding (what `content` and `stdin_b64` must be).
+const BASE64_PATTERN: &str = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$";
+
+/// Largest permission bits a mode may hold.
+const MAX_MODE: u32 = 0o7777;
+
+/// Writes the enforced constraints into the generated document.
+fn constrain(doc: &mut Value, l: &Limits) {
+    let statuses =
+        json!(["starting", "running", "pausing", "paused", "resuming", "stopping", "dead"]);
+    let rules: &[(&str, &str, Value)] = &[
+        (
+            "CreateSandboxBody",
+            "memory_mb",
+            json!({"minimum": l.min_memory_mb, "maximum": l.max_memory_mb, "default": l.default_memory_mb}),
+        ),
+        (
+            "CreateSandboxBody",
+            "vcpu_count",
+            json!({"minimum": 1, "maximum": l.max_vcpu, "default": l.default_vcpu}),
+        ),
+        (
+            "CreateSandboxBody",
+            "template",
+            json!({"pattern": ID_PATTERN}),
+        ),
+        (
+            "CreateSandboxBody",
+            "workspace_id",
+            json!({"pattern": ID_PATTERN}),
+        ),
+        (
+            "ExecBody",
+            "command",
+            json!({"minLength": 1, "pattern": "\\S"}),
+        ),
+        (
+            "ExecBody",
+            "timeout_ms",
+            json!({"minimum": 1, "maximum": l.max_exec_timeout_ms, "default": l.default_exec_timeout_ms}),
+        ),
+        (
+            "ExecBody",
+            "timeout_seconds",
+            json!({"minimum": 1, "maximum": l.max_exec_timeout_ms / 1000}),
+        ),
+        ("WriteFileBody", "path", json!({"minLength": 1})),
+        (
+            "WriteFileBody",
+            "mode",
+            json!({"minimum": 0, "maximum": MAX_MODE}),
+        ),
+        ("MkdirBody", "path", json!({"minLength": 1})),
+        (
+            "MkdirBody",
+            "mode",
+            json!({"minimum": 0, "maximum": MAX_MODE}),
+        ),
+        ("DeleteFileBody", "path", json!({"minLength": 1})),
+        ("SandboxResponse", "status", json!({"enum": statuses})),
+    ];
+    for (schema, field, extra) in rules {
+        if let Some(Value::Object(prop)) =
+            doc.pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
+        {
+            if let Value::Object(extra) = extra {
+                prop.extend(extra.clone());
+            }
+        }
+    }
+    // Fields that exclude each other, and content that must be base64.
+    let base64 = json!({"pattern": BASE64_PATTERN, "contentEncoding": "base64"});
+    let whole: &[(&str, Value)] = &[
+        (
+            "ExecBody",
+            json!({"allOf": [
+                {"not": {"required": ["timeout_ms", "timeout_seconds"]}},
+                {"not": {"required": ["stdin", "stdin_b64"]}},
+            ]}),
+        ),
+        (
+            "WriteFileBody",
+            json!({
+                "if": {"properties": {"encoding": {"const": "utf-8"}}, "required": ["encoding"]},
+                "else": {"properties": {"content": base64}},
+            }),
+        ),
+    ];
+    for (schema, extra) in whole {
+        if let (Some(Value::Object(obj)), Value::Object(extra)) = (
+            doc.pointer_mut(&format!("/components/schemas/{schema}")),
+            extra,
+        ) {
+            obj.extend(extra.clone());
+        }
+    }
+    if let Some(Value::Object(prop)) =
+        doc.pointer_mut("/components/schemas/ExecBody/properties/stdin_b64")
+    {
+        if let Value::Object(b) = &base64 {
+            prop.extend(b.clone());
+        }
+    }
+    // Path ids and query parameters:
+    let Some(Value::Object(paths)) = doc.get_mut("paths") else {
+        return;
+    };
+    for item in paths.values_mut() {
+        let Value::Object(ops) = item else { continue };
+        for op in ops.values_mut() {
+            let Some(Value::Array(params)) = op.get_mut("parameters") else {
+                continue;
+            };
+            for p in params {
+                let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
+                let place = p.get("in").and_then(Value::as_str).unwrap_or_default();
+                let extra = match (place, name) {
+                    ("path", "id") => json!({"pattern": ID_PATTERN}),
+                    ("query", "path") => json!({"minLength": 1}),
+                    ("query", "max_depth") => json!({"minimum": 1}),
+                    _ => continue,
+                };
+                if let (Some(Value::Object(schema)), Value::Object(extra)) =
+                    (p.get_mut("schema"), extra)
+                {
+                    schema.extend(extra);
+                }
+            }
+        }
+    }
+}
+
+/// `GET /openapi.json`: the spec with this server's limits.
+pub async fn spec(State(s): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        openapi_json(),
+        openapi_json_for(&s.sandboxes().limits()),
     )
         .into_response()
 }
@@ -103,8 +264,8 @@ pub async fn spec() -> Response {
 const SWAGGER_CDN: &str = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5";
 const REDOC_CDN: &str = "https://cdn.jsdelivr.net/npm/redoc@2/bundles";
 
-fn asset_base(ui_dir: &Path, sub: &str, probe: &str, cdn: &str) -> String {
-    if ui_dir.join(sub).join(probe).is_file() {
+fn asset_base(ui_dir: Option<&Path>, sub: &str, probe: &str, cdn: &str) -> String {
+    if ui_dir.is_some_and(|d| d.join(sub).join(probe).is_file()) {
         format!("/ui-assets/{sub}")
     } else {
         cdn.to_owned()
@@ -186,7 +347,8 @@ pub async fn ui_asset(
         method: "GET".into(),
         path: format!("/ui-assets/{rel}"),
     };
-    let path = asset_path(s.ui_dir(), &rel).ok_or_else(not_found)?;
+    let ui_dir = s.ui_dir().ok_or_else(not_found)?;
+    let path = asset_path(ui_dir, &rel).ok_or_else(not_found)?;
     let bytes = tokio::fs::read(&path).await.map_err(|_| not_found())?;
     Ok((
         [

@@ -9,7 +9,8 @@ use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use axum::Router;
 use http_body_util::BodyExt;
-use locale2b_manager::{Config, SandboxManager, Secret};
+use locale2b_config::{Config, Secret};
+use locale2b_manager::SandboxManager;
 use locale2b_server::{router, ApiKeys, AppState};
 use locale2b_vmm::{SnapshotFiles, VmHandle, VmProcess, VmSpec, Vmm, VmmError, VmmKind};
 use serde_json::{json, Value};
@@ -52,19 +53,18 @@ struct Harness {
 
 async fn harness_with(tweak: impl FnOnce(&mut Config)) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = Config {
-        base_dir: dir.path().to_owned(),
-        rate_limit_per_sec: 0,
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.manager.base_dir = dir.path().to_owned();
+    config.server.ui_dir = Some(dir.path().join("ui"));
+    config.server.rate_limit_per_sec = 0;
     tweak(&mut config);
     config.validate().unwrap();
-    let manager = SandboxManager::open(Arc::new(config), Arc::new(NoVmm), "tcg".into())
+    let manager = SandboxManager::open(Arc::new(config.manager), Arc::new(NoVmm), "tcg".into())
         .await
         .unwrap();
     let keys = ApiKeys::new(vec![("test".into(), Secret::new(KEY))]);
     Harness {
-        app: router(AppState::new(manager, keys)),
+        app: router(AppState::new(manager, keys, &config.server)),
         dir,
     }
 }
@@ -323,7 +323,7 @@ async fn plain_text_write_without_encoding_is_400_mentioning_encoding() {
 
 #[tokio::test]
 async fn body_over_the_limit_is_413() {
-    let h = harness_with(|c| c.max_body_bytes = 1024).await;
+    let h = harness_with(|c| c.server.max_body_bytes = 1024).await;
     let big = "A".repeat(4096);
     let r = json_req(
         Method::POST,
@@ -337,7 +337,7 @@ async fn body_over_the_limit_is_413() {
 
 #[tokio::test]
 async fn rate_limit_gives_429_with_retry_after() {
-    let h = harness_with(|c| c.rate_limit_per_sec = 1).await;
+    let h = harness_with(|c| c.server.rate_limit_per_sec = 1).await;
     // Burst is 2x the rate: two requests pass, the third is refused (the
     // bucket refills 1 token/s, far slower than these calls).
     let mut statuses = Vec::new();
@@ -506,7 +506,7 @@ fn multipart(part_name: &str, data: &[u8]) -> (String, Vec<u8>) {
 
 #[tokio::test]
 async fn upload_over_max_upload_bytes_is_413() {
-    let h = harness_with(|c| c.max_upload_bytes = 100).await;
+    let h = harness_with(|c| c.server.max_upload_bytes = 100).await;
     let (ct, body) = multipart("file", &[7u8; 1000]);
     let r = req(
         Method::POST,
@@ -557,14 +557,16 @@ async fn upload_to_unknown_sandbox_is_404_and_without_file_part_is_400() {
 async fn serve_answers_on_a_socket_and_shuts_down() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
-        base_dir: dir.path().to_owned(),
-        ..Config::default()
-    };
-    let manager = SandboxManager::open(Arc::new(config), Arc::new(NoVmm), "tcg".into())
+    let mut config = Config::default();
+    config.manager.base_dir = dir.path().to_owned();
+    let manager = SandboxManager::open(Arc::new(config.manager), Arc::new(NoVmm), "tcg".into())
         .await
         .unwrap();
-    let state = AppState::new(manager, ApiKeys::new(vec![("t".into(), Secret::new(KEY))]));
+    let state = AppState::new(
+        manager,
+        ApiKeys::new(vec![("t".into(), Secret::new(KEY))]),
+        &config.server,
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

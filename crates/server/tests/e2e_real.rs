@@ -4,30 +4,16 @@
 #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use base64::Engine as _;
-use locale2b_manager::{backend, Config, SandboxManager, Secret, VmmChoice};
+use locale2b_config::{Config, Secret, VmmChoice};
+use locale2b_manager::{backend, SandboxManager};
 use locale2b_server::{load_or_create_api_keys, serve, AppState};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 const KEY: &str = "e2e-test-key-0123456789";
 
-fn image_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces/images/default"));
-    if dir.join("vmlinux").exists() && dir.join("rootfs.ext4").exists() {
-        return Some(dir);
-    }
-    let msg = format!("no guest image in {}", dir.display());
-    assert!(
-        std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() != Ok("1"),
-        "end-to-end tests required but {msg}"
-    );
-    println!("SKIPPED: {msg}");
-    None
-}
+use locale2b_testkit::image_dir;
 
 struct Server {
     url: String,
@@ -45,26 +31,34 @@ impl Server {
         std::fs::create_dir_all(base.path().join("images")).unwrap();
         std::os::unix::fs::symlink(image, base.path().join("images/default")).unwrap();
         let mut c = Config::default();
-        c.base_dir = base.path().to_path_buf();
-        c.vmm = VmmChoice::Qemu;
-        c.boot_timeout_sec = 120;
-        c.max_sandboxes = max_sandboxes;
-        c.memory_budget_mb = 8192;
-        c.disk_size_mb = 1024;
-        c.shutdown_grace_sec = 3;
-        c.api_key = Some(Secret::new(KEY));
-        let config = Arc::new(c);
-        let (vmm, report) = backend::build(&config).await.unwrap();
-        let manager = SandboxManager::open(config.clone(), vmm, backend::accel_name(&report))
-            .await
-            .unwrap();
-        let keys = load_or_create_api_keys(&config).unwrap();
+        c.vmm.vmm = VmmChoice::Qemu;
+        c.server.api_key = Some(Secret::new(KEY));
+        let m = &mut c.manager;
+        m.base_dir = base.path().to_path_buf();
+        m.boot_timeout_sec = 120;
+        m.max_sandboxes = max_sandboxes;
+        m.memory_budget_mb = 8192;
+        m.disk_size_mb = 1024;
+        m.shutdown_grace_sec = 3;
+        let (vmm, report) = backend::build(&c.vmm, &c.manager).await.unwrap();
+        let manager = SandboxManager::open(
+            Arc::new(c.manager.clone()),
+            vmm,
+            backend::accel_name(&report),
+        )
+        .await
+        .unwrap();
+        let keys = load_or_create_api_keys(&c.server, &c.manager.base_dir).unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(listener, AppState::new(manager, keys), async move {
-            let _ = rx.await;
-        }));
+        tokio::spawn(serve(
+            listener,
+            AppState::new(manager, keys, &c.server),
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Self {
             url,
             http: reqwest::Client::new(),
@@ -105,20 +99,7 @@ impl Drop for Server {
             let _ = tx.send(());
         }
         // Never leave VMs behind when an assertion failed half-way.
-        let marker = self._base.path().to_string_lossy().into_owned();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-                if pid as u32 != std::process::id() && String::from_utf8_lossy(&c).contains(&marker)
-                {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", &pid.to_string()])
-                        .status();
-                }
-            }
-        }
+        locale2b_testkit::kill_mentioning(self._base.path());
     }
 }
 

@@ -45,3 +45,42 @@ fn spec_covers_every_compymac_call() {
     }
     assert!(spec["components"]["securitySchemes"]["api_key"].is_object());
 }
+
+#[test]
+fn spec_states_the_enforced_constraints() {
+    let mut limits = locale2b_server::openapi::default_limits();
+    limits.min_memory_mb = 300;
+    limits.max_vcpu = 2;
+    let spec: serde_json::Value =
+        serde_json::from_str(&locale2b_server::openapi::openapi_json_for(&limits)).expect("JSON");
+    let create = &spec["components"]["schemas"]["CreateSandboxBody"]["properties"];
+    assert_eq!(create["memory_mb"]["minimum"], 300);
+    assert_eq!(create["vcpu_count"]["maximum"], 2);
+    assert_eq!(
+        create["workspace_id"]["pattern"],
+        locale2b_server::openapi::ID_PATTERN
+    );
+    let exec = &spec["components"]["schemas"]["ExecBody"];
+    assert_eq!(exec["properties"]["timeout_ms"]["minimum"], 1);
+    assert!(
+        exec["allOf"].is_array(),
+        "timeout_ms/timeout_seconds exclusion"
+    );
+    // Every `{id}` path parameter carries the id pattern.
+    let mut ids = 0;
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for op in item.as_object().expect("operations").values() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                if p["in"] == "path" && p["name"] == "id" {
+                    assert_eq!(
+                        p["schema"]["pattern"],
+                        locale2b_server::openapi::ID_PATTERN,
+                        "{path}"
+                    );
+                    ids += 1;
+                }
+            }
+        }
+    }
+    assert!(ids >= 15, "only {ids} id parameters");
+}

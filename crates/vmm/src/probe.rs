@@ -11,7 +11,6 @@ use crate::VmmKind;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -34,32 +33,9 @@ impl std::fmt::Display for Accel {
     }
 }
 
-/// What the user asked for (`LOCALE2B_VMM`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VmmPreference {
-    /// Firecracker when KVM really works and Firecracker is installed, else qemu.
-    #[default]
-    Auto,
-    /// Firecracker, even if the probe says guests will not run.
-    Firecracker,
-    /// QEMU (KVM when usable, else TCG).
-    Qemu,
-}
-
-impl FromStr for VmmPreference {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "" | "auto" => Ok(Self::Auto),
-            "firecracker" | "fc" => Ok(Self::Firecracker),
-            "qemu" => Ok(Self::Qemu),
-            other => Err(format!(
-                "unknown VMM {other:?}: expected auto, firecracker or qemu"
-            )),
-        }
-    }
-}
+/// What the user asked for (`LOCALE2B_VMM`): defined with the rest of
+/// the configuration.
+pub use locale2b_config::VmmChoice as VmmPreference;
 
 /// Inputs of [`probe`].
 #[derive(Debug, Clone)]

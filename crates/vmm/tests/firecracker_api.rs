@@ -17,6 +17,24 @@ use std::time::{Duration, Instant};
 const MEM_MIB: u32 = 128;
 
 /// Where and against what one scenario runs.
+/// The fake API server, an example target of this crate that `cargo test`
+/// builds next to the test binaries (`target/<profile>/examples/`).
+fn fake_firecracker() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let bin = profile_dir.join("examples/fake_firecracker");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p locale2b-vmm --example fake_firecracker` \
+         (a plain `cargo test -p locale2b-vmm` builds it)",
+        bin.display()
+    );
+    bin
+}
+
 struct Harness {
     dir: tempfile::TempDir,
     binary: PathBuf,
@@ -35,7 +53,7 @@ impl Harness {
         sparse(&rootfs, 16 << 20);
         Self {
             dir,
-            binary: PathBuf::from(env!("CARGO_BIN_EXE_fake_firecracker")),
+            binary: fake_firecracker(),
             kernel,
             rootfs,
             fake: true,
@@ -44,31 +62,14 @@ impl Harness {
 
     fn real() -> Option<Self> {
         let Some(binary) = std::env::var_os("LOCALE2B_FIRECRACKER_BIN") else {
-            println!("SKIPPED: LOCALE2B_FIRECRACKER_BIN not set");
+            locale2b_testkit::skip(
+                "LOCALE2B_FIRECRACKER_BIN not set (a real Firecracker runs these too)",
+            );
             return None;
         };
-        let images = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                std::env::var_os("LOCALE2B_BASE_DIR")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"))
-                    .join("images/default")
-            });
+        let images = locale2b_testkit::image_dir()?;
         let kernel = images.join("vmlinux");
         let rootfs = images.join("rootfs.ext4");
-        if !kernel.exists() || !rootfs.exists() {
-            let msg = format!(
-                "no guest image in {} (vmlinux, rootfs.ext4)",
-                images.display()
-            );
-            assert!(
-                std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() != Ok("1"),
-                "{msg}"
-            );
-            println!("SKIPPED: {msg}");
-            return None;
-        }
         Some(Self {
             dir: tempdir(),
             binary: binary.into(),

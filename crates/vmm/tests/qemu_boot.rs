@@ -14,48 +14,12 @@ use locale2b_protocol::{
 use locale2b_vmm::process::is_alive;
 use locale2b_vmm::qemu::{Accel, QemuConfig, QemuVmm};
 use locale2b_vmm::{DiskSpec, MemMib, VmHandle, VmSpec, VmStatus, Vmm, VmmError};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-fn test_image_dir() -> PathBuf {
-    std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let base = std::env::var_os("LOCALE2B_BASE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"));
-            base.join("images/default")
-        })
-}
-
-/// The image dir when it has a kernel and a rootfs, else skip (or fail).
-fn image_dir() -> Option<PathBuf> {
-    let dir = test_image_dir();
-    let ok = dir.join("vmlinux").is_file() && dir.join("rootfs.ext4").is_file();
-    if ok {
-        return Some(dir);
-    }
-    skip_or_fail(format!("guest image not found in {}", dir.display()))
-}
-
-/// The image dir when it has at least a kernel, else skip (or fail).
-fn kernel_dir() -> Option<PathBuf> {
-    let dir = test_image_dir();
-    if dir.join("vmlinux").is_file() {
-        return Some(dir);
-    }
-    skip_or_fail(format!("guest kernel not found in {}", dir.display()))
-}
-
-fn skip_or_fail(msg: String) -> Option<PathBuf> {
-    if std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{msg} (LOCALE2B_REQUIRE_E2E=1)");
-    }
-    println!("SKIPPED: {msg}");
-    None
-}
+use locale2b_testkit::{image_dir, kernel_dir};
 
 /// Logs to the test output when `RUST_LOG` is set.
 fn init_tracing() {

@@ -8,24 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 fn kernel() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("LOCALE2B_BASE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"))
-                .join("images/default")
-        });
-    let k = dir.join("vmlinux");
-    if k.is_file() {
-        return Some(k);
-    }
-    let msg = format!("guest kernel not found in {}", dir.display());
-    if std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("{msg} (LOCALE2B_REQUIRE_E2E=1)");
-    }
-    println!("SKIPPED: {msg}");
-    None
+    locale2b_testkit::kernel_dir().map(|d| d.join("vmlinux"))
 }
 
 #[tokio::test]

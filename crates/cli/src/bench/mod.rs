@@ -23,6 +23,7 @@ use anyhow::Context;
 use api::{ms_since, str_field, Api, ApiError};
 use base64::Engine as _;
 use locale2b_agent_client::{AgentClient, ClientConfig};
+use locale2b_manager::store::Store;
 use rand::RngCore;
 use report::{Density, Environment, Metric, Report};
 use reqwest::StatusCode;
@@ -51,22 +52,19 @@ pub struct BenchArgs {
     #[arg(long, requires = "url")]
     pub api_key: Option<String>,
     /// Base directory of the server under test (with --url), and where the
-    /// installed image is found.
-    #[arg(
-        long,
-        env = "LOCALE2B_BASE_DIR",
-        default_value = "/var/lib/firecracker-workspaces"
-    )]
-    pub base_dir: PathBuf,
+    /// installed image is found (default: the configured base_dir).
+    #[arg(long)]
+    pub base_dir: Option<PathBuf>,
     /// Guest image directory (default: <base-dir>/images/default).
     #[arg(long)]
     pub image_dir: Option<PathBuf>,
     /// Executable started with `serve` (default: this executable).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
-    /// VMM backend of the bench's own server (LOCALE2B_VMM).
-    #[arg(long, env = "LOCALE2B_VMM", default_value = "qemu")]
-    pub vmm: String,
+    /// VMM backend of the bench's own server (default: the configured
+    /// `vmm` when it is not `auto`, else qemu).
+    #[arg(long)]
+    pub vmm: Option<String>,
     /// Cold boots (each: create, read the console, destroy). Default 20, --quick 3.
     #[arg(long)]
     pub iterations: Option<usize>,
@@ -123,10 +121,35 @@ impl BenchArgs {
         }
     }
 
+    fn base_dir(&self) -> PathBuf {
+        self.base_dir.clone().unwrap_or_default()
+    }
+
+    fn vmm(&self) -> String {
+        self.vmm.clone().unwrap_or_else(|| "qemu".into())
+    }
+
     fn image_dir(&self) -> PathBuf {
         self.image_dir
             .clone()
-            .unwrap_or_else(|| self.base_dir.join("images").join("default"))
+            .unwrap_or_else(|| self.base_dir().join("images").join("default"))
+    }
+
+    /// Fills the flags left unset from the configuration.
+    fn resolve(mut self, config: &locale2b_config::Config) -> Self {
+        use locale2b_config::VmmChoice;
+        self.base_dir
+            .get_or_insert_with(|| config.manager.base_dir.clone());
+        if self.vmm.is_none() {
+            self.vmm = Some(
+                match config.vmm.vmm {
+                    VmmChoice::Firecracker => "firecracker",
+                    VmmChoice::Qemu | VmmChoice::Auto => "qemu",
+                }
+                .into(),
+            );
+        }
+        self
     }
 }
 
@@ -135,7 +158,8 @@ impl BenchArgs {
 /// # Errors
 /// When the server cannot be started or reached, or the JSON file cannot be
 /// written. Failures of single operations are reported in the table instead.
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+pub fn run(args: BenchArgs, config: &locale2b_config::Config) -> anyhow::Result<()> {
+    let args = args.resolve(config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -202,7 +226,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut own = None;
     let (url, key, base) = match (&args.url, &args.api_key) {
-        (Some(url), Some(key)) => (url.clone(), key.clone(), args.base_dir.clone()),
+        (Some(url), Some(key)) => (url.clone(), key.clone(), args.base_dir()),
         _ => {
             let budget = counts
                 .density_budget_mb
@@ -214,11 +238,11 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
                 Some(b) => b.clone(),
                 None => std::env::current_exe().context("cannot find this executable")?,
             };
-            eprintln!("bench: starting `{} serve` ({})", bin.display(), args.vmm);
+            eprintln!("bench: starting `{} serve` ({})", bin.display(), args.vmm());
             let s = server::OwnServer::start(&server::ServerSpec {
                 bin,
                 image_dir: image_dir.clone(),
-                vmm: args.vmm.clone(),
+                vmm: args.vmm(),
                 max_sandboxes,
                 memory_budget_mb: budget,
                 start_timeout: Duration::from_secs(args.server_timeout_sec),
@@ -396,24 +420,18 @@ impl Bench {
 
     fn vm_files(&self, id: &str) -> VmFiles {
         let dir = self.sandbox_dir(id);
-        let state: Option<Value> = std::fs::read(dir.join("state.json"))
+        let process = id
+            .parse()
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let process = state.as_ref().and_then(|s| s.get("process"));
-        let path = |k: &str, default: &str| {
-            process
-                .and_then(|p| p.get(k))
-                .and_then(Value::as_str)
-                .map(PathBuf::from)
-                .or_else(|| Some(dir.join(default)).filter(|p| p.exists()))
+            .and_then(|id| Store::new(&self.base).read_sandbox(&id).ok())
+            .and_then(|r| r.process);
+        let or_default = |p: Option<PathBuf>, default: &str| {
+            p.or_else(|| Some(dir.join(default)).filter(|p| p.exists()))
         };
         VmFiles {
-            pid: process
-                .and_then(|p| p.get("pid"))
-                .and_then(Value::as_u64)
-                .and_then(|p| u32::try_from(p).ok()),
-            vsock: path("vsock_path", "vsock.sock"),
-            console: path("console_log", "console.log"),
+            pid: process.as_ref().map(|p| p.pid),
+            vsock: or_default(process.as_ref().map(|p| p.vsock_path.clone()), "vsock.sock"),
+            console: or_default(process.map(|p| p.console_log), "console.log"),
         }
     }
 

@@ -3,34 +3,12 @@
 //! image, and a manager over it.
 #![allow(dead_code, clippy::unwrap_used, clippy::field_reassign_with_default)]
 
-use locale2b_manager::{backend, Config, SandboxManager, VmmChoice};
+use locale2b_config::{Config, VmmChoice};
+use locale2b_manager::{backend, SandboxManager};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The installed guest image, or `None` (after printing SKIPPED) when it is
-/// missing and end-to-end tests are not required. Panics when they are.
-pub fn image_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("LOCALE2B_TEST_IMAGE_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let base = std::env::var_os("LOCALE2B_BASE_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("/var/lib/firecracker-workspaces"));
-            base.join("images/default")
-        });
-    if dir.join("vmlinux").exists() && dir.join("rootfs.ext4").exists() {
-        return Some(dir);
-    }
-    let msg = format!(
-        "no guest image in {} (run `locale2b image build`)",
-        dir.display()
-    );
-    if std::env::var("LOCALE2B_REQUIRE_E2E").as_deref() == Ok("1") {
-        panic!("end-to-end tests are required but {msg}");
-    }
-    println!("SKIPPED: {msg}");
-    None
-}
+pub use locale2b_testkit::{image_dir, kill_mentioning, pids_mentioning};
 
 /// A temporary base directory (short path: sockets live under it).
 pub struct TestBase {
@@ -54,16 +32,17 @@ impl TestBase {
 
     pub fn config(&self) -> Config {
         let mut c = Config::default();
-        c.base_dir = self.path().to_path_buf();
-        c.vmm = VmmChoice::Qemu;
-        c.boot_timeout_sec = 120;
-        c.memory_budget_mb = 16 * 1024;
-        c.max_sandboxes = 12;
-        c.default_memory_mb = 256;
-        c.min_memory_mb = 128;
-        c.disk_size_mb = 1024;
-        c.shutdown_grace_sec = 3;
-        c.health_check_interval_sec = 1;
+        c.vmm.vmm = VmmChoice::Qemu;
+        let m = &mut c.manager;
+        m.base_dir = self.path().to_path_buf();
+        m.boot_timeout_sec = 120;
+        m.memory_budget_mb = 16 * 1024;
+        m.max_sandboxes = 12;
+        m.default_memory_mb = 256;
+        m.min_memory_mb = 128;
+        m.disk_size_mb = 1024;
+        m.shutdown_grace_sec = 3;
+        m.health_check_interval_sec = 1;
         c
     }
 }
@@ -76,41 +55,13 @@ impl Drop for TestBase {
     }
 }
 
-/// SIGKILLs every process whose command line mentions `dir`.
-pub fn kill_mentioning(dir: &Path) {
-    for pid in pids_mentioning(&dir.to_string_lossy()) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
-    }
-}
-
 pub async fn manager(config: Config) -> Arc<SandboxManager> {
-    let config = Arc::new(config);
-    let (vmm, report) = backend::build(&config).await.expect("backend");
-    SandboxManager::open(config, vmm, backend::accel_name(&report))
+    let (vmm, report) = backend::build(&config.vmm, &config.manager)
+        .await
+        .expect("backend");
+    SandboxManager::open(Arc::new(config.manager), vmm, backend::accel_name(&report))
         .await
         .expect("open manager")
-}
-
-/// PIDs of processes whose command line mentions `needle`.
-pub fn pids_mentioning(needle: &str) -> Vec<u32> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == std::process::id() {
-            continue;
-        }
-        if let Ok(c) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            if String::from_utf8_lossy(&c).contains(needle) {
-                out.push(pid);
-            }
-        }
-    }
-    out
 }
 
 /// Open file descriptors of this process.

@@ -1,80 +1,10 @@
-//! Layout of the base directory and atomic persistence of state files.
-//!
-//! ```text
-//! <base>/images/<template>/{vmlinux,rootfs.ext4,manifest.json}
-//! <base>/sandboxes/<sandbox_id>/{state.json, vsock.sock, console.log, ...}
-//! <base>/workspaces/<workspace_id>/{workspace.json, disk.ext4, snapshots/<snapshot_id>/}
-//! ```
-//! Every path is built from a typed id ([`SandboxId`], [`WorkspaceId`]) or a
-//! validated template name, never from a raw caller string.
+//! File-system primitives of the store: atomic writes, JSON files, private
+//! directories, sparse disks, socket cleanup, disk usage.
 
-use locale2b_protocol::{SandboxId, WorkspaceId};
+use crate::{ManagerError, Result};
 use serde::{de::DeserializeOwned, Serialize};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-
-/// Paths under the base directory.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    base: PathBuf,
-}
-
-impl Layout {
-    /// Layout rooted at `base`.
-    pub fn new(base: impl Into<PathBuf>) -> Self {
-        Self { base: base.into() }
-    }
-
-    /// The base directory.
-    pub fn base(&self) -> &Path {
-        &self.base
-    }
-
-    /// Directory of all sandboxes.
-    pub fn sandboxes_dir(&self) -> PathBuf {
-        self.base.join("sandboxes")
-    }
-
-    /// Directory of one sandbox.
-    pub fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
-        self.sandboxes_dir().join(id.as_str())
-    }
-
-    /// state.json of one sandbox.
-    pub fn sandbox_state(&self, id: &SandboxId) -> PathBuf {
-        self.sandbox_dir(id).join("state.json")
-    }
-
-    /// Directory of all workspaces.
-    pub fn workspaces_dir(&self) -> PathBuf {
-        self.base.join("workspaces")
-    }
-
-    /// Directory of one workspace.
-    pub fn workspace_dir(&self, id: &WorkspaceId) -> PathBuf {
-        self.workspaces_dir().join(id.as_str())
-    }
-
-    /// workspace.json of one workspace.
-    pub fn workspace_meta(&self, id: &WorkspaceId) -> PathBuf {
-        self.workspace_dir(id).join("workspace.json")
-    }
-
-    /// The writable disk of a workspace.
-    pub fn workspace_disk(&self, id: &WorkspaceId) -> PathBuf {
-        self.workspace_dir(id).join("disk.ext4")
-    }
-
-    /// Snapshots of a workspace.
-    pub fn snapshots_dir(&self, id: &WorkspaceId) -> PathBuf {
-        self.workspace_dir(id).join("snapshots")
-    }
-
-    /// Installed images of a template (name validated by the caller).
-    pub fn image_dir(&self, template: &str) -> PathBuf {
-        self.base.join("images").join(template)
-    }
-}
+use std::path::Path;
 
 /// Writes `value` as pretty JSON to `path` atomically: temp file in the same
 /// directory, fsync, rename, fsync of the directory.
@@ -141,8 +71,72 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
+/// Creates `dir` (and its parents) with mode 0700.
+///
+/// # Errors
+/// Internal, naming the directory.
+pub fn create_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| ManagerError::io(format!("cannot create directory {}", dir.display()), e))
+}
+
+/// Creates a sparse file of `size_mb` MiB at `path` and formats it ext4
+/// (label `workspace`, lazy init so only metadata is written).
+///
+/// # Errors
+/// Internal when the file cannot be made or `mkfs.ext4` fails.
+pub async fn make_disk(path: &Path, size_mb: u64) -> Result<()> {
+    let file = std::fs::File::create(path)
+        .map_err(|e| ManagerError::io(format!("cannot create {}", path.display()), e))?;
+    file.set_len(size_mb * 1024 * 1024)
+        .map_err(|e| ManagerError::io(format!("cannot size {}", path.display()), e))?;
+    drop(file);
+    let out = tokio::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-L",
+            "workspace",
+            "-E",
+            "lazy_itable_init=1,lazy_journal_init=1",
+        ])
+        .arg(path)
+        .output()
+        .await
+        .map_err(|e| ManagerError::io("cannot run mkfs.ext4 (install e2fsprogs)", e))?;
+    if !out.status.success() {
+        return Err(ManagerError::Internal {
+            context: format!(
+                "mkfs.ext4 {} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            source: None,
+        });
+    }
+    Ok(())
+}
+
+/// Removes every `*.sock` file directly inside `dir` (stale VMM sockets).
+pub fn remove_sockets(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().extension().and_then(|x| x.to_str()) == Some("sock") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -159,5 +153,15 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names.len(), 1, "{names:?}");
+    }
+
+    #[test]
+    fn sockets_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("vsock.sock"), b"").unwrap();
+        std::fs::write(dir.path().join("console.log"), b"x").unwrap();
+        remove_sockets(dir.path());
+        assert!(!dir.path().join("vsock.sock").exists());
+        assert!(dir.path().join("console.log").exists());
     }
 }

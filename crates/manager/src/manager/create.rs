@@ -1,0 +1,164 @@
+//! Create: boot a new sandbox, or attach a create that names a workspace to
+//! that workspace's sandbox.
+
+use super::SandboxManager;
+use crate::registry::Admission;
+use crate::sandbox::{Intent, Next, Sandbox};
+use crate::store::{create_private_dir, SandboxRecord, RECORD_FORMAT};
+use crate::{CreateSandbox, ManagerError, Result, SandboxInfo, SandboxStatus};
+use locale2b_protocol::{SandboxId, WorkspaceId};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{info, warn};
+
+impl SandboxManager {
+    /// Creates (boots) a sandbox. When `workspace_id` names a workspace whose
+    /// sandbox is paused, that sandbox is resumed instead; when it is already
+    /// running, the running sandbox is returned (so a retried create with a
+    /// workspace id is idempotent).
+    ///
+    /// # Errors
+    /// InvalidInput for bad sizes/template, AtCapacity, Vm/Timeout when the
+    /// VM fails to come up (everything made for it is removed again).
+    pub async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo> {
+        let cfg = &self.config;
+        let memory_mb = req.memory_mb.unwrap_or(cfg.default_memory_mb);
+        if memory_mb < cfg.min_memory_mb || memory_mb > cfg.max_memory_mb {
+            return Err(ManagerError::InvalidInput(format!(
+                "memory_mb must be between {} and {} (got {memory_mb})",
+                cfg.min_memory_mb, cfg.max_memory_mb
+            )));
+        }
+        let vcpus = req.vcpu_count.unwrap_or(cfg.default_vcpu);
+        if vcpus == 0 || vcpus > cfg.max_vcpu {
+            return Err(ManagerError::InvalidInput(format!(
+                "vcpu_count must be between 1 and {} (got {vcpus})",
+                cfg.max_vcpu
+            )));
+        }
+        let template = req
+            .template
+            .clone()
+            .unwrap_or_else(|| cfg.default_template.clone());
+        if template.parse::<WorkspaceId>().is_err() {
+            return Err(ManagerError::InvalidInput(format!(
+                "template {template:?} is not a valid template name"
+            )));
+        }
+
+        let (workspace_id, ephemeral) = match req.workspace_id.clone() {
+            Some(id) => (id, false),
+            None => (WorkspaceId::generate(), true),
+        };
+        let ws_lock = self.registry.workspace_lock(&workspace_id);
+        let _ws_guard = ws_lock.lock().await;
+
+        // An existing workspace: attach to its sandbox if it has one.
+        let existing = self.store.read_workspace(&workspace_id);
+        if let Some(ws) = &existing {
+            if let Some(sb) = ws
+                .sandbox_id
+                .as_ref()
+                .and_then(|sid| self.registry.get(sid))
+            {
+                return match sb.check(Intent::Attach) {
+                    Ok(Next::Go) => self.resume(&sb.id).await,
+                    Ok(Next::AlreadyThere) => Ok(sb.info()),
+                    Err(e) => Err(e),
+                };
+            }
+            if ws.template != template {
+                return Err(ManagerError::InvalidInput(format!(
+                    "workspace {workspace_id} was created with template {:?}, not {template:?}",
+                    ws.template
+                )));
+            }
+        }
+
+        let image = self.image(&template)?;
+        let sandbox_id = SandboxId::generate();
+        let now = crate::store::now_rfc3339();
+        let mut env = cfg.sandbox_env.clone();
+        env.extend(req.env.clone());
+        let record = SandboxRecord {
+            format: RECORD_FORMAT,
+            sandbox_id: sandbox_id.clone(),
+            workspace_id: workspace_id.clone(),
+            template: template.clone(),
+            memory_mb,
+            vcpu_count: vcpus,
+            backend: self.vmm.kind(),
+            guest_cid: 0,
+            status: SandboxStatus::Starting,
+            created_at: now.clone(),
+            updated_at: now,
+            error: None,
+            process: None,
+            boot_ms: None,
+            env,
+        };
+        let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
+        let mut vm_slot = sb.lifecycle.lock().await;
+        self.registry.admit(&sb, Admission::New)?;
+
+        let made_workspace = existing.is_none();
+        let started = Instant::now();
+        let result = async {
+            let ws = match existing {
+                Some(ws) => ws,
+                None => {
+                    self.store
+                        .create_workspace(&workspace_id, &template, ephemeral, cfg.disk_size_mb)
+                        .await?
+                }
+            };
+            create_private_dir(&self.store.layout().sandbox_dir(&sandbox_id))?;
+            sb.persist();
+            let spec = self.vm_spec(&sb.record(), &image);
+            let vm = self.vmm.start(&spec).await.map_err(|e| {
+                ManagerError::vm(
+                    format!("failed to start the VM for sandbox {sandbox_id}"),
+                    e,
+                )
+            })?;
+            sb.update(|r| r.process = Some(vm.process().clone()));
+            let vm = vm_slot.insert(vm);
+            self.bring_up(&sb, vm.as_ref()).await?;
+            Ok::<_, ManagerError>(ws)
+        }
+        .await;
+
+        match result {
+            Ok(mut ws) => {
+                let boot_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                sb.update(|r| {
+                    r.boot_ms = Some(boot_ms);
+                    r.status = SandboxStatus::Running;
+                    r.error = None;
+                });
+                ws.sandbox_id = Some(sandbox_id.clone());
+                ws.push_lineage("created", Some(&sandbox_id), None, None);
+                let _ = self.store.write_workspace(&ws);
+                info!(sandbox_id = %sandbox_id, workspace_id = %workspace_id, boot_ms, "sandbox running");
+                drop(vm_slot);
+                Ok(sb.info())
+            }
+            Err(err) => {
+                warn!(sandbox_id = %sandbox_id, error = %err, "create failed; cleaning up");
+                if let Some(vm) = vm_slot.take() {
+                    if let Err(e) = vm.kill().await {
+                        warn!(sandbox_id = %sandbox_id, error = %e, "kill after failed create");
+                    }
+                }
+                drop(vm_slot);
+                self.registry.remove(&sandbox_id);
+                let _ = std::fs::remove_dir_all(self.store.layout().sandbox_dir(&sandbox_id));
+                if made_workspace {
+                    let _ =
+                        std::fs::remove_dir_all(self.store.layout().workspace_dir(&workspace_id));
+                }
+                Err(err)
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Destroy: stop the VM, remove the sandbox directory, release or keep the
+//! workspace.
+
+use super::SandboxManager;
+use crate::{host, ManagerError, Result, SandboxStatus};
+use locale2b_protocol::SandboxId;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+/// How long destroy waits for the agent's answer to `shutdown`.
+const AGENT_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
+impl SandboxManager {
+    /// Destroys a sandbox: asks the guest to sync and power off, kills the
+    /// VMM after the grace period, removes the sandbox directory. The
+    /// workspace's disk is kept when the caller named the workspace, and
+    /// removed with the sandbox when its id was generated. Snapshots of the
+    /// workspace are removed (the VM they belong to is gone).
+    ///
+    /// # Errors
+    /// NotFound when the sandbox is unknown (already destroyed).
+    pub async fn destroy(&self, id: &SandboxId) -> Result<()> {
+        let sb = self.registry.require(id)?;
+        let mut vm_slot = sb.lifecycle.lock().await;
+        if !self.registry.contains(id) {
+            // Destroyed while we waited for the lock.
+            return Err(ManagerError::NotFound {
+                kind: "sandbox",
+                id: id.to_string(),
+            });
+        }
+        sb.set_status(SandboxStatus::Stopping, None);
+        let client = sb.drop_client();
+        if let (Some(client), Some(_)) = (&client, vm_slot.as_ref()) {
+            let quick = tokio::time::timeout(AGENT_SHUTDOWN_WAIT, client.shutdown()).await;
+            debug!(sandbox_id = %id, ok = matches!(quick, Ok(Ok(()))), "agent shutdown");
+        }
+        if let Some(vm) = vm_slot.take() {
+            if let Err(e) = vm.shutdown(self.config.shutdown_grace()).await {
+                warn!(sandbox_id = %id, error = %e, "shutdown failed; killing");
+                let _ = vm.kill().await;
+            }
+        } else if let Some(p) = sb.record().process {
+            host::kill_process(&p);
+        }
+        let workspace_id = sb.record().workspace_id;
+        let layout = self.store.layout();
+        if let Err(e) = std::fs::remove_dir_all(layout.sandbox_dir(id)) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                warn!(sandbox_id = %id, error = %e, "cannot remove sandbox dir");
+            }
+        }
+        self.registry.remove(id);
+        drop(vm_slot);
+        if let Some(ws) = self.store.read_workspace(&workspace_id) {
+            if ws.ephemeral {
+                let _ = std::fs::remove_dir_all(layout.workspace_dir(&workspace_id));
+                self.registry.forget_workspace(&workspace_id);
+            } else {
+                let snaps = layout.snapshots_dir(&workspace_id);
+                let _ = std::fs::remove_dir_all(&snaps);
+                let _ = std::fs::create_dir_all(&snaps);
+                self.store.update_workspace(&workspace_id, |ws| {
+                    if ws.sandbox_id.as_ref() == Some(id) {
+                        ws.sandbox_id = None;
+                    }
+                    ws.snapshot_id = None;
+                    ws.push_lineage("destroyed", Some(id), None, None);
+                });
+            }
+        }
+        info!(sandbox_id = %id, "sandbox destroyed");
+        Ok(())
+    }
+}

@@ -1,0 +1,178 @@
+//! [`SandboxManager`]: owns every sandbox and workspace of one base
+//! directory. Its operations live one per file:
+//!
+//! | file | what |
+//! |---|---|
+//! | `create.rs` | create (boot), attaching a named workspace |
+//! | `destroy.rs` | destroy |
+//! | `pause.rs` | pause (snapshot) and resume (restore) |
+//! | `boot.rs` | bringing a guest up: VM spec, agent wait, `init` |
+//! | `recover.rs` | start-up reconciliation, orphan scan, health check |
+//! | `workspaces.rs` | workspace queries and deletion |
+//! | `service.rs` | the [`SandboxService`](crate::SandboxService) implementation |
+//!
+//! Concurrency model: each sandbox has one async `lifecycle` lock held by
+//! create, destroy, pause and resume, so two lifecycle operations on one
+//! sandbox never interleave; guest calls only take a clone of the agent
+//! client and run concurrently. Each workspace has a lock too, so two
+//! creates naming one workspace cannot both attach to it. The in-memory
+//! table and capacity counters sit behind a short-lived std mutex
+//! ([`Registry`]).
+//!
+//! Every state change is persisted to the sandbox's `state.json` (atomic
+//! rename) before it is acted on where that matters for recovery.
+
+mod boot;
+mod create;
+mod destroy;
+mod pause;
+mod recover;
+mod service;
+mod workspaces;
+
+use crate::guest::ExecRules;
+use crate::host;
+use crate::image::Image;
+use crate::registry::{CapacityLimits, Registry};
+use crate::store::Store;
+use crate::{Capacity, Limits, ManagerConfig, Result, SandboxInfo};
+use locale2b_protocol::SandboxId;
+use locale2b_vmm::{Vmm, VmmKind};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Owns every sandbox and workspace of one base directory.
+#[derive(Debug)]
+pub struct SandboxManager {
+    config: Arc<ManagerConfig>,
+    vmm: Arc<dyn Vmm>,
+    accel: String,
+    store: Store,
+    registry: Registry,
+}
+
+impl SandboxManager {
+    /// Opens the base directory, reconciles state files with running
+    /// processes (re-attaching to live VMs, marking dead ones, removing
+    /// stale sockets and orphaned VMM processes) and starts the health
+    /// checker. Workspace data is never deleted here.
+    ///
+    /// # Errors
+    /// When the base directory cannot be created or read.
+    pub async fn open(
+        config: Arc<ManagerConfig>,
+        vmm: Arc<dyn Vmm>,
+        accel: String,
+    ) -> Result<Arc<Self>> {
+        let store = Store::new(&config.base_dir);
+        store.create_dirs()?;
+        let memory_budget_mb = if config.memory_budget_mb > 0 {
+            config.memory_budget_mb
+        } else {
+            host::host_memory_mb()
+                .saturating_sub(config.host_reserve_mb)
+                .max(256)
+        };
+        let registry = Registry::new(CapacityLimits {
+            max_sandboxes: config.max_sandboxes,
+            memory_budget_mb,
+        });
+        let manager = Arc::new(Self {
+            config,
+            vmm,
+            accel,
+            store,
+            registry,
+        });
+        manager.recover().await;
+        manager.kill_orphans();
+        manager.check_workspaces();
+        let period = Duration::from_secs(manager.config.health_check_interval_sec.max(1));
+        tokio::spawn(recover::health_loop(Arc::downgrade(&manager), period));
+        Ok(manager)
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> VmmKind {
+        self.vmm.kind()
+    }
+
+    /// Typed access to the records on disk.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The exec timeout rules of this configuration.
+    pub fn exec_rules(&self) -> ExecRules {
+        ExecRules {
+            default: self.config.exec_timeout(),
+            max: self.config.max_exec_timeout(),
+        }
+    }
+
+    /// The request limits of this configuration.
+    pub fn limits(&self) -> Limits {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Limits {
+            min_memory_mb: self.config.min_memory_mb,
+            max_memory_mb: self.config.max_memory_mb,
+            default_memory_mb: self.config.default_memory_mb,
+            max_vcpu: self.config.max_vcpu,
+            default_vcpu: self.config.default_vcpu,
+            default_exec_timeout_ms: ms(self.config.exec_timeout()),
+            max_exec_timeout_ms: ms(self.config.max_exec_timeout()),
+        }
+    }
+
+    fn image(&self, template: &str) -> Result<Image> {
+        Image::find(self.store.layout(), template)
+    }
+
+    /// One sandbox.
+    ///
+    /// # Errors
+    /// NotFound.
+    pub async fn get(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        Ok(self.registry.require(id)?.info())
+    }
+
+    /// All sandboxes, oldest first.
+    pub async fn list(&self) -> Vec<SandboxInfo> {
+        let mut out: Vec<_> = self.registry.all().iter().map(|sb| sb.info()).collect();
+        out.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then(a.sandbox_id.cmp(&b.sandbox_id))
+        });
+        out
+    }
+
+    /// Capacity figures.
+    pub async fn capacity(&self) -> Capacity {
+        let usage = self.registry.usage();
+        let limits = self.registry.limits();
+        let available = limits.memory_budget_mb.saturating_sub(usage.memory_mb);
+        Capacity {
+            active_sandboxes: usage.active,
+            paused_sandboxes: usage.paused,
+            max_sandboxes: limits.max_sandboxes,
+            can_create_default: usage.active < limits.max_sandboxes
+                && available >= u64::from(self.config.default_memory_mb),
+            memory_used_mb: usage.memory_mb,
+            memory_available_mb: available,
+            memory_budget_mb: limits.memory_budget_mb,
+            backend: self.vmm.kind(),
+            accel: self.accel.clone(),
+        }
+    }
+
+    /// The guest of sandbox `id`, for one request (see [`crate::guest::Guest`]).
+    pub fn guest(&self, id: &SandboxId) -> crate::guest::Guest {
+        crate::guest::Guest::new(id.clone(), self.registry.get(id), self.exec_rules())
+    }
+}

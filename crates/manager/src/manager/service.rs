@@ -1,0 +1,48 @@
+//! [`SandboxService`] for [`SandboxManager`]: the trait the HTTP layer holds.
+
+use super::SandboxManager;
+use crate::service::{GuestOps, SandboxService};
+use crate::{Capacity, CreateSandbox, Limits, Result, SandboxInfo, WorkspaceInfo};
+use async_trait::async_trait;
+use locale2b_protocol::{SandboxId, WorkspaceId};
+use std::sync::Arc;
+
+#[async_trait]
+impl SandboxService for SandboxManager {
+    async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo> {
+        SandboxManager::create(self, req).await
+    }
+    async fn get(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        SandboxManager::get(self, id).await
+    }
+    async fn list(&self) -> Vec<SandboxInfo> {
+        SandboxManager::list(self).await
+    }
+    async fn destroy(&self, id: &SandboxId) -> Result<()> {
+        SandboxManager::destroy(self, id).await
+    }
+    async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        SandboxManager::pause(self, id).await
+    }
+    async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        SandboxManager::resume(self, id).await
+    }
+    async fn capacity(&self) -> Capacity {
+        SandboxManager::capacity(self).await
+    }
+    fn limits(&self) -> Limits {
+        SandboxManager::limits(self)
+    }
+    fn guest(&self, id: &SandboxId) -> Arc<dyn GuestOps> {
+        Arc::new(SandboxManager::guest(self, id))
+    }
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>> {
+        SandboxManager::list_workspaces(self).await
+    }
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<WorkspaceInfo> {
+        SandboxManager::get_workspace(self, id).await
+    }
+    async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
+        SandboxManager::delete_workspace(self, id).await
+    }
+}

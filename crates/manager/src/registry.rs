@@ -1,0 +1,206 @@
+//! The in-memory table of sandboxes, the per-workspace locks, vsock CIDs,
+//! and admission against the capacity limits (sandbox count and memory
+//! budget), all behind one short-lived std mutex so that concurrent creates
+//! and resumes cannot overshoot.
+
+use crate::sandbox::{holds_vm, lock, Sandbox};
+use crate::{ManagerError, Result, SandboxStatus};
+use locale2b_protocol::{SandboxId, WorkspaceId};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tracing::debug;
+
+/// Smallest vsock context id a guest may have (0–2 are reserved).
+const FIRST_CID: u32 = 3;
+
+/// How long a caller refused for capacity is told to wait.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// What [`Registry::admit`] admits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A new sandbox: it gets a free CID and enters the table.
+    New,
+    /// A paused sandbox: it turns `resuming`.
+    Resume,
+}
+
+/// Capacity limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CapacityLimits {
+    /// Most sandboxes holding a VM.
+    pub max_sandboxes: u32,
+    /// Guest RAM budget over all of them, MiB.
+    pub memory_budget_mb: u64,
+}
+
+/// Counts over the table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Sandboxes holding a VM.
+    pub active: u32,
+    /// Paused sandboxes.
+    pub paused: u32,
+    /// Guest RAM of the active ones, MiB.
+    pub memory_mb: u64,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    sandboxes: HashMap<SandboxId, Arc<Sandbox>>,
+    workspace_locks: HashMap<WorkspaceId, Arc<tokio::sync::Mutex<()>>>,
+    next_cid: u32,
+}
+
+/// Every sandbox the manager knows.
+#[derive(Debug)]
+pub struct Registry {
+    table: Mutex<Table>,
+    limits: CapacityLimits,
+}
+
+impl Registry {
+    /// An empty registry enforcing `limits`.
+    pub fn new(limits: CapacityLimits) -> Self {
+        Self {
+            table: Mutex::new(Table {
+                next_cid: FIRST_CID,
+                ..Table::default()
+            }),
+            limits,
+        }
+    }
+
+    /// The limits enforced.
+    pub fn limits(&self) -> CapacityLimits {
+        self.limits
+    }
+
+    /// One sandbox, if known.
+    pub fn get(&self, id: &SandboxId) -> Option<Arc<Sandbox>> {
+        lock(&self.table).sandboxes.get(id).cloned()
+    }
+
+    /// One sandbox.
+    ///
+    /// # Errors
+    /// NotFound.
+    pub fn require(&self, id: &SandboxId) -> Result<Arc<Sandbox>> {
+        self.get(id).ok_or_else(|| ManagerError::NotFound {
+            kind: "sandbox",
+            id: id.to_string(),
+        })
+    }
+
+    /// Whether `id` is (still) in the table.
+    pub fn contains(&self, id: &SandboxId) -> bool {
+        lock(&self.table).sandboxes.contains_key(id)
+    }
+
+    /// Every sandbox.
+    pub fn all(&self) -> Vec<Arc<Sandbox>> {
+        lock(&self.table).sandboxes.values().cloned().collect()
+    }
+
+    /// Adds a sandbox found on disk at start (its CID is kept).
+    pub fn insert_recovered(&self, sb: Arc<Sandbox>) {
+        let cid = sb.record().guest_cid;
+        let mut t = lock(&self.table);
+        t.next_cid = t.next_cid.max(cid.saturating_add(1));
+        t.sandboxes.insert(sb.id.clone(), sb);
+    }
+
+    /// Removes a sandbox.
+    pub fn remove(&self, id: &SandboxId) {
+        lock(&self.table).sandboxes.remove(id);
+    }
+
+    /// The lock serialising creates and deletes of one workspace.
+    pub fn workspace_lock(&self, id: &WorkspaceId) -> Arc<tokio::sync::Mutex<()>> {
+        lock(&self.table)
+            .workspace_locks
+            .entry(id.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets a workspace's lock (the workspace is gone).
+    pub fn forget_workspace(&self, id: &WorkspaceId) {
+        lock(&self.table).workspace_locks.remove(id);
+    }
+
+    /// Current usage.
+    pub fn usage(&self) -> Usage {
+        let table = lock(&self.table);
+        usage_of(table.sandboxes.values().map(|s| s.as_ref()), None)
+    }
+
+    /// Admits `sb` against both limits in one step under the table lock.
+    ///
+    /// # Errors
+    /// AtCapacity naming the limit hit.
+    pub fn admit(&self, sb: &Arc<Sandbox>, how: Admission) -> Result<()> {
+        let mut table = lock(&self.table);
+        let used = usage_of(table.sandboxes.values().map(|s| s.as_ref()), Some(&sb.id));
+        let memory_mb = sb.record().memory_mb;
+        if used.active >= self.limits.max_sandboxes {
+            return Err(ManagerError::AtCapacity {
+                reason: format!(
+                    "at capacity: {} of {} sandboxes running; destroy or pause one, or retry later",
+                    used.active, self.limits.max_sandboxes
+                ),
+                retry_after: RETRY_AFTER,
+            });
+        }
+        if used.memory_mb + u64::from(memory_mb) > self.limits.memory_budget_mb {
+            return Err(ManagerError::AtCapacity {
+                reason: format!(
+                    "memory budget exhausted: {} MiB of {} MiB in use, {memory_mb} MiB requested",
+                    used.memory_mb, self.limits.memory_budget_mb
+                ),
+                retry_after: RETRY_AFTER,
+            });
+        }
+        match how {
+            Admission::New => {
+                let cids: Vec<u32> = table
+                    .sandboxes
+                    .values()
+                    .map(|o| o.record().guest_cid)
+                    .collect();
+                let mut cid = table.next_cid.max(FIRST_CID);
+                while cids.contains(&cid) {
+                    cid = cid.wrapping_add(1).max(FIRST_CID);
+                }
+                table.next_cid = cid.wrapping_add(1).max(FIRST_CID);
+                sb.edit(|r| r.guest_cid = cid);
+                table.sandboxes.insert(sb.id.clone(), sb.clone());
+                debug!(sandbox_id = %sb.id, cid, "admitted");
+            }
+            Admission::Resume => sb.edit(|r| {
+                r.status = SandboxStatus::Resuming;
+                r.error = None;
+                r.updated_at = crate::store::now_rfc3339();
+            }),
+        }
+        Ok(())
+    }
+}
+
+fn usage_of<'a>(all: impl Iterator<Item = &'a Sandbox>, except: Option<&SandboxId>) -> Usage {
+    let mut u = Usage::default();
+    for sb in all {
+        if Some(&sb.id) == except {
+            continue;
+        }
+        let r = sb.record();
+        if holds_vm(r.status) {
+            u.active += 1;
+            u.memory_mb += u64::from(r.memory_mb);
+        } else if r.status == SandboxStatus::Paused {
+            u.paused += 1;
+        }
+    }
+    u
+}

@@ -1,0 +1,77 @@
+//! What the manager offers its callers, as traits: [`SandboxService`] for
+//! sandboxes and workspaces, [`GuestOps`] for one running sandbox's guest.
+//!
+//! The HTTP layer holds an `Arc<dyn SandboxService>`, so its tests can drive
+//! every route, successful guest calls included, against a test double
+//! without a VM or a socket. [`crate::SandboxManager`] and
+//! [`crate::guest::Guest`] are the real implementations.
+
+use crate::{
+    Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileRead, Limits, Listing, Result,
+    SandboxInfo, WorkspaceInfo, WriteFile, Written,
+};
+use async_trait::async_trait;
+use locale2b_protocol::{SandboxId, WorkspaceId};
+use std::sync::Arc;
+
+/// Sandboxes and workspaces: lifecycle, queries, and the way into a running
+/// sandbox's guest.
+#[async_trait]
+pub trait SandboxService: Send + Sync + std::fmt::Debug {
+    /// Creates (boots) a sandbox, or attaches to / resumes the sandbox of the
+    /// workspace the request names.
+    async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo>;
+    /// One sandbox.
+    async fn get(&self, id: &SandboxId) -> Result<SandboxInfo>;
+    /// All sandboxes, oldest first.
+    async fn list(&self) -> Vec<SandboxInfo>;
+    /// Destroys a sandbox (a named workspace's data is kept).
+    async fn destroy(&self, id: &SandboxId) -> Result<()>;
+    /// Snapshots a running sandbox and stops its VM.
+    async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo>;
+    /// Restores a paused sandbox.
+    async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo>;
+    /// Capacity figures.
+    async fn capacity(&self) -> Capacity;
+    /// Limits requests must respect (for documents and early checks).
+    fn limits(&self) -> Limits;
+    /// The guest of sandbox `id`, for one request. Looking it up never
+    /// fails: each operation checks its input first, then answers NotFound
+    /// for an unknown sandbox and Conflict for one that is not running.
+    fn guest(&self, id: &SandboxId) -> Arc<dyn GuestOps>;
+    /// All workspaces, sorted by id.
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>>;
+    /// One workspace with its lineage.
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<WorkspaceInfo>;
+    /// Deletes a workspace's data (refused while a sandbox is attached).
+    async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()>;
+}
+
+/// Operations on one running sandbox's guest. Errors from the guest come
+/// back as [`crate::ManagerError::Guest`] (classified), Timeout, or Vm
+/// (agent unreachable).
+#[async_trait]
+pub trait GuestOps: Send + Sync {
+    /// Runs a command and waits for it (timeout rules: see
+    /// [`crate::guest::ExecRules`]).
+    async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput>;
+    /// Reads `length` bytes (the rest when `None`) from `offset`.
+    async fn read_file(&self, path: &str, offset: u64, length: Option<u64>) -> Result<FileRead>;
+    /// Writes a file (atomic replace, or append).
+    async fn write_file(&self, file: WriteFile) -> Result<Written>;
+    /// Lists a directory.
+    async fn list_files(
+        &self,
+        path: &str,
+        recursive: bool,
+        max_depth: Option<u32>,
+    ) -> Result<Listing>;
+    /// Describes one path.
+    async fn stat(&self, path: &str) -> Result<FileInfo>;
+    /// Creates a directory.
+    async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<FileInfo>;
+    /// Deletes a path.
+    async fn delete(&self, path: &str, recursive: bool) -> Result<()>;
+    /// Renames a path.
+    async fn rename(&self, from: &str, to: &str) -> Result<()>;
+}

@@ -1,0 +1,132 @@
+//! Sandbox lifecycle: create, list, get, destroy, pause, resume.
+
+use super::{detached, ApiResult};
+use crate::error::{ApiError, ErrorResponse};
+use crate::extract::{ApiJson, ApiPath};
+use crate::models::*;
+use crate::AppState;
+use axum::extract::State;
+use axum::Json;
+use locale2b_manager::CreateSandbox;
+use locale2b_protocol::{SandboxId, WorkspaceId};
+
+/// Creates a sandbox (boots a VM), or resumes the workspace named by
+/// `workspace_id` when it exists and is paused.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes",
+    request_body = CreateSandboxBody,
+    responses(
+        (status = 200, description = "Sandbox running (a named workspace that already runs answers its sandbox)", body = SandboxResponse),
+        (status = 400, description = "Invalid sizes, template or workspace id", body = ErrorResponse),
+        (status = 409, description = "The workspace's sandbox is dead (destroy it first)", body = ErrorResponse),
+        (status = 502, description = "The VM failed to start", body = ErrorResponse),
+        (status = 503, description = "At capacity (Retry-After header)", body = ErrorResponse),
+        (status = 504, description = "The guest agent did not come up in time", body = ErrorResponse),
+    ))]
+pub async fn create_sandbox(
+    State(s): State<AppState>,
+    ApiJson(body): ApiJson<CreateSandboxBody>,
+) -> ApiResult<SandboxResponse> {
+    let workspace_id = body
+        .workspace_id
+        .map(WorkspaceId::try_from)
+        .transpose()
+        .map_err(|e| ApiError::invalid(e.to_string()))?;
+    let req = CreateSandbox {
+        memory_mb: body.memory_mb,
+        vcpu_count: body.vcpu_count,
+        template: body.template,
+        workspace_id,
+        env: body.env,
+    };
+    let m = s.sandboxes().clone();
+    let info = detached(async move { m.create(req).await }).await?;
+    Ok(Json(info.into()))
+}
+
+/// Lists all sandboxes.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "All sandboxes", body = SandboxList)))]
+pub async fn list_sandboxes(State(s): State<AppState>) -> Json<SandboxList> {
+    let sandboxes = s
+        .sandboxes()
+        .list()
+        .await
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    Json(SandboxList { sandboxes })
+}
+
+/// Describes one sandbox.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The sandbox", body = SandboxResponse),
+        (status = 400, description = "Malformed sandbox id", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+    ))]
+pub async fn get_sandbox(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> ApiResult<SandboxResponse> {
+    Ok(Json(s.sandboxes().get(&id).await?.into()))
+}
+
+/// Destroys a sandbox (its workspace's data is kept). 404 means it is
+/// already gone; callers may treat that as success.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Destroyed", body = DestroyedResponse),
+        (status = 404, description = "No such sandbox (already gone)", body = ErrorResponse),
+    ))]
+pub async fn destroy_sandbox(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> ApiResult<DestroyedResponse> {
+    let m = s.sandboxes().clone();
+    let id2 = id.clone();
+    detached(async move { m.destroy(&id2).await }).await?;
+    Ok(Json(DestroyedResponse {
+        sandbox_id: id.into(),
+        status: "destroyed".into(),
+    }))
+}
+
+/// Pauses a sandbox to a snapshot (frees its RAM).
+#[utoipa::path(post, path = "/sandboxes/{id}/pause", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Paused (or already paused)", body = SandboxResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "Not in a pausable state", body = ErrorResponse),
+    ))]
+pub async fn pause_sandbox(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> ApiResult<SandboxResponse> {
+    let m = s.sandboxes().clone();
+    Ok(Json(
+        detached(async move { m.pause(&id).await }).await?.into(),
+    ))
+}
+
+/// Resumes a paused sandbox (it keeps its id).
+#[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "Running (or already running)", body = SandboxResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "Not in a resumable state, or the snapshot is unusable (`snapshot_invalid`)", body = ErrorResponse),
+        (status = 502, description = "Restore failed; the sandbox stays paused", body = ErrorResponse),
+        (status = 503, description = "At capacity (Retry-After header)", body = ErrorResponse),
+    ))]
+pub async fn resume_sandbox(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> ApiResult<SandboxResponse> {
+    let m = s.sandboxes().clone();
+    Ok(Json(
+        detached(async move { m.resume(&id).await }).await?.into(),
+    ))
+}

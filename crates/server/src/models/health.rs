@@ -1,0 +1,57 @@
+//! Body of `GET /health`.
+
+use locale2b_manager::Capacity;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthResponse {
+    /// `healthy`, or `degraded` when a sandbox of the default size cannot be
+    /// created right now (sandbox or memory limit reached).
+    #[schema(example = "healthy")]
+    pub status: String,
+    /// Sandboxes holding a VM.
+    pub active_sandboxes: u32,
+    /// Paused sandboxes (hold no RAM).
+    pub paused_sandboxes: u32,
+    /// Configured maximum of concurrent sandboxes.
+    pub max_sandboxes: u32,
+    /// Guest RAM held by active sandboxes, MiB.
+    pub memory_used_mb: u64,
+    /// Guest RAM budget left, MiB.
+    pub memory_available_mb: u64,
+    /// Total guest RAM budget, MiB.
+    pub memory_budget_mb: u64,
+    /// VMM backend: `firecracker` or `qemu`.
+    #[schema(example = "qemu")]
+    pub backend: String,
+    /// Acceleration: `kvm` or `tcg`.
+    #[schema(example = "tcg")]
+    pub accel: String,
+    /// Server version.
+    pub version: String,
+}
+
+impl HealthResponse {
+    /// Builds the response from the manager's capacity figures.
+    pub fn from_capacity(c: Capacity) -> Self {
+        Self {
+            status: if c.can_create_default {
+                "healthy"
+            } else {
+                "degraded"
+            }
+            .to_owned(),
+            active_sandboxes: c.active_sandboxes,
+            paused_sandboxes: c.paused_sandboxes,
+            max_sandboxes: c.max_sandboxes,
+            memory_used_mb: c.memory_used_mb,
+            memory_available_mb: c.memory_available_mb,
+            memory_budget_mb: c.memory_budget_mb,
+            backend: c.backend.to_string(),
+            accel: c.accel,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        }
+    }
+}

@@ -1,0 +1,402 @@
+//! The router against a test double of the sandbox service: successful
+//! guest calls (exec, read, write, list) go through the whole HTTP layer —
+//! auth, extractors, translation, the error mapping — with no VM and no
+//! socket, and the double records exactly what the handlers asked for.
+
+#![allow(clippy::unwrap_used)]
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use locale2b_config::{Secret, ServerConfig};
+use locale2b_manager::{
+    Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileKind, FileRead, GuestErrorKind,
+    GuestOps, Limits, Listing, ManagerError, Result, SandboxInfo, SandboxService, SandboxStatus,
+    WorkspaceInfo, WriteFile, Written,
+};
+use locale2b_protocol::{SandboxId, WorkspaceId};
+use locale2b_server::{router, ApiKeys, AppState};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceExt;
+
+const KEY: &str = "double-key-0123456789abcdef";
+const KNOWN: &str = "sb-known";
+
+/// What the handlers asked the double for.
+#[derive(Debug, Default)]
+struct Calls {
+    execs: Vec<ExecSpec>,
+    writes: Vec<WriteFile>,
+    reads: Vec<(String, u64, Option<u64>)>,
+}
+
+#[derive(Debug, Default)]
+struct Double {
+    calls: Arc<Mutex<Calls>>,
+}
+
+#[derive(Debug)]
+struct DoubleGuest {
+    known: bool,
+    calls: Arc<Mutex<Calls>>,
+}
+
+fn info(id: &str) -> SandboxInfo {
+    SandboxInfo {
+        sandbox_id: id.parse().unwrap(),
+        workspace_id: "ws-1".parse().unwrap(),
+        status: SandboxStatus::Running,
+        memory_mb: 256,
+        vcpu_count: 1,
+        template: "default".into(),
+        backend: locale2b_vmm::VmmKind::Qemu,
+        created_at: "2026-12-01T00:00:00Z".into(),
+        updated_at: "2026-12-01T00:00:00Z".into(),
+        error: None,
+        boot_ms: Some(1),
+    }
+}
+
+#[async_trait]
+impl SandboxService for Double {
+    async fn create(&self, _req: CreateSandbox) -> Result<SandboxInfo> {
+        Ok(info(KNOWN))
+    }
+    async fn get(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        Ok(info(id.as_str()))
+    }
+    async fn list(&self) -> Vec<SandboxInfo> {
+        vec![info(KNOWN)]
+    }
+    async fn destroy(&self, _id: &SandboxId) -> Result<()> {
+        Ok(())
+    }
+    async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        Ok(info(id.as_str()))
+    }
+    async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        Ok(info(id.as_str()))
+    }
+    async fn capacity(&self) -> Capacity {
+        Capacity {
+            active_sandboxes: 1,
+            paused_sandboxes: 0,
+            max_sandboxes: 2,
+            can_create_default: true,
+            memory_used_mb: 256,
+            memory_available_mb: 256,
+            memory_budget_mb: 512,
+            backend: locale2b_vmm::VmmKind::Qemu,
+            accel: "tcg".into(),
+        }
+    }
+    fn limits(&self) -> Limits {
+        locale2b_server::openapi::default_limits()
+    }
+    fn guest(&self, id: &SandboxId) -> Arc<dyn GuestOps> {
+        Arc::new(DoubleGuest {
+            known: id.as_str() == KNOWN,
+            calls: self.calls.clone(),
+        })
+    }
+    async fn list_workspaces(&self) -> Result<Vec<WorkspaceInfo>> {
+        Ok(Vec::new())
+    }
+    async fn get_workspace(&self, id: &WorkspaceId) -> Result<WorkspaceInfo> {
+        Err(ManagerError::NotFound {
+            kind: "workspace",
+            id: id.to_string(),
+        })
+    }
+    async fn delete_workspace(&self, _id: &WorkspaceId) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl DoubleGuest {
+    fn check(&self) -> Result<()> {
+        if self.known {
+            Ok(())
+        } else {
+            Err(ManagerError::NotFound {
+                kind: "sandbox",
+                id: "unknown".into(),
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl GuestOps for DoubleGuest {
+    async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput> {
+        self.check()?;
+        let out = ExecOutput {
+            stdout: format!("ran {}\n", spec.command),
+            stderr: String::new(),
+            exit_code: Some(7),
+            signal: None,
+            timed_out: false,
+            truncated: false,
+            duration_ms: 3,
+            error: None,
+        };
+        self.calls.lock().unwrap().execs.push(spec);
+        Ok(out)
+    }
+    async fn read_file(&self, path: &str, offset: u64, length: Option<u64>) -> Result<FileRead> {
+        self.check()?;
+        self.calls
+            .lock()
+            .unwrap()
+            .reads
+            .push((path.to_owned(), offset, length));
+        if path == "/missing" {
+            return Err(ManagerError::Guest {
+                kind: GuestErrorKind::NotFound,
+                message: "/missing: no such file".into(),
+            });
+        }
+        Ok(FileRead {
+            data: b"hello \xff bytes".to_vec(),
+            offset,
+            size: 13,
+            eof: true,
+        })
+    }
+    async fn write_file(&self, file: WriteFile) -> Result<Written> {
+        self.check()?;
+        let w = Written {
+            path: file.path.clone(),
+            size: file.data.len() as u64,
+        };
+        self.calls.lock().unwrap().writes.push(file);
+        Ok(w)
+    }
+    async fn list_files(&self, path: &str, _r: bool, _d: Option<u32>) -> Result<Listing> {
+        self.check()?;
+        Ok(Listing {
+            entries: vec![FileInfo {
+                name: "a.txt".into(),
+                path: format!("{path}/a.txt"),
+                kind: FileKind::File,
+                size: 5,
+                mode: 0o644,
+                mtime_ms: 0,
+                symlink_target: None,
+            }],
+            truncated: false,
+        })
+    }
+    async fn stat(&self, _path: &str) -> Result<FileInfo> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn mkdir(&self, _path: &str, _p: bool, _m: Option<u32>) -> Result<FileInfo> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn delete(&self, _path: &str, _r: bool) -> Result<()> {
+        Ok(())
+    }
+    async fn rename(&self, _from: &str, _to: &str) -> Result<()> {
+        Ok(())
+    }
+}
+
+fn app(double: Arc<Double>, server: ServerConfig) -> axum::Router {
+    let keys = ApiKeys::new(vec![("t".into(), Secret::new(KEY))]);
+    router(AppState::new(double, keys, &server))
+}
+
+fn server_config() -> ServerConfig {
+    ServerConfig {
+        rate_limit_per_sec: 0,
+        ..ServerConfig::default()
+    }
+}
+
+async fn send(app: &axum::Router, r: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.clone().oneshot(r).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn post(uri: &str, body: &Value) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header("x-api-key", KEY)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+fn get(uri: &str) -> Request<Body> {
+    Request::builder()
+        .uri(uri)
+        .header("x-api-key", KEY)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn successful_exec_goes_through_the_http_layer() {
+    let double = Arc::new(Double::default());
+    let app = app(double.clone(), server_config());
+    let (status, body) = send(
+        &app,
+        post(
+            &format!("/sandboxes/{KNOWN}/exec"),
+            &json!({"command": "echo hi", "working_dir": "/tmp", "timeout_seconds": 2,
+                    "stdin": "input", "env": {"A": "1"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "ran echo hi\n");
+    assert_eq!(body["exit_code"], 7);
+    assert_eq!(body["error"], Value::Null);
+    assert_eq!(body["timed_out"], false);
+    let calls = double.calls.lock().unwrap();
+    let spec = &calls.execs[0];
+    assert_eq!(spec.command, "echo hi");
+    assert_eq!(spec.working_dir.as_deref(), Some("/tmp"));
+    assert_eq!(spec.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(spec.stdin.as_deref(), Some(&b"input"[..]));
+    assert_eq!(spec.env.get("A").map(String::as_str), Some("1"));
+}
+
+#[tokio::test]
+async fn successful_write_and_read_translate_encodings() {
+    let double = Arc::new(Double::default());
+    let app = app(double.clone(), server_config());
+    let (status, body) = send(
+        &app,
+        post(
+            &format!("/sandboxes/{KNOWN}/files/write"),
+            &json!({"path": "/workspace/a.bin", "content": "AAEC/w=="}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, json!({"path": "/workspace/a.bin", "size": 4}));
+    let (status, _) = send(
+        &app,
+        post(
+            &format!("/sandboxes/{KNOWN}/files/write"),
+            &json!({"path": "/workspace/t.txt", "content": "plain text", "encoding": "utf-8"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    {
+        let calls = double.calls.lock().unwrap();
+        assert_eq!(calls.writes[0].data, vec![0, 1, 2, 255]);
+        assert!(calls.writes[0].create_parents, "default create_parents");
+        assert_eq!(calls.writes[1].data, b"plain text");
+    }
+
+    let (status, body) = send(
+        &app,
+        get(&format!(
+            "/sandboxes/{KNOWN}/files/read?path=/workspace/a.bin&offset=2&length=5"
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    {
+        use base64::Engine as _;
+        let want = base64::engine::general_purpose::STANDARD.encode(b"hello \xff bytes");
+        assert_eq!(body["content"], want);
+    }
+    assert_eq!(body["encoding"], "base64");
+    assert_eq!(body["offset"], 2);
+    assert_eq!(body["eof"], true);
+    assert_eq!(
+        double.calls.lock().unwrap().reads[0],
+        ("/workspace/a.bin".to_owned(), 2, Some(5))
+    );
+    // The same bytes as utf-8 are refused (0xff), naming the fix.
+    let (status, body) = send(
+        &app,
+        get(&format!(
+            "/sandboxes/{KNOWN}/files/read?path=/workspace/a.bin&encoding=utf-8"
+        )),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_encoding");
+    // A guest's not-found is a 404 with the guest's message.
+    let (status, body) = send(
+        &app,
+        get(&format!("/sandboxes/{KNOWN}/files/read?path=/missing")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["message"], "/missing: no such file");
+}
+
+#[tokio::test]
+async fn listing_and_unknown_sandbox() {
+    let double = Arc::new(Double::default());
+    let app = app(double, server_config());
+    let (status, body) = send(&app, get(&format!("/sandboxes/{KNOWN}/files/list"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["path"], "/workspace");
+    assert_eq!(body["files"][0]["path"], "/workspace/a.txt");
+    assert_eq!(body["files"][0]["is_directory"], false);
+    let (status, body) = send(
+        &app,
+        post("/sandboxes/sb-other/exec", &json!({"command": "true"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "not_found");
+    // A malformed id in the path is a 400 naming the rule.
+    let (status, body) = send(&app, get("/sandboxes/-bad-/files/list")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "invalid_input");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("letter or digit"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn configured_api_key_header_is_accepted() {
+    let double = Arc::new(Double::default());
+    let app = app(
+        double,
+        ServerConfig {
+            api_key_header: Some("X-Compymac-Key".into()),
+            ..server_config()
+        },
+    );
+    let r = |name: &str| {
+        Request::builder()
+            .uri("/sandboxes")
+            .header(name, KEY)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(send(&app, r("X-Compymac-Key")).await.0, StatusCode::OK);
+    assert_eq!(send(&app, r("x-api-key")).await.0, StatusCode::OK);
+    assert_eq!(
+        send(&app, r("X-Other-Key")).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    let wrong = Request::builder()
+        .uri("/sandboxes")
+        .header("X-Compymac-Key", "wrong-key-wrong-key")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+}
