@@ -2,18 +2,15 @@
 # Prepares a Debian 12 host for locale2b. Idempotent: re-running it when
 # everything is in place changes nothing and prints a short summary.
 #
-# Usage: scripts/setup.sh [--download-firecracker]
+# Usage: scripts/setup.sh
 #   LOCALE2B_BASE_DIR       base directory (default /var/lib/firecracker-workspaces)
 #   LOCALE2B_FIRECRACKER_BIN  firecracker binary whose version is recorded
-#   --download-firecracker  fetch the pinned Firecracker release and check its
-#                           sha256 (only when asked; needs access to github.com)
+# Nothing is downloaded except Debian packages through apt.
 set -euo pipefail
 
 base="${LOCALE2B_BASE_DIR:-/var/lib/firecracker-workspaces}"
-download_fc=0
 for arg in "$@"; do
     case "$arg" in
-        --download-firecracker) download_fc=1 ;;
         -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument: $arg" >&2; exit 2 ;;
     esac
@@ -71,24 +68,8 @@ if [ -n "${LOCALE2B_FIRECRACKER_BIN:-}" ]; then
     fi
 fi
 
-if [ "$download_fc" -eq 1 ]; then
-    # Pinned release; the checksum is the one published with that release.
-    fc_version="${LOCALE2B_FIRECRACKER_VERSION:-v1.10.1}"
-    fc_sha256="${LOCALE2B_FIRECRACKER_SHA256:?set LOCALE2B_FIRECRACKER_SHA256 to the published sha256 of firecracker-$fc_version-x86_64.tgz}"
-    url="https://github.com/firecracker-microvm/firecracker/releases/download/$fc_version/firecracker-$fc_version-x86_64.tgz"
-    dest="$base/firecracker/$fc_version"
-    if [ ! -x "$dest/firecracker" ]; then
-        tmp="$(mktemp -d)"
-        trap 'rm -rf "$tmp"' EXIT
-        echo "setup: downloading $url"
-        curl -fsSL -o "$tmp/fc.tgz" "$url"
-        echo "$fc_sha256  $tmp/fc.tgz" | sha256sum -c --quiet
-        tar -xzf "$tmp/fc.tgz" -C "$tmp"
-        install -d -m 0700 "$dest"
-        install -m 0755 "$tmp/release-$fc_version-x86_64/firecracker-$fc_version-x86_64" "$dest/firecracker"
-        install -m 0755 "$tmp/release-$fc_version-x86_64/jailer-$fc_version-x86_64" "$dest/jailer"
-        echo "setup: installed $dest/firecracker (set LOCALE2B_FIRECRACKER_BIN to use it)"
-    fi
+if [ -z "${LOCALE2B_FIRECRACKER_BIN:-}" ] && ! command -v firecracker >/dev/null 2>&1; then
+    echo "setup: no Firecracker binary: the qemu backend is used (install Firecracker and its jailer yourself and set LOCALE2B_FIRECRACKER_BIN to use it)"
 fi
 
 if [ -f "$base/images/default/manifest.json" ]; then

@@ -188,6 +188,40 @@ async fn every_endpoint_against_a_real_guest() {
         .await;
     assert_eq!((st, out["exit_code"].as_i64()), (StatusCode::OK, Some(7)));
 
+    // A missing working directory or user is the request's fault: 400
+    // naming it (a 404 on exec would read as "no such sandbox").
+    let (st, out) = s
+        .call(
+            M::POST,
+            &format!("/sandboxes/{id}/exec"),
+            Some(json!({"command": "true", "working_dir": "/no/such/dir"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{out}");
+    assert_eq!(out["error"]["code"], "invalid_input");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/no/such/dir"),
+        "{out}"
+    );
+    let (st, out) = s
+        .call(
+            M::POST,
+            &format!("/sandboxes/{id}/exec"),
+            Some(json!({"command": "true", "user": "nosuchuser"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{out}");
+    assert!(
+        out["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nosuchuser"),
+        "{out}"
+    );
+
     // Binary write/read through base64.
     let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     let b64 = base64::engine::general_purpose::STANDARD.encode(&bytes);
