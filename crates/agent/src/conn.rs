@@ -3,8 +3,10 @@
 use crate::context::AgentContext;
 use crate::dispatch::{self, AfterReply};
 use crate::AgentError;
-use locale2b_protocol::frame::{read_frame, write_frame};
-use locale2b_protocol::{ErrorBody, ErrorCode, FrameError, Outcome, ResponseFrame};
+use locale2b_protocol::frame::{read_any, write_frame, Frame};
+use locale2b_protocol::{
+    ErrorBody, ErrorCode, FrameError, Outcome, Request, ResponseFrame, PROTOCOL_VERSION,
+};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -14,20 +16,27 @@ use tokio::net::UnixListener;
 /// it stays idle past the configured timeout, the framing breaks, or the
 /// agent shuts down.
 ///
-/// Requests on one connection are answered in order. Malformed payloads
-/// are answered with an error frame (`malformed_frame`, `unknown_action`,
-/// `invalid_request`) and the connection keeps serving; a header announcing
-/// more than `max_frame` bytes is answered with `too_large` and the
-/// connection is closed, since the stream cannot be resynchronised.
-pub async fn serve_connection<S>(mut stream: S, ctx: Arc<AgentContext>)
+/// Requests on one connection are answered in order. The connection speaks
+/// protocol 1 until a `hello` agrees on a higher version (the lower of the
+/// host's and this agent's); requests of a later version are refused with
+/// `incompatible_version`. A streamed request (protocol 2) owns the
+/// connection until its final frame. Malformed payloads are answered with
+/// an error frame (`malformed_frame`, `unknown_action`, `invalid_request`)
+/// and the connection keeps serving; a header announcing more than
+/// `max_frame` bytes, or a data frame outside of a stream, is answered with
+/// an error and the connection is closed, since the stream cannot be
+/// resynchronised.
+pub async fn serve_connection<S>(stream: S, ctx: Arc<AgentContext>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let max = ctx.config.max_frame;
+    let (mut rd, mut wr) = tokio::io::split(stream);
+    let mut version: u32 = 1;
     loop {
         let next = tokio::select! {
             () = ctx.shutdown_token().cancelled() => return,
-            r = tokio::time::timeout(ctx.config.idle_timeout, read_frame(&mut stream, max)) => r,
+            r = tokio::time::timeout(ctx.config.idle_timeout, read_any(&mut rd, max)) => r,
         };
         let payload = match next {
             Err(_elapsed) => {
@@ -35,21 +44,29 @@ where
                 return;
             }
             Ok(Ok(None)) => return,
-            Ok(Ok(Some(payload))) => payload,
+            Ok(Ok(Some(Frame::Json(payload)))) => payload,
+            Ok(Ok(Some(Frame::Data { .. }))) => {
+                let body =
+                    ErrorBody::new(ErrorCode::MalformedFrame, "data frame outside of a stream");
+                let _ = reply(&mut wr, 0, Outcome::Error(body), max).await;
+                return;
+            }
             Ok(Err(FrameError::Empty)) => {
                 let body = ErrorBody::new(ErrorCode::MalformedFrame, "frame with an empty payload");
-                if reply(&mut stream, 0, Outcome::Error(body), max)
-                    .await
-                    .is_err()
-                {
+                if reply(&mut wr, 0, Outcome::Error(body), max).await.is_err() {
                     return;
                 }
                 continue;
             }
-            Ok(Err(err @ FrameError::TooLarge { .. })) => {
-                let body = ErrorBody::new(ErrorCode::TooLarge, err.to_string());
-                let _ = reply(&mut stream, 0, Outcome::Error(body), max).await;
-                tracing::warn!(error = %err, "oversize frame, closing connection");
+            Ok(Err(err @ (FrameError::TooLarge { .. } | FrameError::UnknownChannel(_)))) => {
+                let code = if matches!(err, FrameError::TooLarge { .. }) {
+                    ErrorCode::TooLarge
+                } else {
+                    ErrorCode::MalformedFrame
+                };
+                let body = ErrorBody::new(code, err.to_string());
+                let _ = reply(&mut wr, 0, Outcome::Error(body), max).await;
+                tracing::warn!(error = %err, "bad frame header, closing connection");
                 return;
             }
             Ok(Err(err)) => {
@@ -57,9 +74,49 @@ where
                 return;
             }
         };
-        let (id, outcome, after) = dispatch::handle_payload(&payload, &ctx).await;
+        let frame = match dispatch::parse(&payload) {
+            Ok(frame) => frame,
+            Err((id, body)) => {
+                if reply(&mut wr, id, Outcome::Error(body), max).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         drop(payload);
-        if reply(&mut stream, id, outcome, max).await.is_err() {
+        let id = frame.id;
+        let needs = frame.request.since_version();
+        if needs > version {
+            let body = ErrorBody::new(
+                ErrorCode::IncompatibleVersion,
+                format!(
+                    "{} needs protocol {needs}; this connection speaks {version} (send hello with protocol_version {needs} first)",
+                    frame.request.action()
+                ),
+            );
+            if reply(&mut wr, id, Outcome::Error(body), max).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if frame.request.is_streamed() {
+            if dispatch::stream(frame, &ctx, &mut wr, &mut rd)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        let hello_version = match &frame.request {
+            Request::Hello(h) => Some(h.protocol_version),
+            _ => None,
+        };
+        let (outcome, after) = dispatch::run(frame.request, &ctx).await;
+        if let (Some(v), Outcome::Ok(_)) = (hello_version, &outcome) {
+            version = v.min(PROTOCOL_VERSION);
+        }
+        if reply(&mut wr, id, outcome, max).await.is_err() {
             return;
         }
         if after == AfterReply::Shutdown {

@@ -1,6 +1,7 @@
 //! Configuration and shared state of a running agent.
 
 use crate::children::ChildRegistry;
+use crate::process::ProcessTable;
 use locale2b_protocol::DEFAULT_MAX_FRAME;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,8 +61,11 @@ pub struct AgentContext {
     started: Instant,
     state: Mutex<SandboxState>,
     shutdown: CancellationToken,
-    /// Children spawned by `exec`, so the init reaper leaves them alone.
-    pub children: ChildRegistry,
+    /// Children spawned by `exec` and the process table, so the init
+    /// reaper leaves them alone.
+    pub children: Arc<ChildRegistry>,
+    /// Processes started for the host (protocol 2).
+    pub processes: ProcessTable,
 }
 
 impl AgentContext {
@@ -72,7 +76,8 @@ impl AgentContext {
             started: Instant::now(),
             state: Mutex::new(SandboxState::default()),
             shutdown: CancellationToken::new(),
-            children: ChildRegistry::default(),
+            children: Arc::default(),
+            processes: ProcessTable::default(),
         })
     }
 

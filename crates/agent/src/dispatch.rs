@@ -1,9 +1,9 @@
 //! Parse a request payload and route it to its handler.
 
 use crate::context::AgentContext;
-use crate::{exec, fs, system};
+use crate::{exec, fs, processes, system};
 use locale2b_protocol::frame::parse_request;
-use locale2b_protocol::{ErrorBody, ErrorCode, Outcome, Request, Response};
+use locale2b_protocol::{ErrorBody, ErrorCode, Outcome, Request, RequestFrame, Response};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -23,6 +23,14 @@ pub const KNOWN_ACTIONS: &[&str] = &[
     "init",
     "sync",
     "shutdown",
+    "process_start",
+    "process_list",
+    "process_status",
+    "process_output",
+    "process_input",
+    "process_signal",
+    "process_resize",
+    "process_remove",
 ];
 
 /// What the connection must do once the answer is written.
@@ -93,31 +101,49 @@ pub fn classify_parse_error(payload: &[u8], err: &dyn std::fmt::Display) -> (u64
     )
 }
 
-/// Parses and runs one request payload. Never panics on bad input: a panic
-/// inside a handler is caught and answered as `internal`.
+/// Parses a request payload; a payload that is not a valid request comes
+/// back as the id to answer with and the error.
+///
+/// # Errors
+/// `(id, error)` as [`classify_parse_error`] decides.
+pub fn parse(payload: &[u8]) -> Result<RequestFrame, (u64, ErrorBody)> {
+    parse_request(payload).map_err(|err| {
+        let detail = match &err {
+            locale2b_protocol::FrameError::Json(e) => e.to_string(),
+            other => other.to_string(),
+        };
+        let (id, body) = classify_parse_error(payload, &detail);
+        tracing::debug!(id, code = %body.code, "refused request frame");
+        (id, body)
+    })
+}
+
+/// Parses and runs one request payload (a unary request on a v1
+/// connection). Never panics on bad input: a panic inside a handler is
+/// caught and answered as `internal`.
 pub async fn handle_payload(payload: &[u8], ctx: &Arc<AgentContext>) -> (u64, Outcome, AfterReply) {
-    let frame = match parse_request(payload) {
-        Ok(frame) => frame,
-        Err(err) => {
-            let detail = match &err {
-                locale2b_protocol::FrameError::Json(e) => e.to_string(),
-                other => other.to_string(),
-            };
-            let (id, body) = classify_parse_error(payload, &detail);
-            tracing::debug!(id, code = %body.code, "refused request frame");
-            return (id, Outcome::Error(body), AfterReply::Continue);
+    match parse(payload) {
+        Ok(frame) => {
+            let id = frame.id;
+            let (outcome, after) = run(frame.request, ctx).await;
+            (id, outcome, after)
         }
-    };
-    let id = frame.id;
-    let action = frame.request.action();
-    let after = if matches!(frame.request, Request::Shutdown) {
+        Err((id, body)) => (id, Outcome::Error(body), AfterReply::Continue),
+    }
+}
+
+/// Runs one unary request in its own task (a panic is answered as
+/// `internal`) and logs its outcome.
+pub async fn run(request: Request, ctx: &Arc<AgentContext>) -> (Outcome, AfterReply) {
+    let action = request.action();
+    let after = if matches!(request, Request::Shutdown) {
         AfterReply::Shutdown
     } else {
         AfterReply::Continue
     };
     let span_ctx = ctx.clone();
     let started = std::time::Instant::now();
-    let outcome = match tokio::spawn(async move { handle(frame.request, &span_ctx).await }).await {
+    let outcome = match tokio::spawn(async move { handle(request, &span_ctx).await }).await {
         Ok(Ok(resp)) => Outcome::Ok(resp),
         Ok(Err(body)) => Outcome::Error(body),
         Err(join) => {
@@ -130,20 +156,18 @@ pub async fn handle_payload(payload: &[u8], ctx: &Arc<AgentContext>) -> (u64, Ou
     };
     let sandbox_id = ctx.state().sandbox_id.unwrap_or_default();
     match &outcome {
-        Outcome::Ok(_) => tracing::debug!(
-            sandbox_id,
-            id,
-            action,
-            ms = started.elapsed().as_millis() as u64,
-            "request done"
-        ),
         Outcome::Error(e) => tracing::debug!(
             sandbox_id,
-            id,
             action,
             code = %e.code,
             message = %e.message,
             "request failed"
+        ),
+        _ => tracing::debug!(
+            sandbox_id,
+            action,
+            ms = started.elapsed().as_millis() as u64,
+            "request done"
         ),
     }
     let after = if matches!(outcome, Outcome::Ok(_)) {
@@ -151,7 +175,7 @@ pub async fn handle_payload(payload: &[u8], ctx: &Arc<AgentContext>) -> (u64, Ou
     } else {
         AfterReply::Continue
     };
-    (id, outcome, after)
+    (outcome, after)
 }
 
 /// Runs one typed request.
@@ -173,6 +197,87 @@ pub async fn handle(request: Request, ctx: &Arc<AgentContext>) -> Result<Respons
         Request::Init(req) => system::init(ctx, req).await,
         Request::Sync => system::sync().await,
         Request::Shutdown => Ok(Response::Done),
+        Request::ProcessStart(req) => processes::start(ctx, &req)
+            .await
+            .map(|p| Response::Process(p.info())),
+        Request::ProcessList => Ok(Response::Processes(locale2b_protocol::ProcessList {
+            processes: ctx.processes.list(),
+        })),
+        Request::ProcessStatus(req) => ctx
+            .processes
+            .get(&req.process)
+            .map(|p| Response::Process(p.info())),
+        Request::ProcessInput(req) => processes::input(ctx, &req).await,
+        Request::ProcessSignal(req) => ctx
+            .processes
+            .get(&req.process)?
+            .signal(req.signal)
+            .map(|()| Response::Done),
+        Request::ProcessResize(req) => ctx
+            .processes
+            .get(&req.process)?
+            .resize(req.size)
+            .map(|()| Response::Done),
+        Request::ProcessRemove(req) => ctx.processes.remove(&req.process).map(|()| Response::Done),
+        // Streamed requests are run by `stream`; reaching here is a bug of
+        // the connection loop.
+        Request::ProcessOutput(_) => Err(ErrorBody::new(
+            ErrorCode::Internal,
+            "process_output must be streamed",
+        )),
+    }
+}
+
+/// Runs a streamed request (see [`Request::is_streamed`]), writing its
+/// events, data frames and final frame on the connection.
+///
+/// # Errors
+/// Frame write errors (the host went away).
+pub async fn stream<W, R>(
+    frame: RequestFrame,
+    ctx: &Arc<AgentContext>,
+    w: &mut W,
+    r: &mut R,
+) -> Result<(), locale2b_protocol::FrameError>
+where
+    W: tokio::io::AsyncWrite + Unpin,
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use crate::process::stream::{send, stream_output};
+    use locale2b_protocol::StreamEvent;
+    let max = ctx.config.max_frame;
+    let id = frame.id;
+    match frame.request {
+        Request::ProcessStart(req) => match processes::start(ctx, &req).await {
+            Err(body) => send(w, id, Outcome::Error(body), max).await,
+            Ok(proc) => {
+                send(
+                    w,
+                    id,
+                    Outcome::Event(StreamEvent::Started { pid: proc.pid }),
+                    max,
+                )
+                .await?;
+                let result = stream_output(&proc, id, 0, None, true, w, r, max).await;
+                if proc.ephemeral {
+                    ctx.processes.forget(proc.pid);
+                }
+                result
+            }
+        },
+        Request::ProcessOutput(req) => match ctx.processes.get(&req.process) {
+            Err(body) => send(w, id, Outcome::Error(body), max).await,
+            Ok(proc) => {
+                stream_output(&proc, id, req.cursor, req.max_bytes, req.follow, w, r, max).await
+            }
+        },
+        other => {
+            let body = ErrorBody::new(
+                ErrorCode::Internal,
+                format!("{} is not a streamed request", other.action()),
+            );
+            send(w, id, Outcome::Error(body), max).await
+        }
     }
 }
 
@@ -243,6 +348,33 @@ mod tests {
             }),
             Request::Sync,
             Request::Shutdown,
+            Request::ProcessStart(ProcessStartRequest::default()),
+            Request::ProcessList,
+            Request::ProcessStatus(ProcessRequest {
+                process: ProcessSelector::Pid(1),
+            }),
+            Request::ProcessOutput(ProcessOutputRequest {
+                process: ProcessSelector::Pid(1),
+                cursor: 0,
+                max_bytes: None,
+                follow: false,
+            }),
+            Request::ProcessInput(ProcessInputRequest {
+                process: ProcessSelector::Pid(1),
+                data_b64: String::new(),
+                close: false,
+            }),
+            Request::ProcessSignal(ProcessSignalRequest {
+                process: ProcessSelector::Pid(1),
+                signal: 15,
+            }),
+            Request::ProcessResize(ProcessResizeRequest {
+                process: ProcessSelector::Pid(1),
+                size: PtySize { rows: 1, cols: 1 },
+            }),
+            Request::ProcessRemove(ProcessRequest {
+                process: ProcessSelector::Pid(1),
+            }),
         ];
         assert_eq!(all.len(), KNOWN_ACTIONS.len());
         for r in &all {

@@ -50,6 +50,14 @@ where
 /// # Errors
 /// `invalid_request` for an empty path or one containing NUL.
 pub fn resolve(ctx: &AgentContext, path: &str) -> Result<PathBuf, ErrorBody> {
+    resolve_in(&ctx.config.workspace_dir, path)
+}
+
+/// [`resolve`] against an explicit workspace directory.
+///
+/// # Errors
+/// `invalid_request` for an empty path or one with a NUL byte.
+pub fn resolve_in(workspace: &Path, path: &str) -> Result<PathBuf, ErrorBody> {
     if path.is_empty() {
         return Err(ErrorBody::new(ErrorCode::InvalidRequest, "empty path"));
     }
@@ -63,7 +71,7 @@ pub fn resolve(ctx: &AgentContext, path: &str) -> Result<PathBuf, ErrorBody> {
     Ok(if p.is_absolute() {
         p.to_path_buf()
     } else {
-        ctx.config.workspace_dir.join(p)
+        workspace.join(p)
     })
 }
 

@@ -11,12 +11,15 @@
 //! zombie reaping and signal handling.
 
 pub mod children;
+pub mod command;
 pub mod conn;
 pub mod context;
 pub mod dispatch;
 pub mod exec;
 pub mod fs;
 pub mod init;
+pub mod process;
+pub mod processes;
 pub mod serial;
 pub mod system;
 pub mod vsock;

@@ -21,6 +21,10 @@ pub enum ErrorCode {
     DirectoryNotEmpty,
     /// A payload, file or frame exceeds a limit.
     TooLarge,
+    /// The object is in a state that does not allow the operation (a
+    /// signal to a process that has exited, input to a closed stdin).
+    /// Added in protocol 2.
+    InvalidState,
     /// An operation ran past its deadline.
     Timeout,
     /// The request is well-formed JSON but its content is not acceptable.
@@ -51,6 +55,7 @@ impl ErrorCode {
             Self::AlreadyExists => "already_exists",
             Self::DirectoryNotEmpty => "directory_not_empty",
             Self::TooLarge => "too_large",
+            Self::InvalidState => "invalid_state",
             Self::Timeout => "timeout",
             Self::InvalidRequest => "invalid_request",
             Self::MalformedFrame => "malformed_frame",

@@ -11,17 +11,25 @@
 //! ([`DEFAULT_MAX_FRAME`], 10 MiB, unless configured otherwise) is refused
 //! *before* its payload is allocated ([`frame`]).
 //!
+//! Protocol 2 adds **data frames**: a header with the top bit set
+//! ([`frame::DATA_FRAME_FLAG`]) announces raw bytes instead of JSON; the
+//! first payload byte names the channel (stdin, stdout, stderr, pty). They
+//! are only sent on a connection whose `hello` agreed on version 2.
+//!
 //! # Exchanges
 //! The host sends a [`RequestFrame`] (`{"id", "request": {"action", ...}}`)
 //! and the agent answers with one or more [`ResponseFrame`]s carrying the
-//! same `id`. Today every request gets exactly one final frame (`ok` or
-//! `error`); the `id` and the outcome tag leave room for streamed answers
-//! (several `chunk` frames, then a final one) without a new framing.
+//! same `id`. Most requests get exactly one final frame (`ok` or `error`).
+//! Streamed requests ([`Request::is_streamed`], protocol 2) are answered by
+//! `event` frames and data frames, then one final frame; the connection is
+//! the stream, so it carries nothing else until the final frame.
 //!
 //! A connection (one vsock or multiplexed stream) carries requests one after
 //! the other; concurrency comes from opening several connections.
-//! The first request on a connection should be [`Request::Hello`]; a host
-//! refuses an agent whose [`PROTOCOL_VERSION`] it does not speak.
+//! The first request on a connection should be [`Request::Hello`]: the
+//! connection then speaks the lower of the two versions (a v2 host and a v1
+//! agent speak v1, and requests of v2 are refused with a clear error); a
+//! host refuses an agent whose version range does not meet its own.
 
 #![forbid(unsafe_code)]
 
@@ -29,18 +37,23 @@ pub mod error;
 pub mod frame;
 pub mod ids;
 pub mod messages;
+pub mod process;
 
 pub use error::{ErrorBody, ErrorCode};
-pub use frame::{FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
+pub use frame::{DataChannel, Frame, FrameError, DEFAULT_MAX_FRAME, FRAME_HEADER_LEN};
 pub use ids::{IdError, SandboxId, WorkspaceId};
 pub use messages::*;
+pub use process::*;
 
 /// Version of the protocol described by this crate. Bumped on any change a
 /// peer of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Oldest protocol version this crate can still talk to.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
+
+/// First version with streamed answers, data frames and the process table.
+pub const STREAMS_PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port the agent's framed protocol listens on.
 pub const AGENT_VSOCK_PORT: u32 = 5000;

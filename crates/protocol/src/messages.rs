@@ -4,6 +4,10 @@
 //! unknown fields so a typo in a field name is an `invalid_request`, not a
 //! silently ignored option.
 
+use crate::process::{
+    OutputEnd, ProcessInfo, ProcessInputRequest, ProcessList, ProcessOutputRequest, ProcessRequest,
+    ProcessResizeRequest, ProcessSignalRequest, ProcessStartRequest,
+};
 use crate::ErrorBody;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -29,7 +33,7 @@ pub struct ResponseFrame {
 }
 
 /// The outcome carried by a response frame. `ok` and `error` are final;
-/// later protocol versions may add non-final variants (stream chunks).
+/// `event` (protocol 2) is not: more frames of the same answer follow.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -37,6 +41,38 @@ pub enum Outcome {
     Ok(Response),
     /// The request failed.
     Error(ErrorBody),
+    /// A non-final event of a streamed answer (protocol 2).
+    Event(StreamEvent),
+}
+
+impl Outcome {
+    /// Whether this frame ends the answer.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Event(_))
+    }
+}
+
+/// Non-final events of a streamed answer (protocol 2). Output bytes travel
+/// in data frames between them (see [`crate::frame`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// `process_start` with `follow`: the process runs with this pid.
+    Started {
+        /// Its pid.
+        pid: u32,
+    },
+    /// The data frames that follow start at `cursor`; `dropped` bytes
+    /// before it were no longer in the buffer (0 when nothing was lost).
+    Position {
+        /// Cursor of the next data byte.
+        cursor: u64,
+        /// Bytes skipped since the cursor asked for (or since the last
+        /// position event).
+        dropped: u64,
+    },
+    /// Nothing to send for a while; the stream is alive.
+    Keepalive,
 }
 
 /// Every action the agent implements.
@@ -70,6 +106,23 @@ pub enum Request {
     /// Sync, unmount what can be unmounted and power the guest off. Answered
     /// (`done`) before the power-off starts; the connection then drops.
     Shutdown,
+    /// Start a process in the process table (protocol 2).
+    ProcessStart(ProcessStartRequest),
+    /// List the process table (protocol 2).
+    ProcessList,
+    /// Describe one process (protocol 2).
+    ProcessStatus(ProcessRequest),
+    /// Output of a process from a cursor, optionally following it live
+    /// (protocol 2; a streamed answer).
+    ProcessOutput(ProcessOutputRequest),
+    /// Write to a process's stdin or PTY (protocol 2).
+    ProcessInput(ProcessInputRequest),
+    /// Send a signal to a process's group (protocol 2).
+    ProcessSignal(ProcessSignalRequest),
+    /// Resize a process's PTY (protocol 2).
+    ProcessResize(ProcessResizeRequest),
+    /// Kill a process if it runs and forget it (protocol 2).
+    ProcessRemove(ProcessRequest),
 }
 
 impl Request {
@@ -89,6 +142,39 @@ impl Request {
             Self::Init(_) => "init",
             Self::Sync => "sync",
             Self::Shutdown => "shutdown",
+            Self::ProcessStart(_) => "process_start",
+            Self::ProcessList => "process_list",
+            Self::ProcessStatus(_) => "process_status",
+            Self::ProcessOutput(_) => "process_output",
+            Self::ProcessInput(_) => "process_input",
+            Self::ProcessSignal(_) => "process_signal",
+            Self::ProcessResize(_) => "process_resize",
+            Self::ProcessRemove(_) => "process_remove",
+        }
+    }
+
+    /// The protocol version that introduced this action.
+    pub fn since_version(&self) -> u32 {
+        match self {
+            Self::ProcessStart(_)
+            | Self::ProcessList
+            | Self::ProcessStatus(_)
+            | Self::ProcessOutput(_)
+            | Self::ProcessInput(_)
+            | Self::ProcessSignal(_)
+            | Self::ProcessResize(_)
+            | Self::ProcessRemove(_) => crate::STREAMS_PROTOCOL_VERSION,
+            _ => 1,
+        }
+    }
+
+    /// Whether the answer is a stream of frames (events, data, then a
+    /// final frame) rather than one frame.
+    pub fn is_streamed(&self) -> bool {
+        match self {
+            Self::ProcessOutput(_) => true,
+            Self::ProcessStart(r) => r.follow,
+            _ => false,
         }
     }
 }
@@ -111,8 +197,16 @@ pub enum Response {
     Listing(Listing),
     /// Answer to `stat` and `mkdir`.
     Stat(FileInfo),
-    /// Answer to `delete_file`, `rename`, `init`, `sync` and `shutdown`.
+    /// Answer to `delete_file`, `rename`, `init`, `sync`, `shutdown`,
+    /// `process_input`, `process_signal`, `process_resize` and
+    /// `process_remove`.
     Done,
+    /// Answer to `process_start` (without `follow`) and `process_status`.
+    Process(ProcessInfo),
+    /// Answer to `process_list`.
+    Processes(ProcessList),
+    /// Final frame of an output stream.
+    OutputEnd(OutputEnd),
 }
 
 /// `hello`: the host announces its protocol version.

@@ -71,6 +71,19 @@ pub async fn wait_for_socket(path: &Path) {
     }
 }
 
+/// Everything a streamed request answered.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// Non-final events, in order.
+    pub events: Vec<locale2b_protocol::StreamEvent>,
+    /// Bytes per channel name.
+    pub data: std::collections::BTreeMap<&'static str, Vec<u8>>,
+    /// Data frames in order.
+    pub order: Vec<(&'static str, Vec<u8>)>,
+    /// The final frame.
+    pub end: Option<Result<Response, ErrorBody>>,
+}
+
 /// A framed client.
 pub struct Client {
     pub stream: UnixStream,
@@ -114,6 +127,63 @@ impl Client {
         match frame.outcome {
             Outcome::Ok(r) => Ok(r),
             Outcome::Error(e) => Err(e),
+            Outcome::Event(e) => panic!("unexpected stream event {e:?} for a unary request"),
+        }
+    }
+
+    /// Says `hello` with protocol 2 (streams and the process table).
+    pub async fn hello_v2(&mut self) {
+        let r = self
+            .call(Request::Hello(locale2b_protocol::HelloRequest {
+                protocol_version: 2,
+                client: "test".into(),
+            }))
+            .await
+            .expect("hello");
+        assert!(matches!(r, Response::Hello(h) if h.protocol_version >= 2));
+    }
+
+    /// Sends a streamed request and collects everything up to the final
+    /// frame: events, data (by channel) and the outcome.
+    pub async fn stream(&mut self, request: Request) -> Streamed {
+        let id = self.next_id;
+        self.next_id += 1;
+        let payload = serde_json::to_vec(&RequestFrame { id, request }).expect("encode");
+        self.send_raw(&payload).await;
+        let mut out = Streamed::default();
+        loop {
+            let frame = tokio::time::timeout(
+                WAIT,
+                locale2b_protocol::frame::read_any(&mut self.stream, 64 * 1024 * 1024),
+            )
+            .await
+            .expect("stream frame timed out")
+            .expect("read frame")
+            .expect("connection closed in the middle of a stream");
+            match frame {
+                locale2b_protocol::Frame::Data { channel, bytes } => {
+                    out.data
+                        .entry(channel.as_str())
+                        .or_default()
+                        .extend(bytes.iter());
+                    out.order.push((channel.as_str(), bytes));
+                }
+                locale2b_protocol::Frame::Json(p) => {
+                    let f: ResponseFrame = serde_json::from_slice(&p).expect("response frame");
+                    assert_eq!(f.id, id, "frame for another request");
+                    match f.outcome {
+                        Outcome::Event(e) => out.events.push(e),
+                        Outcome::Ok(r) => {
+                            out.end = Some(Ok(r));
+                            return out;
+                        }
+                        Outcome::Error(e) => {
+                            out.end = Some(Err(e));
+                            return out;
+                        }
+                    }
+                }
+            }
         }
     }
 
