@@ -1,12 +1,14 @@
 //! The pooled, retrying agent client.
 
-use crate::conn::{CallError, Conn};
+use crate::conn::{CallError, Conn, StreamFrame};
 use crate::{connect::connect_with, ClientConfig, ClientError};
 use locale2b_protocol::{
-    DeleteFileRequest, ExecRequest, ExecResponse, FileContent, FileInfo, FrameError, HelloRequest,
-    HelloResponse, InitRequest, ListFilesRequest, Listing, MkdirRequest, Outcome, PathRequest,
-    PongResponse, ReadFileRequest, RenameRequest, Request, RequestFrame, Response,
-    WriteFileRequest, WrittenResponse, AGENT_VSOCK_PORT, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    DataChannel, DeleteFileRequest, ExecRequest, ExecResponse, FileContent, FileInfo, FrameError,
+    HelloRequest, HelloResponse, InitRequest, ListFilesRequest, Listing, MkdirRequest, Outcome,
+    PathRequest, PongResponse, ProcessInfo, ProcessInputRequest, ProcessList, ProcessOutputRequest,
+    ProcessRequest, ProcessResizeRequest, ProcessSignalRequest, ProcessStartRequest,
+    ReadFileRequest, RenameRequest, Request, RequestFrame, Response, StreamEvent, WriteFileRequest,
+    WrittenResponse, AGENT_VSOCK_PORT, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,7 +81,9 @@ pub fn is_idempotent(request: &Request) -> bool {
             | Request::ListFiles(_)
             | Request::Stat(_)
             | Request::Sync
-    )
+            | Request::ProcessList
+            | Request::ProcessStatus(_)
+    ) || matches!(request, Request::ProcessOutput(r) if !r.follow)
 }
 
 fn response_type(response: &Response) -> &'static str {
@@ -92,6 +96,9 @@ fn response_type(response: &Response) -> &'static str {
         Response::Listing(_) => "listing",
         Response::Stat(_) => "stat",
         Response::Done => "done",
+        Response::Process(_) => "process",
+        Response::Processes(_) => "processes",
+        Response::OutputEnd(_) => "output_end",
     }
 }
 
@@ -110,6 +117,19 @@ fn is_connection_loss(err: &ClientError) -> bool {
         ClientError::Frame(e) => matches!(e, FrameError::Io(_) | FrameError::Truncated),
         _ => false,
     }
+}
+
+/// Whether the connection's protocol version has `request`.
+fn supports(conn: &Conn, request: &Request) -> Result<(), ClientError> {
+    let needs = request.since_version();
+    if conn.version < needs {
+        return Err(ClientError::Unsupported {
+            action: request.action(),
+            needs,
+            agent_protocol: conn.version,
+        });
+    }
+    Ok(())
 }
 
 /// Checks the agent's `hello` answer: the two version ranges must overlap.
@@ -133,6 +153,65 @@ fn outcome_to_result(outcome: Outcome) -> Result<Response, ClientError> {
     match outcome {
         Outcome::Ok(response) => Ok(response),
         Outcome::Error(body) => Err(ClientError::Agent(body)),
+        Outcome::Event(e) => Err(ClientError::Protocol(format!(
+            "stream event {e:?} in answer to a request that is not streamed"
+        ))),
+    }
+}
+
+/// One item of a streamed answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// A non-final event.
+    Event(StreamEvent),
+    /// Bytes of a channel.
+    Data(DataChannel, Vec<u8>),
+    /// The final answer.
+    End(Response),
+}
+
+/// A streamed answer being read ([`AgentClient::stream`]). Reading it to its
+/// end returns the connection to the pool; dropping it earlier closes the
+/// connection, which tells the agent to stop.
+#[derive(Debug)]
+pub struct AgentStream {
+    client: AgentClient,
+    conn: Option<Conn>,
+    id: u64,
+    action: &'static str,
+    idle: Duration,
+}
+
+impl AgentStream {
+    /// The next item, waiting at most the stream's idle time for it (a
+    /// followed process that is quiet still sends keepalives). `Ok(None)`
+    /// after the end.
+    ///
+    /// # Errors
+    /// [`ClientError::Agent`] when the stream ends with an error frame;
+    /// connection failures and timeouts (the connection is then dropped).
+    pub async fn next(&mut self) -> Result<Option<StreamItem>, ClientError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Ok(None);
+        };
+        let max = self.client.inner.config.max_frame;
+        let frame = match conn.recv_stream(self.id, self.action, self.idle, max).await {
+            Ok(f) => f,
+            Err(e) => {
+                self.conn = None;
+                return Err(e);
+            }
+        };
+        match frame {
+            StreamFrame::Data(channel, bytes) => Ok(Some(StreamItem::Data(channel, bytes))),
+            StreamFrame::Json(Outcome::Event(e)) => Ok(Some(StreamItem::Event(e))),
+            StreamFrame::Json(outcome) => {
+                if let Some(conn) = self.conn.take() {
+                    self.client.checkin(conn);
+                }
+                outcome_to_result(outcome).map(|r| Some(StreamItem::End(r)))
+            }
+        }
     }
 }
 
@@ -298,6 +377,10 @@ impl AgentClient {
                 true => (self.open_fresh().await?, false),
                 false => self.checkout().await?,
             };
+            if let Err(e) = supports(&conn, &frame.request) {
+                self.checkin(conn);
+                return Err(e);
+            }
             match conn.call(&frame, timeout, cfg.max_frame).await {
                 Ok(outcome) => {
                     self.checkin(conn);
@@ -493,6 +576,135 @@ impl AgentClient {
         }
     }
 
+    /// Sends a streamed request (see [`Request::is_streamed`]) and returns
+    /// its answer as a stream. `idle` bounds the wait for each item. A
+    /// request whose frame could not be written to a pooled connection is
+    /// sent again on a new one (the agent cannot have seen it).
+    ///
+    /// # Errors
+    /// [`ClientError::Unsupported`] for an agent older than the request;
+    /// connection failures.
+    pub async fn stream(
+        &self,
+        request: Request,
+        idle: Duration,
+    ) -> Result<AgentStream, ClientError> {
+        let cfg = &self.inner.config;
+        let frame = self.frame(request);
+        let action = frame.request.action();
+        let mut fresh_failures = 0u32;
+        loop {
+            let (mut conn, pooled) = self.checkout().await?;
+            if let Err(e) = supports(&conn, &frame.request) {
+                self.checkin(conn);
+                return Err(e);
+            }
+            match conn.send(&frame, cfg.request_timeout, cfg.max_frame).await {
+                Ok(()) => {
+                    return Ok(AgentStream {
+                        client: self.clone(),
+                        conn: Some(conn),
+                        id: frame.id,
+                        action,
+                        idle,
+                    })
+                }
+                Err(CallError::NotSent(e)) if e.is_retryable() => {
+                    if !pooled {
+                        fresh_failures += 1;
+                        if fresh_failures >= cfg.connect_attempts.max(1) {
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(CallError::NotSent(e) | CallError::Sent(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts a process in the agent's process table.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_start(
+        &self,
+        request: ProcessStartRequest,
+    ) -> Result<ProcessInfo, ClientError> {
+        match self.call(Request::ProcessStart(request), None).await? {
+            Response::Process(info) => Ok(info),
+            other => Err(unexpected("process_start", &other)),
+        }
+    }
+
+    /// Lists the process table.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_list(&self) -> Result<ProcessList, ClientError> {
+        match self.call(Request::ProcessList, None).await? {
+            Response::Processes(list) => Ok(list),
+            other => Err(unexpected("process_list", &other)),
+        }
+    }
+
+    /// Describes one process.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_status(
+        &self,
+        request: ProcessRequest,
+    ) -> Result<ProcessInfo, ClientError> {
+        match self.call(Request::ProcessStatus(request), None).await? {
+            Response::Process(info) => Ok(info),
+            other => Err(unexpected("process_status", &other)),
+        }
+    }
+
+    /// Writes to a process's stdin or PTY. Never re-sent.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_input(&self, request: ProcessInputRequest) -> Result<(), ClientError> {
+        self.expect_done(Request::ProcessInput(request)).await
+    }
+
+    /// Signals a process's group.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_signal(&self, request: ProcessSignalRequest) -> Result<(), ClientError> {
+        self.expect_done(Request::ProcessSignal(request)).await
+    }
+
+    /// Resizes a process's PTY.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_resize(&self, request: ProcessResizeRequest) -> Result<(), ClientError> {
+        self.expect_done(Request::ProcessResize(request)).await
+    }
+
+    /// Kills a process if it runs and forgets it.
+    ///
+    /// # Errors
+    /// As [`Self::call`].
+    pub async fn process_remove(&self, request: ProcessRequest) -> Result<(), ClientError> {
+        self.expect_done(Request::ProcessRemove(request)).await
+    }
+
+    /// Output of a process as a stream (see [`ProcessOutputRequest`]).
+    ///
+    /// # Errors
+    /// As [`Self::stream`].
+    pub async fn process_output(
+        &self,
+        request: ProcessOutputRequest,
+        idle: Duration,
+    ) -> Result<AgentStream, ClientError> {
+        self.stream(Request::ProcessOutput(request), idle).await
+    }
+
     fn frame(&self, request: Request) -> RequestFrame {
         RequestFrame {
             id: self.inner.next_id.fetch_add(1, Ordering::Relaxed),
@@ -572,6 +784,7 @@ impl AgentClient {
             other => return Err(unexpected("hello", &other)),
         };
         check_compatible(&hello)?;
+        conn.version = hello.protocol_version.min(PROTOCOL_VERSION);
         *lock(&self.inner.agent) = Some(hello.clone());
         Ok((conn, hello))
     }

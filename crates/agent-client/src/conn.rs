@@ -1,8 +1,8 @@
 //! One framed connection to the agent.
 
 use crate::ClientError;
-use locale2b_protocol::frame::{parse_response, read_frame, write_json};
-use locale2b_protocol::{Outcome, RequestFrame};
+use locale2b_protocol::frame::{parse_response, read_any, read_frame, write_json, Frame};
+use locale2b_protocol::{Outcome, RequestFrame, ResponseFrame};
 use std::io;
 use std::mem::MaybeUninit;
 use std::time::Duration;
@@ -21,6 +21,15 @@ pub(crate) enum CallError {
     Sent(ClientError),
 }
 
+/// One frame of a streamed answer.
+#[derive(Debug)]
+pub(crate) enum StreamFrame {
+    /// A data frame.
+    Data(locale2b_protocol::DataChannel, Vec<u8>),
+    /// A JSON frame answering the request.
+    Json(Outcome),
+}
+
 /// A connection past `CONNECT`/`OK`, speaking frames. Carries one request at
 /// a time.
 #[derive(Debug)]
@@ -30,6 +39,8 @@ pub(crate) struct Conn {
     pub(crate) generation: u64,
     /// When the connection last finished a request.
     pub(crate) idle_since: Instant,
+    /// The protocol version its `hello` agreed on.
+    pub(crate) version: u32,
 }
 
 impl Conn {
@@ -38,6 +49,7 @@ impl Conn {
             stream,
             generation,
             idle_since: Instant::now(),
+            version: 1,
         }
     }
 
@@ -50,6 +62,61 @@ impl Conn {
         match socket2::SockRef::from(&self.stream).peek(&mut buf) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
             Ok(_) | Err(_) => false,
+        }
+    }
+
+    /// Writes a request frame.
+    pub(crate) async fn send(
+        &mut self,
+        frame: &RequestFrame,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<(), CallError> {
+        let action = frame.request.action();
+        match tokio::time::timeout(timeout, write_json(&mut self.stream, frame, max_frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(CallError::NotSent(ClientError::Frame(e))),
+            Err(_) => Err(CallError::Sent(ClientError::timeout(action, timeout))),
+        }
+    }
+
+    /// Reads the next frame of a streamed answer to request `id`, waiting
+    /// at most `timeout`: a data frame, or a JSON frame for `id`.
+    pub(crate) async fn recv_stream(
+        &mut self,
+        id: u64,
+        action: &'static str,
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<StreamFrame, ClientError> {
+        let frame = match tokio::time::timeout(timeout, read_any(&mut self.stream, max_frame)).await
+        {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => {
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("agent closed the connection in the middle of {action}"),
+                )))
+            }
+            Ok(Err(e)) => return Err(ClientError::Frame(e)),
+            Err(_) => return Err(ClientError::timeout(action, timeout)),
+        };
+        match frame {
+            Frame::Data { channel, bytes } => Ok(StreamFrame::Data(channel, bytes)),
+            Frame::Json(payload) => {
+                let response: ResponseFrame =
+                    parse_response(&payload).map_err(ClientError::Frame)?;
+                if response.id != id {
+                    return Err(match response.outcome {
+                        Outcome::Error(body) if response.id == 0 => ClientError::Agent(body),
+                        _ => ClientError::Protocol(format!(
+                            "response id {} in the stream of request {id} ({action})",
+                            response.id
+                        )),
+                    });
+                }
+                Ok(StreamFrame::Json(response.outcome))
+            }
         }
     }
 

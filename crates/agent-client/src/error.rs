@@ -62,6 +62,20 @@ pub enum ClientError {
     /// Another I/O error on the connection.
     #[error("agent connection i/o failed")]
     Io(#[source] std::io::Error),
+    /// The agent speaks an older protocol than the request needs (a guest
+    /// image built before the feature). Never retried.
+    #[error(
+        "the guest agent speaks protocol {agent_protocol}, but {action} needs protocol {needs}; \
+         rebuild the guest image (`locale2b image build`) to get a newer agent"
+    )]
+    Unsupported {
+        /// The request.
+        action: &'static str,
+        /// The version it needs.
+        needs: u32,
+        /// The version the connection speaks.
+        agent_protocol: u32,
+    },
     /// [`crate::AgentClient::wait_ready`] reached its deadline; `last` is the
     /// failure of the last attempt.
     #[error("agent not ready after {after:?} ({attempts} attempts)")]
@@ -85,7 +99,10 @@ impl ClientError {
         match self {
             Self::Connect { .. } | Self::Handshake(_) | Self::Timeout { .. } | Self::Io(_) => true,
             Self::Frame(e) => matches!(e, FrameError::Io(_) | FrameError::Truncated),
-            Self::Agent(_) | Self::Protocol(_) | Self::IncompatibleAgent { .. } => false,
+            Self::Agent(_)
+            | Self::Protocol(_)
+            | Self::IncompatibleAgent { .. }
+            | Self::Unsupported { .. } => false,
             Self::NotReady { .. } => false,
         }
     }
@@ -105,6 +122,7 @@ impl ClientError {
             Self::Agent(body) => body.code.as_str(),
             Self::Protocol(_) => "protocol",
             Self::IncompatibleAgent { .. } => "incompatible_agent",
+            Self::Unsupported { .. } => "unsupported",
             Self::Frame(_) => "frame",
             Self::Io(_) => "io",
             Self::NotReady { .. } => "not_ready",

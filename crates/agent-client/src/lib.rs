@@ -33,7 +33,7 @@ mod conn;
 mod connect;
 mod error;
 
-pub use client::{is_idempotent, AgentClient, Ready};
+pub use client::{is_idempotent, AgentClient, AgentStream, Ready, StreamItem};
 pub use config::ClientConfig;
 pub use connect::hybrid_vsock_connect;
 pub use error::ClientError;

@@ -118,6 +118,7 @@ async fn connect_handshake_and_typed_calls() {
             unix_time_ms: None,
             env: Default::default(),
             entropy_b64: None,
+            process_retention_sec: None,
         })
         .await
         .expect("init");
@@ -519,4 +520,50 @@ async fn idle_connections_past_max_age_are_not_reused() {
         client.ping().await.expect("ping");
     }
     assert_eq!(rig.state().connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_v1_agent_is_used_for_v1_requests_and_refuses_v2_ones_clearly() {
+    let rig = Rig::new(AgentSpec {
+        protocol_version: 1,
+        min_protocol_version: 1,
+        agent_version: "0.0.1-v1".into(),
+    });
+    let client = AgentClient::new(&rig.shim.path, config());
+    // A v2 host and a v1 agent agree on v1: the old requests work.
+    client.ping().await.expect("ping a v1 agent");
+    let err = client
+        .process_start(ProcessStartRequest {
+            command: Some("true".into()),
+            ..ProcessStartRequest::default()
+        })
+        .await
+        .expect_err("v1 agent has no process table");
+    match &err {
+        ClientError::Unsupported {
+            action,
+            needs,
+            agent_protocol,
+        } => {
+            assert_eq!((*action, *needs, *agent_protocol), ("process_start", 2, 1));
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
+    assert!(!err.is_retryable());
+    assert!(err.to_string().contains("rebuild the guest image"), "{err}");
+    let err = client
+        .process_output(
+            ProcessOutputRequest {
+                process: ProcessSelector::Pid(1),
+                cursor: 0,
+                max_bytes: None,
+                follow: true,
+            },
+            Duration::from_secs(1),
+        )
+        .await
+        .expect_err("no streams on v1");
+    assert!(matches!(err, ClientError::Unsupported { .. }), "{err:?}");
+    // Nothing was sent: the agent only ever saw hello and ping.
+    assert_eq!(rig.state().count("process_start"), 0);
 }

@@ -345,6 +345,7 @@ mod tests {
                 unix_time_ms: None,
                 env: Default::default(),
                 entropy_b64: None,
+                process_retention_sec: None,
             }),
             Request::Sync,
             Request::Shutdown,

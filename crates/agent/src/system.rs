@@ -104,6 +104,10 @@ pub async fn init(ctx: &Arc<AgentContext>, req: InitRequest) -> Result<Response,
             set_clock(ms).map_err(|e| ErrorBody::io("clock_settime", &e))?;
         }
     }
+    if let Some(secs) = req.process_retention_sec {
+        ctx.processes
+            .set_retention(std::time::Duration::from_secs(secs));
+    }
     tracing::info!(sandbox_id = %req.sandbox_id, hostname, "sandbox initialised");
     ctx.set_state(SandboxState {
         sandbox_id: Some(req.sandbox_id),

@@ -79,6 +79,7 @@ async fn exec_env_merges_init_defaults() {
             unix_time_ms: Some(1),
             env,
             entropy_b64: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 64])),
+            process_retention_sec: Some(60),
         }))
         .await
         .unwrap();
@@ -108,6 +109,7 @@ async fn exec_env_merges_init_defaults() {
             unix_time_ms: None,
             env: BTreeMap::new(),
             entropy_b64: Some("***".into()),
+            process_retention_sec: None,
         }))
         .await
         .unwrap_err();

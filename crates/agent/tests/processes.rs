@@ -1,6 +1,8 @@
 //! The process table (protocol 2) on a Unix socket: background sessions,
 //! cursors, drops, follow streams, PTYs, and refusals.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use base64::Engine as _;

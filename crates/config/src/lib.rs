@@ -200,6 +200,9 @@ pub struct ManagerConfig {
 
     /// Largest host–guest protocol frame.
     pub max_frame_bytes: usize,
+    /// How long a sandbox keeps an exited background process (its exit
+    /// code and output tail) for late readers.
+    pub process_retention_sec: u64,
     /// Environment variables set in every sandbox.
     pub sandbox_env: BTreeMap<String, String>,
 }
@@ -226,6 +229,7 @@ impl Default for ManagerConfig {
             shutdown_grace_sec: 5,
             health_check_interval_sec: 5,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            process_retention_sec: 600,
             sandbox_env: BTreeMap::new(),
         }
     }
@@ -477,6 +481,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("shutdown_grace_sec", "manager", Int),
         ("health_check_interval_sec", "manager", Int),
         ("max_frame_bytes", "manager", Int),
+        ("process_retention_sec", "manager", Int),
         ("sandbox_env", "manager", Map),
         ("vmm", "vmm", Str),
         ("firecracker_bin", "vmm", Str),

@@ -23,6 +23,9 @@ pub enum GuestErrorKind {
     DirectoryNotEmpty,
     /// The data does not fit (frame or size limit).
     TooLarge,
+    /// The object is in a state that does not allow it (a signal to a
+    /// process that has exited, input to a closed stdin).
+    InvalidState,
     /// The agent failed in a way that is not the caller's fault (I/O
     /// error, internal error, protocol mismatch); `code` is the agent's.
     Failed {
@@ -43,6 +46,7 @@ impl GuestErrorKind {
             Self::AlreadyExists => "already_exists",
             Self::DirectoryNotEmpty => "directory_not_empty",
             Self::TooLarge => "too_large",
+            Self::InvalidState => "invalid_state",
             Self::Failed { code } => code,
         }
     }
@@ -65,6 +69,13 @@ pub enum ManagerError {
     /// The object is in a state that does not allow the operation.
     #[error("{0}")]
     Conflict(String),
+    /// The sandbox's guest agent is too old for the operation (an image
+    /// built before it); the message says to rebuild the image.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A request carries more than a limit allows; the message names it.
+    #[error("{0}")]
+    TooLarge(String),
     /// No room for another sandbox now.
     #[error("{reason}")]
     AtCapacity {

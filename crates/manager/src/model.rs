@@ -8,7 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-pub use locale2b_protocol::{FileInfo, FileKind, Listing};
+pub use locale2b_protocol::{
+    DataChannel as OutputStream, FileInfo, FileKind, Listing, ProcessExit, ProcessInfo,
+    ProcessSelector, ProcessState, PtySize,
+};
 
 /// Lifecycle state of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -261,3 +264,90 @@ pub struct Limits {
     /// Largest exec timeout, ms.
     pub max_exec_timeout_ms: u64,
 }
+
+/// A process to start in a sandbox's process table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// Shell command line (`/bin/sh -c`); exactly one of this and `argv`.
+    pub command: Option<String>,
+    /// Program and arguments, without a shell.
+    pub argv: Vec<String>,
+    /// Working directory (`/workspace` when `None`).
+    pub cwd: Option<String>,
+    /// Extra environment.
+    pub env: BTreeMap<String, String>,
+    /// Run as this user.
+    pub user: Option<String>,
+    /// Run on a pseudo-terminal of this size.
+    pub pty: Option<PtySize>,
+    /// Caller-chosen name (unique among running processes).
+    pub tag: Option<String>,
+    /// Give it a stdin pipe.
+    pub stdin: bool,
+    /// Kill its group after this long.
+    pub timeout: Option<Duration>,
+    /// Size of its output buffer (default 8 MiB).
+    pub buffer_bytes: Option<u64>,
+}
+
+/// Output bytes of one stream, at a cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputChunk {
+    /// stdout, stderr or pty.
+    pub stream: OutputStream,
+    /// Cursor of the first byte.
+    pub cursor: u64,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Output read by cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// Cursor of the first byte returned (the one asked for, or later when
+    /// bytes were dropped).
+    pub cursor: u64,
+    /// Bytes between the cursor asked for and `cursor` that the buffer no
+    /// longer held.
+    pub dropped: u64,
+    /// The bytes, in the order they were produced.
+    pub chunks: Vec<OutputChunk>,
+    /// Where the next read starts.
+    pub next_cursor: u64,
+    /// How the process ended, when it has.
+    pub exit: Option<ProcessExit>,
+    /// It ended and everything up to `next_cursor` was returned.
+    pub complete: bool,
+}
+
+/// One event of a followed process (or a streamed exec).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutputEvent {
+    /// The process runs (streamed exec and start-and-follow).
+    Started {
+        /// Its pid.
+        pid: u32,
+    },
+    /// Output bytes.
+    Data(OutputChunk),
+    /// Bytes the buffer no longer held; the stream goes on at `cursor`.
+    Dropped {
+        /// How many.
+        bytes: u64,
+        /// Where the stream goes on.
+        cursor: u64,
+    },
+    /// Nothing happened for a while.
+    Keepalive,
+    /// The process ended and all its output was delivered.
+    End {
+        /// Cursor after the last byte.
+        next_cursor: u64,
+        /// How it ended.
+        exit: Option<ProcessExit>,
+    },
+}
+
+/// A live stream of [`OutputEvent`]s; dropping it stops following.
+pub type OutputEvents =
+    std::pin::Pin<Box<dyn futures::Stream<Item = crate::Result<OutputEvent>> + Send>>;

@@ -7,8 +7,9 @@
 //! [`crate::guest::Guest`] are the real implementations.
 
 use crate::{
-    Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileRead, Limits, Listing, Result,
-    SandboxInfo, WorkspaceInfo, WriteFile, Written,
+    Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileRead, Limits, Listing, Output,
+    OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec, PtySize, Result, SandboxInfo,
+    WorkspaceInfo, WriteFile, Written,
 };
 use async_trait::async_trait;
 use locale2b_protocol::{SandboxId, WorkspaceId};
@@ -74,4 +75,31 @@ pub trait GuestOps: Send + Sync {
     async fn delete(&self, path: &str, recursive: bool) -> Result<()>;
     /// Renames a path.
     async fn rename(&self, from: &str, to: &str) -> Result<()>;
+
+    /// Runs a command and streams its output as it comes (`started`,
+    /// `data`, then `end` with the exit); the same rules as [`Self::exec`].
+    async fn exec_stream(&self, spec: ExecSpec) -> Result<OutputEvents>;
+    /// Starts a background process; answers at once.
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessInfo>;
+    /// Every process of the sandbox's table.
+    async fn list_processes(&self) -> Result<Vec<ProcessInfo>>;
+    /// One process.
+    async fn process(&self, sel: &ProcessSelector) -> Result<ProcessInfo>;
+    /// Output from `cursor` (at most `max_bytes`), without waiting.
+    async fn read_output(
+        &self,
+        sel: &ProcessSelector,
+        cursor: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Output>;
+    /// Output from `cursor` as it is produced, until the process ended.
+    async fn follow_output(&self, sel: &ProcessSelector, cursor: u64) -> Result<OutputEvents>;
+    /// Writes to stdin (or the PTY); closes stdin when `close`.
+    async fn write_stdin(&self, sel: &ProcessSelector, data: Vec<u8>, close: bool) -> Result<()>;
+    /// Sends a signal (1–64) to the process's group.
+    async fn signal(&self, sel: &ProcessSelector, signal: i32) -> Result<()>;
+    /// Resizes the process's PTY.
+    async fn resize(&self, sel: &ProcessSelector, size: PtySize) -> Result<()>;
+    /// Kills the process if it runs and forgets it.
+    async fn remove_process(&self, sel: &ProcessSelector) -> Result<()>;
 }

@@ -504,6 +504,10 @@ pub struct InitRequest {
     /// from one snapshot do not share random state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entropy_b64: Option<String>,
+    /// How long the process table keeps exited processes, seconds
+    /// (protocol 2; only sent to an agent that speaks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_retention_sec: Option<u64>,
 }
 
 #[cfg(test)]

@@ -116,6 +116,13 @@ impl ApiError {
         }
     }
 
+    /// Status, code and message of this error (for bodies that are not the
+    /// usual JSON error: stream lines, WebSocket messages).
+    pub fn status_code_message(&self) -> (StatusCode, String, String) {
+        let (status, code, message, _, _) = self.parts();
+        (status, code, message)
+    }
+
     /// Status, code, message, details and `Retry-After` seconds. The only
     /// place that decides a status.
     fn parts(
@@ -135,6 +142,8 @@ impl ApiError {
                 M::InvalidInput(_) => simple(StatusCode::BAD_REQUEST, "invalid_input"),
                 M::NotFound { .. } => simple(StatusCode::NOT_FOUND, "not_found"),
                 M::Conflict(_) => simple(StatusCode::CONFLICT, "conflict"),
+                M::TooLarge(_) => simple(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+                M::Unsupported(_) => simple(StatusCode::NOT_IMPLEMENTED, "guest_too_old"),
                 // The snapshot cannot be used and retrying will not help;
                 // the sandbox stays paused (destroy it or keep its data).
                 M::SnapshotInvalid(_) => simple(StatusCode::CONFLICT, "snapshot_invalid"),
@@ -205,7 +214,7 @@ fn guest_status(kind: GuestErrorKind) -> StatusCode {
         K::NotFound => StatusCode::NOT_FOUND,
         K::PermissionDenied => StatusCode::FORBIDDEN,
         K::IsADirectory | K::NotADirectory | K::InvalidRequest => StatusCode::BAD_REQUEST,
-        K::AlreadyExists | K::DirectoryNotEmpty => StatusCode::CONFLICT,
+        K::AlreadyExists | K::DirectoryNotEmpty | K::InvalidState => StatusCode::CONFLICT,
         K::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         K::Failed { .. } => StatusCode::BAD_GATEWAY,
     }
@@ -382,6 +391,7 @@ mod tests {
             (K::AlreadyExists, 409),
             (K::DirectoryNotEmpty, 409),
             (K::TooLarge, 413),
+            (K::InvalidState, 409),
             (K::Failed { code: "io" }, 502),
         ] {
             let e = ApiError::from(ManagerError::Guest {

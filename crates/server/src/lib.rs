@@ -156,6 +156,35 @@ pub fn router(state: AppState) -> Router {
             "/sandboxes/{id}/files/upload",
             post(h::upload).layer(DefaultBodyLimit::max(max_upload)),
         )
+        .route(
+            "/sandboxes/{id}/processes",
+            post(h::start_process).get(h::list_processes),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{pid}",
+            get(h::get_process).delete(h::remove_process),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{pid}/output",
+            get(h::process_output),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{pid}/stream",
+            get(h::process_stream),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{pid}/stdin",
+            post(h::process_stdin),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{pid}/signal",
+            post(h::process_signal),
+        )
+        .route(
+            "/sandboxes/{id}/processes/{pid}/resize",
+            post(h::process_resize),
+        )
+        .route("/sandboxes/{id}/processes/{pid}/pty", get(h::process_pty))
         .route("/sandboxes/{id}/ports", ports.clone())
         .route("/sandboxes/{id}/ports/{*rest}", ports)
         .route("/workspaces", get(h::list_workspaces))

@@ -4,105 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::field_reassign_with_default)]
 
 use base64::Engine as _;
-use locale2b_config::{Config, Secret, VmmChoice};
-use locale2b_manager::{backend, SandboxManager};
-use locale2b_server::{load_or_create_api_keys, serve, AppState};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::sync::Arc;
 
-const KEY: &str = "e2e-test-key-0123456789";
+mod common;
 
-use locale2b_testkit::image_dir;
-
-struct Server {
-    url: String,
-    http: reqwest::Client,
-    _base: tempfile::TempDir,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Server {
-    async fn start(image: &std::path::Path, max_sandboxes: u32) -> Self {
-        let base = tempfile::Builder::new()
-            .prefix("l2bs")
-            .tempdir_in("/tmp")
-            .unwrap();
-        std::fs::create_dir_all(base.path().join("images")).unwrap();
-        std::os::unix::fs::symlink(image, base.path().join("images/default")).unwrap();
-        let mut c = Config::default();
-        c.vmm.vmm = VmmChoice::Qemu;
-        c.server.api_key = Some(Secret::new(KEY));
-        let m = &mut c.manager;
-        m.base_dir = base.path().to_path_buf();
-        m.boot_timeout_sec = 120;
-        m.max_sandboxes = max_sandboxes;
-        m.memory_budget_mb = 8192;
-        m.disk_size_mb = 1024;
-        m.shutdown_grace_sec = 3;
-        let (vmm, report) = backend::build(&c.vmm, &c.manager).await.unwrap();
-        let manager = SandboxManager::open(
-            Arc::new(c.manager.clone()),
-            vmm,
-            backend::accel_name(&report),
-        )
-        .await
-        .unwrap();
-        let keys = load_or_create_api_keys(&c.server, &c.manager.base_dir).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(
-            listener,
-            AppState::new(manager, keys, &c.server),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Self {
-            url,
-            http: reqwest::Client::new(),
-            _base: base,
-            stop: Some(tx),
-        }
-    }
-
-    fn req(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, format!("{}{path}", self.url))
-            .header("X-API-Key", KEY)
-    }
-
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut r = self.req(method, path);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        let resp = r.send().await.unwrap();
-        let status = resp.status();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        // Never leave VMs behind when an assertion failed half-way.
-        locale2b_testkit::kill_mentioning(self._base.path());
-    }
-}
-
+use common::*;
 use reqwest::Method as M;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -12,8 +12,9 @@ use http_body_util::BodyExt;
 use locale2b_config::{Secret, ServerConfig};
 use locale2b_manager::{
     Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileKind, FileRead, GuestErrorKind,
-    GuestOps, Limits, Listing, ManagerError, Result, SandboxInfo, SandboxService, SandboxStatus,
-    WorkspaceInfo, WriteFile, Written,
+    GuestOps, Limits, Listing, ManagerError, Output, OutputChunk, OutputEvent, OutputEvents,
+    OutputStream, ProcessExit, ProcessInfo, ProcessSelector, ProcessSpec, PtySize, Result,
+    SandboxInfo, SandboxService, SandboxStatus, WorkspaceInfo, WriteFile, Written,
 };
 use locale2b_protocol::{SandboxId, WorkspaceId};
 use locale2b_server::{router, ApiKeys, AppState};
@@ -201,6 +202,93 @@ impl GuestOps for DoubleGuest {
     }
     async fn rename(&self, _from: &str, _to: &str) -> Result<()> {
         Ok(())
+    }
+    async fn exec_stream(&self, spec: ExecSpec) -> Result<OutputEvents> {
+        self.check()?;
+        let events = vec![
+            Ok(OutputEvent::Started { pid: 77 }),
+            Ok(OutputEvent::Data(OutputChunk {
+                stream: OutputStream::Stdout,
+                cursor: 0,
+                data: format!("ran {}\n", spec.command).into_bytes(),
+            })),
+            Ok(OutputEvent::Data(OutputChunk {
+                stream: OutputStream::Stderr,
+                cursor: 4 + spec.command.len() as u64,
+                data: b"warn\n".to_vec(),
+            })),
+            Ok(OutputEvent::End {
+                next_cursor: 9 + spec.command.len() as u64,
+                exit: Some(ProcessExit {
+                    exit_code: Some(3),
+                    signal: None,
+                    timed_out: false,
+                    duration_ms: 5,
+                }),
+            }),
+        ];
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+    async fn start_process(&self, _spec: ProcessSpec) -> Result<ProcessInfo> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn list_processes(&self) -> Result<Vec<ProcessInfo>> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn process(&self, _sel: &ProcessSelector) -> Result<ProcessInfo> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn read_output(
+        &self,
+        _sel: &ProcessSelector,
+        cursor: u64,
+        _max: Option<u64>,
+    ) -> Result<Output> {
+        self.check()?;
+        Ok(Output {
+            cursor: cursor + 10,
+            dropped: 10,
+            chunks: vec![
+                OutputChunk {
+                    stream: OutputStream::Stdout,
+                    cursor: cursor + 10,
+                    data: b"ab".to_vec(),
+                },
+                OutputChunk {
+                    stream: OutputStream::Stderr,
+                    cursor: cursor + 12,
+                    data: b"E".to_vec(),
+                },
+                OutputChunk {
+                    stream: OutputStream::Stdout,
+                    cursor: cursor + 13,
+                    data: b"c".to_vec(),
+                },
+            ],
+            next_cursor: cursor + 14,
+            exit: None,
+            complete: false,
+        })
+    }
+    async fn follow_output(&self, _sel: &ProcessSelector, _cursor: u64) -> Result<OutputEvents> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn write_stdin(
+        &self,
+        _sel: &ProcessSelector,
+        _data: Vec<u8>,
+        _close: bool,
+    ) -> Result<()> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn signal(&self, _sel: &ProcessSelector, _signal: i32) -> Result<()> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn resize(&self, _sel: &ProcessSelector, _size: PtySize) -> Result<()> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn remove_process(&self, _sel: &ProcessSelector) -> Result<()> {
+        Err(ManagerError::Conflict("not in this double".into()))
     }
 }
 
@@ -399,4 +487,64 @@ async fn configured_api_key_header_is_accepted() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(&app, wrong).await.0, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn streamed_exec_is_ndjson_in_order() {
+    let double = Arc::new(Double::default());
+    let app = app(double, server_config());
+    let resp = app
+        .clone()
+        .oneshot(post(
+            &format!("/sandboxes/{KNOWN}/exec"),
+            &json!({"command": "make", "stream": true}),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let lines: Vec<Value> = String::from_utf8(bytes.to_vec())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = lines.iter().map(|l| l["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["start", "stdout", "stderr", "end"]);
+    assert_eq!(lines[0]["pid"], 77);
+    assert_eq!(lines[1]["data"], "ran make\n");
+    assert_eq!(lines[2]["cursor"], 8);
+    assert_eq!(lines[3]["exit_code"], 3);
+}
+
+#[tokio::test]
+async fn output_by_cursor_keeps_streams_apart_and_reports_drops() {
+    let double = Arc::new(Double::default());
+    let app = app(double, server_config());
+    let (status, body) = send(
+        &app,
+        get(&format!("/sandboxes/{KNOWN}/processes/42/output?cursor=5")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["cursor"], 15);
+    assert_eq!(body["dropped"], 10);
+    assert_eq!(body["stdout"], "abc");
+    assert_eq!(body["stderr"], "E");
+    assert_eq!(body["next_cursor"], 19);
+    assert_eq!(body["encoding"], "utf-8");
+    let streams: Vec<&str> = body["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["stream"].as_str().unwrap())
+        .collect();
+    assert_eq!(streams, ["stdout", "stderr", "stdout"]);
+    // A bad process id is a 400 before anything reaches the sandbox.
+    let (status, body) = send(
+        &app,
+        get(&format!("/sandboxes/{KNOWN}/processes/9tag/output")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }

@@ -146,6 +146,7 @@ impl Agent {
         match resp.outcome {
             Outcome::Ok(r) => Ok(r),
             Outcome::Error(e) => Err(format!("{e:?}")),
+            Outcome::Event(e) => Err(format!("unexpected stream event {e:?}")),
         }
     }
 

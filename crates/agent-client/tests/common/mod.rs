@@ -229,6 +229,12 @@ fn answer(request: Request, spec: &AgentSpec, started: Instant) -> Option<Outcom
         | Request::Init(_)
         | Request::Sync
         | Request::Shutdown => ok(Response::Done),
+        // The fake has no process table: it answers like an agent that
+        // does not know the action.
+        other => Some(Outcome::Error(ErrorBody::new(
+            ErrorCode::UnknownAction,
+            format!("unknown action {:?}", other.action()),
+        ))),
     }
 }
 

@@ -85,6 +85,9 @@ pub struct Proc {
     stdin_open: AtomicBool,
     pty: Option<Arc<PtyMaster>>,
     exit: Mutex<Option<(ProcessExit, Instant)>>,
+    /// Set as soon as the process was reaped (its exit is published once
+    /// its output is all in).
+    reaped: AtomicBool,
     timed_out: AtomicBool,
     /// Forget it once a follow stream delivered its end.
     pub ephemeral: bool,
@@ -97,7 +100,7 @@ impl Proc {
     }
 
     fn running(&self) -> bool {
-        lock(&self.exit).is_none()
+        !self.reaped.load(Ordering::SeqCst)
     }
 
     /// The table's view of it.
@@ -124,7 +127,16 @@ impl Proc {
     }
 
     fn exited_error(&self) -> Option<ErrorBody> {
-        self.exit().map(|e| {
+        if self.running() {
+            return None;
+        }
+        let Some(e) = self.exit() else {
+            return Some(err(
+                ErrorCode::InvalidState,
+                format!("process {} has exited", self.pid),
+            ));
+        };
+        Some(e).map(|e| {
             let how = match (e.exit_code, e.signal) {
                 (Some(c), _) => format!("exit code {c}"),
                 (None, Some(s)) => format!("signal {s}"),
@@ -531,6 +543,7 @@ impl ProcessTable {
             input: tokio::sync::Mutex::new(stdin),
             pty: master.clone(),
             exit: Mutex::new(None),
+            reaped: AtomicBool::new(false),
             timed_out: AtomicBool::new(false),
             ephemeral: req.ephemeral,
         });
@@ -591,6 +604,7 @@ impl ProcessTable {
         let children = ctx.children.clone();
         tokio::spawn(async move {
             let status = child.wait().await;
+            p.reaped.store(true, Ordering::SeqCst);
             let duration_ms = u64::try_from(p.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             children.remove(pid as i32);
             let timed_out = p.timed_out.load(Ordering::SeqCst);
@@ -602,15 +616,6 @@ impl ProcessTable {
                 Ok(s) => (s.code(), s.signal()),
                 Err(_) => (None, None),
             };
-            *lock(&p.exit) = Some((
-                ProcessExit {
-                    exit_code,
-                    signal,
-                    timed_out,
-                    duration_ms,
-                },
-                Instant::now(),
-            ));
             // Writes to stdin fail from now on.
             *p.input.lock().await = None;
             let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
@@ -620,6 +625,17 @@ impl ProcessTable {
                     abort.abort();
                 }
             }
+            // Published only once its output is all in the buffer, so a
+            // reader that sees the exit also sees the whole output.
+            *lock(&p.exit) = Some((
+                ProcessExit {
+                    exit_code,
+                    signal,
+                    timed_out,
+                    duration_ms,
+                },
+                Instant::now(),
+            ));
             p.buffer.close();
             tracing::debug!(pid, ?exit_code, ?signal, timed_out, "process ended");
         });

@@ -93,6 +93,9 @@ impl SandboxManager {
         use base64::Engine as _;
         use rand::RngCore as _;
         let record = sb.record();
+        let speaks_v2 = client
+            .agent_info()
+            .is_some_and(|h| h.protocol_version >= locale2b_protocol::STREAMS_PROTOCOL_VERSION);
         let mut entropy = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut entropy);
         let now_ms = std::time::SystemTime::now()
@@ -107,6 +110,8 @@ impl SandboxManager {
                 unix_time_ms: Some(now_ms),
                 env: record.env,
                 entropy_b64: Some(base64::engine::general_purpose::STANDARD.encode(entropy)),
+                // Only an agent that has a process table knows the field.
+                process_retention_sec: speaks_v2.then_some(self.config.process_retention_sec),
             })
             .await
             .map_err(|e| ManagerError::vm(format!("init of sandbox {} failed", sb.id), e))

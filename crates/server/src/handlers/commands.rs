@@ -1,11 +1,11 @@
 //! `POST /sandboxes/{id}/exec`.
 
-use super::ApiResult;
 use crate::error::{ApiError, ErrorResponse};
 use crate::extract::{ApiJson, ApiPath};
 use crate::models::*;
 use crate::AppState;
 use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -18,7 +18,7 @@ use std::time::Duration;
     params(("id" = String, Path, description = "Sandbox id")),
     request_body = ExecBody,
     responses(
-        (status = 200, description = "The command ran (any exit code) or timed out (`timed_out`, `error`)", body = ExecResult),
+        (status = 200, description = "The command ran (any exit code) or timed out (`timed_out`, `error`); with `stream`, NDJSON lines (`StreamLine`) as the output comes", body = ExecResult),
         (status = 400, description = "Invalid request (also: the working directory or user does not exist)", body = ErrorResponse),
         (status = 404, description = "No such sandbox", body = ErrorResponse),
         (status = 409, description = "Sandbox not running", body = ErrorResponse),
@@ -28,7 +28,7 @@ pub async fn exec(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<SandboxId>,
     ApiJson(body): ApiJson<ExecBody>,
-) -> ApiResult<ExecResult> {
+) -> Result<Response, ApiError> {
     let timeout = match (body.timeout_ms, body.timeout_seconds) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
@@ -61,7 +61,12 @@ pub async fn exec(
         user: body.user,
         max_output_bytes: body.max_output_bytes,
     };
-    let out = s.sandboxes().guest(&id).exec(spec).await?;
+    let guest = s.sandboxes().guest(&id);
+    if body.stream {
+        let events = guest.exec_stream(spec).await?;
+        return Ok(super::processes::ndjson(events, Encoding::Utf8));
+    }
+    let out = guest.exec(spec).await?;
     Ok(Json(ExecResult {
         stdout: out.stdout,
         stderr: out.stderr,
@@ -71,5 +76,6 @@ pub async fn exec(
         truncated: out.truncated,
         duration_ms: out.duration_ms,
         signal: out.signal,
-    }))
+    })
+    .into_response())
 }

@@ -10,6 +10,7 @@
 //! | `sandboxes` | `/sandboxes`, `/sandboxes/{id}`, pause, resume |
 //! | `commands` | `/sandboxes/{id}/exec` |
 //! | `files` | `/sandboxes/{id}/files/...` |
+//! | `processes` | `/sandboxes/{id}/processes/...`: background processes, live output, PTY WebSocket |
 //! | `workspaces` | `/workspaces`, `/workspaces/{id}` |
 //! | `ports` | `/sandboxes/{id}/ports...` (not implemented yet) |
 
@@ -17,6 +18,7 @@ mod commands;
 mod files;
 mod health;
 mod ports;
+mod processes;
 mod sandboxes;
 mod workspaces;
 
@@ -24,6 +26,7 @@ pub use commands::*;
 pub use files::*;
 pub use health::*;
 pub use ports::*;
+pub use processes::*;
 pub use sandboxes::*;
 pub use workspaces::*;
 

@@ -29,6 +29,11 @@ pub struct ExecBody {
     pub user: Option<String>,
     /// Cap on each of stdout and stderr in bytes (default 1 MiB).
     pub max_output_bytes: Option<u64>,
+    /// Answer with a live NDJSON stream (`start`, `stdout`/`stderr` lines
+    /// as the output comes, then `end` with the exit) instead of one JSON
+    /// result at the end.
+    #[serde(default)]
+    pub stream: bool,
 }
 
 /// Result of a command.

@@ -11,11 +11,13 @@
 mod commands;
 mod files;
 mod health;
+mod processes;
 mod sandboxes;
 mod workspaces;
 
 pub use commands::*;
 pub use files::*;
 pub use health::*;
+pub use processes::*;
 pub use sandboxes::*;
 pub use workspaces::*;

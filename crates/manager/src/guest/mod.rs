@@ -1,23 +1,27 @@
-//! [`Guest`]: the one way to reach a running sandbox's agent. It checks the
+//! [`Guest`]: the one way to reach a running sandbox's agent.
+//! `exec.rs` runs commands, `files.rs` moves files, `processes.rs` drives
+//! background processes; this file holds the type, the exec rules and the
+//! error classification. It checks the
 //! request, then that the sandbox exists and runs, turns the request into a
 //! protocol message, owns the exec timeout rules ([`ExecRules`]), and
 //! classifies the agent's errors into [`ManagerError`]s, so nothing above
 //! it sees the guest protocol.
 
+mod exec;
+mod files;
+mod processes;
+
+pub use processes::{MAX_STDIN_WRITE, STREAM_IDLE};
+
 use crate::sandbox::{Intent, Sandbox};
 use crate::service::GuestOps;
 use crate::{
-    ExecOutput, ExecSpec, FileInfo, FileRead, GuestErrorKind, Listing, ManagerError, Result,
-    WriteFile, Written,
+    ExecOutput, ExecSpec, FileInfo, FileRead, GuestErrorKind, Listing, ManagerError, Output,
+    OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec, PtySize, Result, WriteFile, Written,
 };
 use async_trait::async_trait;
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use locale2b_agent_client::{AgentClient, ClientError};
-use locale2b_protocol::{
-    ContentEncoding, DeleteFileRequest, ErrorBody, ErrorCode, ExecRequest, ListFilesRequest,
-    MkdirRequest, ReadFileRequest, SandboxId, WriteFileRequest,
-};
+use locale2b_protocol::{ErrorBody, ErrorCode, SandboxId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +111,9 @@ impl Guest {
     fn error(&self, what: &str, e: ClientError) -> ManagerError {
         match e {
             ClientError::Agent(body) => guest_error(body),
+            e @ ClientError::Unsupported { .. } => {
+                ManagerError::Unsupported(format!("{what} in sandbox {}: {e}", self.id))
+            }
             ClientError::Timeout { what: w, after } => ManagerError::Timeout {
                 what: format!("{what} in sandbox {} ({w})", self.id),
                 after,
@@ -133,6 +140,7 @@ pub fn guest_error(body: ErrorBody) -> ManagerError {
         ErrorCode::AlreadyExists => GuestErrorKind::AlreadyExists,
         ErrorCode::DirectoryNotEmpty => GuestErrorKind::DirectoryNotEmpty,
         ErrorCode::TooLarge => GuestErrorKind::TooLarge,
+        ErrorCode::InvalidState => GuestErrorKind::InvalidState,
         ErrorCode::Timeout => {
             return ManagerError::Timeout {
                 what: body.message,
@@ -157,154 +165,68 @@ pub fn guest_error(body: ErrorBody) -> ManagerError {
 #[async_trait]
 impl GuestOps for Guest {
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput> {
-        if spec.command.trim().is_empty() {
-            return Err(ManagerError::InvalidInput(
-                "command must not be empty".into(),
-            ));
-        }
-        let timeout = self.rules.timeout(spec.timeout)?;
-        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
-        let req = ExecRequest {
-            command: spec.command,
-            working_dir: Some(spec.working_dir.unwrap_or_else(|| "/workspace".into())),
-            env: spec.env,
-            stdin_b64: spec.stdin.map(|b| B64.encode(b)),
-            timeout_ms: Some(timeout_ms),
-            user: spec.user,
-            max_output_bytes: spec.max_output_bytes,
-        };
-        let out = self
-            .client()?
-            .exec(req, self.rules.wait(timeout))
-            .await
-            .map_err(|e| match self.error("exec", e) {
-                // A missing working directory or user is the request's
-                // fault; a 404 on exec would read as "no such sandbox".
-                ManagerError::Guest {
-                    kind: GuestErrorKind::NotFound,
-                    message,
-                } => ManagerError::InvalidInput(message),
-                other => other,
-            })?;
-        let error = if out.timed_out {
-            Some(format!("command timed out after {timeout_ms} ms"))
-        } else {
-            out.signal
-                .map(|sig| format!("command killed by signal {sig}"))
-        };
-        Ok(ExecOutput {
-            stdout: out.stdout,
-            stderr: out.stderr,
-            exit_code: out.exit_code,
-            signal: out.signal,
-            timed_out: out.timed_out,
-            truncated: out.truncated,
-            duration_ms: out.duration_ms,
-            error,
-        })
+        Guest::exec(self, spec).await
     }
-
     async fn read_file(&self, path: &str, offset: u64, length: Option<u64>) -> Result<FileRead> {
-        let req = ReadFileRequest {
-            path: path.to_owned(),
-            offset,
-            length,
-        };
-        let got = self
-            .client()?
-            .read_file(req)
-            .await
-            .map_err(|e| self.error("read_file", e))?;
-        let data = B64
-            .decode(&got.content_b64)
-            .map_err(|e| ManagerError::Internal {
-                context: "the guest agent sent invalid base64".into(),
-                source: Some(Box::new(e)),
-            })?;
-        Ok(FileRead {
-            data,
-            offset: got.offset,
-            size: got.size,
-            eof: got.eof,
-        })
+        Guest::read_file(self, path, offset, length).await
     }
-
     async fn write_file(&self, file: WriteFile) -> Result<Written> {
-        if file.path.is_empty() {
-            return Err(ManagerError::InvalidInput("path must not be empty".into()));
-        }
-        let req = WriteFileRequest {
-            path: file.path,
-            content: B64.encode(&file.data),
-            encoding: ContentEncoding::Base64,
-            mode: file.mode,
-            create_parents: file.create_parents,
-            append: file.append,
-        };
-        let w = self
-            .client()?
-            .write_file(req)
-            .await
-            .map_err(|e| self.error("write_file", e))?;
-        Ok(Written {
-            path: w.path,
-            size: w.size,
-        })
+        Guest::write_file(self, file).await
     }
-
     async fn list_files(
         &self,
         path: &str,
         recursive: bool,
         max_depth: Option<u32>,
     ) -> Result<Listing> {
-        let req = ListFilesRequest {
-            path: path.to_owned(),
-            recursive,
-            max_depth,
-            max_entries: None,
-        };
-        self.client()?
-            .list_files(req)
-            .await
-            .map_err(|e| self.error("list_files", e))
+        Guest::list_files(self, path, recursive, max_depth).await
     }
-
     async fn stat(&self, path: &str) -> Result<FileInfo> {
-        self.client()?
-            .stat(path)
-            .await
-            .map_err(|e| self.error("stat", e))
+        Guest::stat(self, path).await
     }
-
     async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<FileInfo> {
-        let req = MkdirRequest {
-            path: path.to_owned(),
-            parents,
-            mode,
-        };
-        self.client()?
-            .mkdir(req)
-            .await
-            .map_err(|e| self.error("mkdir", e))
+        Guest::mkdir(self, path, parents, mode).await
     }
-
     async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
-        let req = DeleteFileRequest {
-            path: path.to_owned(),
-            recursive,
-        };
-        self.client()?
-            .delete_file(req)
-            .await
-            .map_err(|e| self.error("delete_file", e))
+        Guest::delete(self, path, recursive).await
     }
-
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.client()?
-            .rename(from, to)
-            .await
-            .map_err(|e| self.error("rename", e))
+        Guest::rename(self, from, to).await
+    }
+    async fn exec_stream(&self, spec: ExecSpec) -> Result<OutputEvents> {
+        Guest::exec_stream(self, spec).await
+    }
+    async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessInfo> {
+        Guest::start_process(self, spec).await
+    }
+    async fn list_processes(&self) -> Result<Vec<ProcessInfo>> {
+        Guest::list_processes(self).await
+    }
+    async fn process(&self, sel: &ProcessSelector) -> Result<ProcessInfo> {
+        Guest::process(self, sel).await
+    }
+    async fn read_output(
+        &self,
+        sel: &ProcessSelector,
+        cursor: u64,
+        max_bytes: Option<u64>,
+    ) -> Result<Output> {
+        Guest::read_output(self, sel, cursor, max_bytes).await
+    }
+    async fn follow_output(&self, sel: &ProcessSelector, cursor: u64) -> Result<OutputEvents> {
+        Guest::follow_output(self, sel, cursor).await
+    }
+    async fn write_stdin(&self, sel: &ProcessSelector, data: Vec<u8>, close: bool) -> Result<()> {
+        Guest::write_stdin(self, sel, data, close).await
+    }
+    async fn signal(&self, sel: &ProcessSelector, signal: i32) -> Result<()> {
+        Guest::signal(self, sel, signal).await
+    }
+    async fn resize(&self, sel: &ProcessSelector, size: PtySize) -> Result<()> {
+        Guest::resize(self, sel, size).await
+    }
+    async fn remove_process(&self, sel: &ProcessSelector) -> Result<()> {
+        Guest::remove_process(self, sel).await
     }
 }
 
