@@ -382,3 +382,80 @@ def test_client_is_a_context_manager():
         client.health_check()
     with pytest.raises(RuntimeError):
         client.health_check()
+
+
+# ---------------------------------------------------------------- processes
+
+PROCESS = {"pid": 42, "status": "running", "tag": "sh", "stdin_open": True, "output_end": 0}
+
+
+def test_start_process_sends_the_shape_the_server_takes():
+    server = FakeServer(reply(201, PROCESS))
+    with make(server) as c:
+        info = c.start_process("sb-1", "bash", tag="sh", pty=(24, 80), env={"A": "1"})
+    assert (server.last.method, server.last.path) == ("POST", "/sandboxes/sb-1/processes")
+    assert server.last.body == {
+        "command": "bash",
+        "tag": "sh",
+        "pty": {"rows": 24, "cols": 80},
+        "env": {"A": "1"},
+        "stdin": True,
+    }
+    assert info.pid == 42 and info.running
+
+
+def test_read_output_passes_the_cursor_and_reads_next_cursor():
+    answer = {"cursor": 10, "dropped": 4, "next_cursor": 13, "stdout": "abc", "stderr": "",
+              "status": "exited", "exit_code": 0, "complete": True}
+    server = FakeServer(reply(200, answer))
+    with make(server) as c:
+        out = c.read_output("sb-1", "sh", cursor=6)
+    assert server.last.path == "/sandboxes/sb-1/processes/sh/output"
+    assert server.last.params == {"cursor": "6"}
+    assert (out.stdout, out.next_cursor, out.dropped, out.complete) == ("abc", 13, 4, True)
+
+
+def test_stdin_text_and_bytes_and_signals():
+    server = FakeServer(reply(200, {"pid": 42, "written": 3, "closed": False}))
+    with make(server) as c:
+        c.write_stdin("sb-1", 42, "ls\n")
+        assert server.last.body == {"data": "ls\n", "close": False}
+        c.write_stdin("sb-1", 42, b"\x03", close=True)
+        assert server.last.body == {"data_b64": "Aw==", "close": True}
+        c.signal_process("sb-1", 42, "SIGTERM")
+        assert (server.last.path, server.last.body) == (
+            "/sandboxes/sb-1/processes/42/signal",
+            {"signal": "SIGTERM"},
+        )
+        c.resize_pty("sb-1", 42, 30, 100)
+        assert server.last.body == {"rows": 30, "cols": 100}
+
+
+def test_kill_process_treats_404_as_success():
+    server = FakeServer(reply(404, {"error": {"code": "not_found", "message": "gone"}}))
+    with make(server) as c:
+        c.kill_process("sb-1", 42)
+    assert (server.last.method, server.last.path) == ("DELETE", "/sandboxes/sb-1/processes/42")
+
+
+def test_exec_stream_yields_ndjson_events():
+    lines = [
+        {"type": "start", "pid": 9},
+        {"type": "stdout", "cursor": 0, "data": "hi\n"},
+        {"type": "end", "next_cursor": 3, "exit_code": 0, "signal": None, "timed_out": False, "duration_ms": 1},
+    ]
+    body = "".join(__import__("json").dumps(l) + "\n" for l in lines)
+    server = FakeServer(lambda _: httpx.Response(200, text=body, headers={"content-type": "application/x-ndjson"}))
+    with make(server) as c:
+        events = list(c.exec_stream("sb-1", "echo hi"))
+    assert server.last.body["stream"] is True
+    assert [e.type for e in events] == ["start", "stdout", "end"]
+    assert events[1].data == "hi\n" and events[2].exit_code == 0
+
+
+def test_exec_stream_error_status_raises_before_any_event():
+    server = FakeServer(reply(400, {"error": {"code": "invalid_input", "message": "bad dir"}}))
+    with make(server) as c:
+        with pytest.raises(Locale2bError) as e:
+            list(c.exec_stream("sb-1", "true"))
+    assert (e.value.status, e.value.code) == (400, "invalid_input")

@@ -10,7 +10,15 @@ from .aio import AsyncLocale2bClient
 from .client import Locale2bClient
 from .config import ClientConfig
 from .errors import Locale2bConfigError, Locale2bError, Locale2bNotFoundError
-from .models import ExecResult, ExposedPort, FileEntry, SandboxInfo
+from .models import (
+    ExecResult,
+    ExposedPort,
+    FileEntry,
+    ProcessInfo,
+    ProcessOutput,
+    SandboxInfo,
+    StreamEvent,
+)
 from .provider import FirecrackerWorkspaceProvider
 
 __all__ = [
@@ -24,7 +32,10 @@ __all__ = [
     "Locale2bConfigError",
     "Locale2bError",
     "Locale2bNotFoundError",
+    "ProcessInfo",
+    "ProcessOutput",
     "SandboxInfo",
+    "StreamEvent",
 ]
 
 __version__ = "0.1.0"

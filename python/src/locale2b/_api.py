@@ -3,13 +3,14 @@
 Each public client method builds a :class:`Call` (method, path, body, query,
 how to read the answer) with one of the ``*_call`` functions below; the
 client only sends it. The shapes follow the CompyMac contract
-(``/work/shared/compat/compymac-client.md``) exactly.
+(``docs/clients.md``) exactly.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -18,7 +19,15 @@ from urllib.parse import quote
 import httpx
 
 from .errors import Locale2bError, Locale2bNotFoundError
-from .models import ExecResult, ExposedPort, FileEntry, SandboxInfo
+from .models import (
+    ExecResult,
+    ExposedPort,
+    FileEntry,
+    ProcessInfo,
+    ProcessOutput,
+    SandboxInfo,
+    StreamEvent,
+)
 
 T = TypeVar("T")
 
@@ -293,3 +302,166 @@ def close_port_call(sandbox_id: str, port: int) -> Call[None]:
         _ignore,
         not_found_ok=True,
     )
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _process_path(sandbox_id: str, process: int | str, tail: str = "") -> str:
+    return f"/sandboxes/{_seg(sandbox_id)}/processes/{_seg(process)}{tail}"
+
+
+def start_process_call(
+    sandbox_id: str,
+    command: str | None = None,
+    *,
+    argv: list[str] | None = None,
+    cwd: str | None = None,
+    env: dict[str, str] | None = None,
+    tag: str | None = None,
+    pty: tuple[int, int] | None = None,
+    stdin: bool = True,
+    timeout_ms: int | None = None,
+) -> Call[ProcessInfo]:
+    """POST /sandboxes/{id}/processes: starts a background process.
+
+    ``pty`` is ``(rows, cols)``.
+    """
+    body: dict[str, Any] = {"stdin": stdin}
+    if command is not None:
+        body["command"] = command
+    if argv:
+        body["argv"] = list(argv)
+    if cwd is not None:
+        body["cwd"] = cwd
+    if env:
+        body["env"] = dict(env)
+    if tag is not None:
+        body["tag"] = tag
+    if pty is not None:
+        body["pty"] = {"rows": pty[0], "cols": pty[1]}
+    if timeout_ms is not None:
+        body["timeout_ms"] = timeout_ms
+    return Call(
+        "POST",
+        f"/sandboxes/{_seg(sandbox_id)}/processes",
+        lambda r: ProcessInfo.from_json(_json(r)),
+        json=body,
+    )
+
+
+def list_processes_call(sandbox_id: str) -> Call[list[ProcessInfo]]:
+    """GET /sandboxes/{id}/processes → ``{"processes": [...]}``."""
+
+    def parse(r: httpx.Response) -> list[ProcessInfo]:
+        body = _json(r)
+        items = body.get("processes") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise Locale2bError(
+                "answer has no 'processes' array", code="invalid_response", details=body
+            )
+        return [ProcessInfo.from_json(item) for item in items]
+
+    return Call("GET", f"/sandboxes/{_seg(sandbox_id)}/processes", parse)
+
+
+def get_process_call(sandbox_id: str, process: int | str) -> Call[ProcessInfo]:
+    """GET /sandboxes/{id}/processes/{pid or tag}."""
+    return Call(
+        "GET", _process_path(sandbox_id, process), lambda r: ProcessInfo.from_json(_json(r))
+    )
+
+
+def process_output_call(
+    sandbox_id: str, process: int | str, cursor: int, max_bytes: int | None = None
+) -> Call[ProcessOutput]:
+    """GET …/processes/{pid}/output?cursor=N (UTF-8 text)."""
+    params = {"cursor": str(cursor)}
+    if max_bytes is not None:
+        params["max_bytes"] = str(max_bytes)
+    return Call(
+        "GET",
+        _process_path(sandbox_id, process, "/output"),
+        lambda r: ProcessOutput.from_json(_json(r)),
+        params=params,
+    )
+
+
+def write_stdin_call(
+    sandbox_id: str, process: int | str, data: bytes | str, close: bool = False
+) -> Call[None]:
+    """POST …/processes/{pid}/stdin (text as ``data``, bytes as ``data_b64``)."""
+    body: dict[str, Any] = {"close": close}
+    if isinstance(data, str):
+        body["data"] = data
+    else:
+        body["data_b64"] = base64.b64encode(bytes(data)).decode("ascii")
+    return Call("POST", _process_path(sandbox_id, process, "/stdin"), _ignore, json=body)
+
+
+def signal_process_call(sandbox_id: str, process: int | str, signal: str | int) -> Call[None]:
+    """POST …/processes/{pid}/signal (a name like ``SIGTERM`` or a number)."""
+    return Call(
+        "POST", _process_path(sandbox_id, process, "/signal"), _ignore, json={"signal": signal}
+    )
+
+
+def resize_pty_call(sandbox_id: str, process: int | str, rows: int, cols: int) -> Call[None]:
+    """POST …/processes/{pid}/resize."""
+    return Call(
+        "POST",
+        _process_path(sandbox_id, process, "/resize"),
+        _ignore,
+        json={"rows": rows, "cols": cols},
+    )
+
+
+def remove_process_call(sandbox_id: str, process: int | str) -> Call[None]:
+    """DELETE …/processes/{pid}: kills and forgets it; 404 counts as success."""
+    return Call("DELETE", _process_path(sandbox_id, process), _ignore, not_found_ok=True)
+
+
+def exec_stream_call(
+    sandbox_id: str, command: str, working_dir: str, timeout_ms: int
+) -> Call[None]:
+    """POST /sandboxes/{id}/exec with ``"stream": true``: NDJSON lines, read
+    with :func:`parse_stream_line` (the client streams the body instead of
+    calling ``parse``)."""
+    body = {
+        "command": command,
+        "working_dir": working_dir,
+        "timeout_ms": timeout_ms,
+        "stream": True,
+    }
+    return Call(
+        "POST",
+        f"/sandboxes/{_seg(sandbox_id)}/exec",
+        _ignore,
+        json=body,
+        read_timeout=timeout_ms / 1000.0 + EXEC_READ_MARGIN_S,
+    )
+
+
+def stream_process_call(sandbox_id: str, process: int | str, cursor: int) -> Call[None]:
+    """GET …/processes/{pid}/stream?cursor=N: NDJSON lines until it ends."""
+    return Call(
+        "GET",
+        _process_path(sandbox_id, process, "/stream"),
+        _ignore,
+        params={"cursor": str(cursor)},
+        read_timeout=60.0,
+    )
+
+
+def parse_stream_line(line: str) -> StreamEvent | None:
+    """One NDJSON line as an event (``None`` for a blank line)."""
+    line = line.strip()
+    if not line:
+        return None
+    try:
+        obj = json.loads(line)
+    except ValueError as exc:
+        raise Locale2bError(
+            f"stream line is not JSON: {line[:200]!r}", code="invalid_response"
+        ) from exc
+    return StreamEvent.from_json(obj)

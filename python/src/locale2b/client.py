@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 import httpx
 
 from . import _api
 from .config import ClientConfig
-from .models import ExecResult, ExposedPort, FileEntry, SandboxInfo
+from .models import (
+    ExecResult,
+    ExposedPort,
+    FileEntry,
+    ProcessInfo,
+    ProcessOutput,
+    SandboxInfo,
+    StreamEvent,
+)
 
 T = TypeVar("T")
 
@@ -78,6 +87,25 @@ class Locale2bClient:
         except httpx.HTTPError as exc:
             raise _api.transport_error(call, exc) from exc
         return _api.finish(call, response)
+
+    def _stream(self, call: _api.Call[Any]) -> Iterator[StreamEvent]:
+        try:
+            with self._http.stream(
+                call.method,
+                call.path,
+                json=call.json,
+                params=call.params,
+                timeout=request_timeout(self.config, call),
+            ) as response:
+                if not 200 <= response.status_code < 300:
+                    response.read()
+                    raise _api.error_from_response(response)
+                for line in response.iter_lines():
+                    event = _api.parse_stream_line(line)
+                    if event is not None:
+                        yield event
+        except httpx.HTTPError as exc:
+            raise _api.transport_error(call, exc) from exc
 
     def close(self) -> None:
         """Closes the connection pool."""
@@ -183,3 +211,86 @@ class Locale2bClient:
     def close_port(self, sandbox_id: str, port: int) -> None:
         """``DELETE /sandboxes/{id}/ports/{port}``; 404 counts as success."""
         self._send(_api.close_port_call(sandbox_id, port))
+
+    # -- background processes
+
+    def start_process(
+        self,
+        sandbox_id: str,
+        command: str | None = None,
+        *,
+        argv: list[str] | None = None,
+        cwd: str | None = None,
+        env: dict[str, str] | None = None,
+        tag: str | None = None,
+        pty: tuple[int, int] | None = None,
+        stdin: bool = True,
+        timeout_ms: int | None = None,
+    ) -> ProcessInfo:
+        """``POST /sandboxes/{id}/processes``: starts a background process
+        (a shell ``command``, or ``argv``) and returns at once. ``tag`` names
+        it (use it instead of the pid); ``pty`` is ``(rows, cols)``."""
+        return self._send(
+            _api.start_process_call(
+                sandbox_id,
+                command,
+                argv=argv,
+                cwd=cwd,
+                env=env,
+                tag=tag,
+                pty=pty,
+                stdin=stdin,
+                timeout_ms=timeout_ms,
+            )
+        )
+
+    def list_processes(self, sandbox_id: str) -> list[ProcessInfo]:
+        """``GET /sandboxes/{id}/processes``."""
+        return self._send(_api.list_processes_call(sandbox_id))
+
+    def get_process(self, sandbox_id: str, process: int | str) -> ProcessInfo:
+        """``GET /sandboxes/{id}/processes/{pid or tag}``: status and exit code."""
+        return self._send(_api.get_process_call(sandbox_id, process))
+
+    def read_output(
+        self, sandbox_id: str, process: int | str, cursor: int = 0, max_bytes: int | None = None
+    ) -> ProcessOutput:
+        """``GET …/output?cursor=N``: output since ``cursor``; pass the
+        answer's ``next_cursor`` next time."""
+        return self._send(_api.process_output_call(sandbox_id, process, cursor, max_bytes))
+
+    def write_stdin(
+        self, sandbox_id: str, process: int | str, data: bytes | str, close: bool = False
+    ) -> None:
+        """``POST …/stdin``: types ``data`` into the process (for a PTY,
+        ``"\x03"`` is Ctrl-C); ``close`` closes stdin after."""
+        self._send(_api.write_stdin_call(sandbox_id, process, data, close))
+
+    def signal_process(self, sandbox_id: str, process: int | str, signal: str | int) -> None:
+        """``POST …/signal``: ``SIGTERM``, ``SIGINT``, ``SIGKILL``, ... to its group."""
+        self._send(_api.signal_process_call(sandbox_id, process, signal))
+
+    def resize_pty(self, sandbox_id: str, process: int | str, rows: int, cols: int) -> None:
+        """``POST …/resize``: a PTY process's terminal size."""
+        self._send(_api.resize_pty_call(sandbox_id, process, rows, cols))
+
+    def kill_process(self, sandbox_id: str, process: int | str) -> None:
+        """``DELETE …/processes/{pid}``: kills and forgets it (404 is success)."""
+        self._send(_api.remove_process_call(sandbox_id, process))
+
+    def stream_output(
+        self, sandbox_id: str, process: int | str, cursor: int = 0
+    ) -> Iterator[StreamEvent]:
+        """``GET …/stream``: output events as they come, until ``end``."""
+        return self._stream(_api.stream_process_call(sandbox_id, process, cursor))
+
+    def exec_stream(
+        self,
+        sandbox_id: str,
+        command: str,
+        working_dir: str = _api.DEFAULT_WORKING_DIR,
+        timeout_ms: int = _api.DEFAULT_EXEC_TIMEOUT_MS,
+    ) -> Iterator[StreamEvent]:
+        """``POST …/exec`` with ``stream``: ``start``, ``stdout``/``stderr``
+        events as the output comes, then ``end`` (with ``exit_code``)."""
+        return self._stream(_api.exec_stream_call(sandbox_id, command, working_dir, timeout_ms))

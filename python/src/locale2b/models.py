@@ -121,3 +121,103 @@ class ExposedPort:
             already_exposed=obj.get("already_exposed"),
             raw=obj,
         )
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """A background process (``POST/GET /sandboxes/{id}/processes``)."""
+
+    pid: int
+    status: str
+    tag: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stdin_open: bool = False
+    output_end: int = 0
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def running(self) -> bool:
+        """True until the process exited."""
+        return self.status == "running"
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ProcessInfo:
+        """Parses one process object; ``pid`` and ``status`` are required."""
+        pid = _require(obj, "pid", "process")
+        status = _require(obj, "status", "process")
+        return cls(
+            pid=int(pid),
+            status=str(status),
+            tag=obj.get("tag"),
+            exit_code=obj.get("exit_code"),
+            signal=obj.get("signal"),
+            stdin_open=bool(obj.get("stdin_open", False)),
+            output_end=int(obj.get("output_end") or 0),
+            raw=obj,
+        )
+
+
+@dataclass(frozen=True)
+class ProcessOutput:
+    """Output of a process since a cursor.
+
+    ``next_cursor`` is where the next read starts; ``dropped`` counts the
+    bytes before the returned ones that the server no longer held (0: none
+    lost).
+    """
+
+    stdout: str
+    stderr: str
+    next_cursor: int
+    dropped: int = 0
+    pty: str = ""
+    status: str = "running"
+    exit_code: int | None = None
+    complete: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> ProcessOutput:
+        """Parses an output answer; ``next_cursor`` is required."""
+        next_cursor = _require(obj, "next_cursor", "process output")
+        return cls(
+            stdout=obj.get("stdout") or "",
+            stderr=obj.get("stderr") or "",
+            next_cursor=int(next_cursor),
+            dropped=int(obj.get("dropped") or 0),
+            pty=obj.get("pty") or "",
+            status=str(obj.get("status") or "running"),
+            exit_code=obj.get("exit_code"),
+            complete=bool(obj.get("complete", False)),
+            raw=obj,
+        )
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One line of a live stream (streamed exec, process stream).
+
+    ``type`` is ``start``, ``stdout``, ``stderr``, ``pty``, ``dropped``,
+    ``keepalive``, ``end`` or ``error``.
+    """
+
+    type: str
+    data: str | None = None
+    cursor: int | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> StreamEvent:
+        """Parses one stream line; ``type`` is required."""
+        kind = str(_require(obj, "type", "stream line"))
+        return cls(
+            type=kind,
+            data=obj.get("data"),
+            cursor=obj.get("cursor") if obj.get("cursor") is not None else obj.get("next_cursor"),
+            pid=obj.get("pid"),
+            exit_code=obj.get("exit_code"),
+            raw=obj,
+        )

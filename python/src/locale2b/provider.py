@@ -16,7 +16,7 @@ import httpx
 
 from . import _api
 from .aio import AsyncLocale2bClient
-from .models import ExecResult, FileEntry, SandboxInfo
+from .models import ExecResult, FileEntry, ProcessOutput, SandboxInfo
 
 #: Default timeout for package installs and test runs (10 minutes).
 LONG_TIMEOUT_MS = 600_000
@@ -64,6 +64,8 @@ class FirecrackerWorkspaceProvider:
         self.template = template
         self.destroy_on_exit = destroy_on_exit
         self._created: list[str] = []
+        #: Read position of each shell, by (sandbox_id, bash_id).
+        self._shell_cursors: dict[tuple[str, str], int] = {}
 
     async def __aenter__(self) -> FirecrackerWorkspaceProvider:
         return self
@@ -125,6 +127,47 @@ class FirecrackerWorkspaceProvider:
         await self.client.destroy_sandbox(sandbox_id)
         if sandbox_id in self._created:
             self._created.remove(sandbox_id)
+
+    # -- long-running shells (CompyMac's bash_id semantics)
+
+    async def start_shell(
+        self,
+        sandbox_id: str,
+        bash_id: str | None = None,
+        *,
+        command: str = "bash --norc",
+        working_dir: str = _api.DEFAULT_WORKING_DIR,
+    ) -> str:
+        """Starts a shell that keeps running between calls and returns its
+        ``bash_id`` (a generated one when ``None``; it must start with a
+        letter). Type into it with :meth:`write_to_shell`, read what it
+        printed with :meth:`shell_output`, end it with :meth:`kill_shell`."""
+        bash_id = bash_id or "bash-" + uuid.uuid4().hex[:10]
+        await self.client.start_process(
+            sandbox_id, command, cwd=working_dir, tag=bash_id, stdin=True
+        )
+        self._shell_cursors[(sandbox_id, bash_id)] = 0
+        return bash_id
+
+    async def write_to_shell(self, sandbox_id: str, bash_id: str, text: str) -> None:
+        """Types ``text`` into the shell (add ``\n`` to run a line)."""
+        await self.client.write_stdin(sandbox_id, bash_id, text)
+
+    async def shell_output(self, sandbox_id: str, bash_id: str) -> ProcessOutput:
+        """What the shell printed since the last call (stdout and stderr
+        apart). ``dropped`` says how many bytes were lost in between (only
+        when nobody read for a long while and the buffer filled);
+        ``status`` says whether the shell still runs."""
+        key = (sandbox_id, bash_id)
+        out = await self.client.read_output(sandbox_id, bash_id, self._shell_cursors.get(key, 0))
+        self._shell_cursors[key] = out.next_cursor
+        return out
+
+    async def kill_shell(self, sandbox_id: str, bash_id: str) -> None:
+        """Kills the shell (and everything it started); an unknown one counts
+        as killed."""
+        await self.client.kill_process(sandbox_id, bash_id)
+        self._shell_cursors.pop((sandbox_id, bash_id), None)
 
     # -- commands and files
 
