@@ -56,6 +56,8 @@ struct Inner {
     generation: AtomicU64,
     next_id: AtomicU64,
     agent: Mutex<Option<HelloResponse>>,
+    /// Slots for connections being opened ([`ClientConfig::max_opening`]).
+    opening: tokio::sync::Semaphore,
 }
 
 /// Result of [`AgentClient::wait_ready`].
@@ -224,15 +226,17 @@ impl AgentClient {
 
     /// A client of the service on guest port `port`.
     pub fn with_port(socket_path: impl Into<PathBuf>, port: u32, config: ClientConfig) -> Self {
+        let opening = tokio::sync::Semaphore::new(config.max_opening.max(1));
         Self {
             inner: Arc::new(Inner {
                 path: socket_path.into(),
                 port,
-                config,
                 pool: Mutex::new(Vec::new()),
                 generation: AtomicU64::new(0),
                 next_id: AtomicU64::new(1),
                 agent: Mutex::new(None),
+                opening,
+                config,
             }),
         }
     }
@@ -765,12 +769,21 @@ impl AgentClient {
         budget: Duration,
     ) -> Result<(Conn, HelloResponse), ClientError> {
         let cfg = &self.inner.config;
+        // Waiting for a slot counts against the budget like the steps do.
+        let _slot = tokio::time::timeout(budget, self.inner.opening.acquire())
+            .await
+            .map_err(|_| ClientError::timeout("a free connection slot", budget))?
+            .map_err(|_| ClientError::Protocol("the client is closed".into()))?;
         let generation = self.inner.generation.load(Ordering::SeqCst);
+        let handshake = match lock(&self.inner.agent).is_some() {
+            true => cfg.ready_handshake_timeout,
+            false => cfg.handshake_timeout,
+        };
         let stream = connect_with(
             &self.inner.path,
             self.inner.port,
             cfg.connect_timeout.min(budget),
-            cfg.handshake_timeout.min(budget),
+            handshake.min(budget),
         )
         .await?;
         let mut conn = Conn::new(stream, generation);

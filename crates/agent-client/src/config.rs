@@ -16,6 +16,10 @@ pub struct ClientConfig {
     /// 1 s). Firecracker neither answers nor closes a `CONNECT` sent before
     /// the guest's vsock driver is up, so every attempt needs this limit.
     pub handshake_timeout: Duration,
+    /// The same limit once the agent has answered on this client (default
+    /// 5 s): its vsock driver is up then, so a slow `OK` means a busy guest
+    /// (many connections at once, emulated CPUs), not one still booting.
+    pub ready_handshake_timeout: Duration,
     /// Limit on the `hello` exchange that opens every new connection
     /// (default 5 s).
     pub hello_timeout: Duration,
@@ -24,6 +28,10 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Largest frame sent or accepted (default [`DEFAULT_MAX_FRAME`]).
     pub max_frame: usize,
+    /// Most connections being opened at once (connect, `CONNECT`, `hello`);
+    /// more concurrent requests wait for a slot instead of all knocking at
+    /// once (a guest under emulation accepts slowly). Default 8.
+    pub max_opening: usize,
     /// Most idle connections kept for reuse (default 8).
     pub max_idle: usize,
     /// Idle connections older than this are closed instead of reused
@@ -48,9 +56,11 @@ impl Default for ClientConfig {
         Self {
             connect_timeout: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(1),
+            ready_handshake_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
             max_frame: DEFAULT_MAX_FRAME,
+            max_opening: 8,
             max_idle: 8,
             max_idle_age: Duration::from_secs(60),
             connect_attempts: 3,

@@ -507,6 +507,34 @@ async fn hybrid_vsock_connect_helper() {
 }
 
 #[tokio::test]
+async fn a_slow_connect_reply_is_waited_for_once_the_agent_answered() {
+    let rig = Rig::new(AgentSpec::default());
+    let cfg = ClientConfig {
+        ready_handshake_timeout: Duration::from_secs(3),
+        // Every request opens a new connection.
+        max_idle_age: Duration::ZERO,
+        connect_attempts: 1,
+        ..config()
+    };
+    // Slower than `handshake_timeout` (150 ms), well within the ready one.
+    rig.shim.reply_delay_ms.store(400, Ordering::SeqCst);
+    let booting = AgentClient::new(&rig.shim.path, cfg.clone());
+    let err = booting.ping().await.expect_err("not known to be up yet");
+    assert!(err.is_timeout(), "{err:?}");
+
+    rig.shim.reply_delay_ms.store(0, Ordering::SeqCst);
+    let client = AgentClient::new(&rig.shim.path, cfg);
+    client.ping().await.expect("first ping");
+    rig.shim.reply_delay_ms.store(400, Ordering::SeqCst);
+    let before = rig.shim.connects();
+    for _ in 0..2 {
+        client.ping().await.expect("slow but answered");
+    }
+    // Each ping went through its own slow `CONNECT`.
+    assert_eq!(rig.shim.connects(), before + 2);
+}
+
+#[tokio::test]
 async fn idle_connections_past_max_age_are_not_reused() {
     let rig = Rig::new(AgentSpec::default());
     let client = AgentClient::new(

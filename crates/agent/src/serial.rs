@@ -199,7 +199,7 @@ where
     let mut to_port: Vec<u8> = Vec::new();
     let mut to_port_off = 0usize;
     let mut rbuf = vec![0u8; 64 * 1024];
-    let mut obuf = vec![0u8; 64 * 1024];
+    let mut obuf = vec![0u8; 256 * 1024];
     let shutdown = ctx.shutdown_token().clone();
     loop {
         let event = {
@@ -318,8 +318,9 @@ fn start_session(ctx: Arc<AgentContext>) -> Session {
 
 /// Runs a yamux server on `io` and serves every inbound stream.
 async fn run_mux_server(io: DuplexStream, ctx: Arc<AgentContext>) {
-    let mut conn =
-        yamux::Connection::new(io.compat(), yamux::Config::default(), yamux::Mode::Server);
+    let mut config = yamux::Config::default();
+    config.set_split_send_size(locale2b_protocol::MUX_SPLIT_SEND_SIZE);
+    let mut conn = yamux::Connection::new(io.compat(), config, yamux::Mode::Server);
     let mut streams = tokio::task::JoinSet::new();
     loop {
         match poll_fn(|cx| conn.poll_next_inbound(cx)).await {

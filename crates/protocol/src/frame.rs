@@ -363,10 +363,9 @@ mod io {
         payload: &[u8],
         max: usize,
     ) -> Result<(), FrameError> {
-        check_len(payload.len(), max)?;
-        let header = (payload.len() as u32).to_be_bytes();
-        w.write_all(&header).await.map_err(FrameError::Io)?;
-        w.write_all(payload).await.map_err(FrameError::Io)?;
+        // One buffer, one write (see `write_data`).
+        let frame = super::encode(payload, max)?;
+        w.write_all(&frame).await.map_err(FrameError::Io)?;
         w.flush().await.map_err(FrameError::Io)
     }
 

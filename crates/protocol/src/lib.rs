@@ -58,6 +58,11 @@ pub const STREAMS_PROTOCOL_VERSION: u32 = 2;
 /// The vsock port the agent's framed protocol listens on.
 pub const AGENT_VSOCK_PORT: u32 = 5000;
 
+/// Largest yamux frame either side of the qemu serial channel sends. The
+/// library's default (16 KiB) costs a frame per 16 KiB; under emulation
+/// every frame is expensive, so bulk output goes in larger ones.
+pub const MUX_SPLIT_SEND_SIZE: usize = 128 * 1024;
+
 /// Name of the virtio-serial port the qemu backend gives the guest; the agent
 /// finds it under `/sys/class/virtio-ports/*/name`.
 pub const SERIAL_PORT_NAME: &str = "org.locale2b.agent";

@@ -244,11 +244,9 @@ async fn run_session(
     reset_rx: &mut mpsc::UnboundedReceiver<u64>,
     cancel: &CancellationToken,
 ) -> String {
-    let mut conn = yamux::Connection::new(
-        stream.compat(),
-        yamux::Config::default(),
-        yamux::Mode::Client,
-    );
+    let mut config = yamux::Config::default();
+    config.set_split_send_size(locale2b_protocol::MUX_SPLIT_SEND_SIZE);
+    let mut conn = yamux::Connection::new(stream.compat(), config, yamux::Mode::Client);
     let mut pending: VecDeque<StreamReply> = VecDeque::new();
     loop {
         let drive = poll_fn(|cx| loop {

@@ -247,6 +247,8 @@ pub struct Shim {
     pub silent: Arc<AtomicBool>,
     /// This many further connections are held silent, then answered.
     pub silent_remaining: Arc<AtomicU32>,
+    /// Milliseconds to wait before answering a `CONNECT` (a busy guest).
+    pub reply_delay_ms: Arc<AtomicU32>,
     /// `CONNECT` lines received.
     pub connects: Arc<AtomicU32>,
     /// Connections currently spliced to the agent.
@@ -262,33 +264,28 @@ impl Shim {
         let listener = UnixListener::bind(path).expect("bind shim");
         let silent = Arc::new(AtomicBool::new(false));
         let silent_remaining = Arc::new(AtomicU32::new(0));
+        let reply_delay_ms = Arc::new(AtomicU32::new(0));
         let connects = Arc::new(AtomicU32::new(0));
         let active = Arc::new(AtomicU32::new(0));
-        let (s, r, c, a) = (
-            silent.clone(),
-            silent_remaining.clone(),
-            connects.clone(),
-            active.clone(),
-        );
+        let knobs = Knobs {
+            silent: silent.clone(),
+            silent_remaining: silent_remaining.clone(),
+            reply_delay_ms: reply_delay_ms.clone(),
+            connects: connects.clone(),
+            active: active.clone(),
+        };
         let agent = agent.to_path_buf();
         let task = tokio::spawn(async move {
             let mut conns = JoinSet::new();
             while let Ok((stream, _)) = listener.accept().await {
-                conns.spawn(shim_conn(
-                    stream,
-                    port,
-                    agent.clone(),
-                    s.clone(),
-                    r.clone(),
-                    c.clone(),
-                    a.clone(),
-                ));
+                conns.spawn(shim_conn(stream, port, agent.clone(), knobs.clone()));
             }
         });
         Self {
             path: path.to_path_buf(),
             silent,
             silent_remaining,
+            reply_delay_ms,
             connects,
             active,
             task,
@@ -306,15 +303,24 @@ impl Drop for Shim {
     }
 }
 
-async fn shim_conn(
-    mut client: UnixStream,
-    served: u32,
-    agent: PathBuf,
+/// The shim's shared switches and counters (see the [`Shim`] fields).
+#[derive(Debug, Clone)]
+struct Knobs {
     silent: Arc<AtomicBool>,
     silent_remaining: Arc<AtomicU32>,
+    reply_delay_ms: Arc<AtomicU32>,
     connects: Arc<AtomicU32>,
     active: Arc<AtomicU32>,
-) {
+}
+
+async fn shim_conn(mut client: UnixStream, served: u32, agent: PathBuf, knobs: Knobs) {
+    let Knobs {
+        silent,
+        silent_remaining,
+        reply_delay_ms,
+        connects,
+        active,
+    } = knobs;
     let mut line = Vec::new();
     loop {
         let mut b = [0u8; 1];
@@ -342,6 +348,10 @@ async fn shim_conn(
     let Ok(mut upstream) = UnixStream::connect(&agent).await else {
         return;
     };
+    let delay = reply_delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(u64::from(delay))).await;
+    }
     if client.write_all(b"OK 1073741824\n").await.is_err() {
         return;
     }

@@ -17,6 +17,7 @@
 //! running with its newest output. A reader that asks for bytes that were
 //! dropped is told exactly how many ([`Read::dropped`]).
 
+use bytes::Bytes;
 use locale2b_protocol::DataChannel;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -36,8 +37,8 @@ pub struct Read {
     pub dropped: u64,
     /// Cursor of the first byte returned.
     pub cursor: u64,
-    /// The bytes, in order, by channel.
-    pub pieces: Vec<(DataChannel, Vec<u8>)>,
+    /// The bytes, in order, by channel (shared with the buffer, not copied).
+    pub pieces: Vec<(DataChannel, Bytes)>,
     /// Cursor after the last byte returned.
     pub next: u64,
     /// No more output will come and everything up to `next` was returned.
@@ -52,7 +53,7 @@ struct Follower {
 
 #[derive(Debug)]
 struct Inner {
-    chunks: VecDeque<(DataChannel, Vec<u8>)>,
+    chunks: VecDeque<(DataChannel, Bytes)>,
     /// Cursor of the first held byte.
     start: u64,
     /// Cursor after the last byte.
@@ -85,12 +86,23 @@ impl Inner {
         followers.chain(poll).min()
     }
 
-    fn drop_front(&mut self) {
-        if let Some((_, front)) = self.chunks.pop_front() {
-            let n = front.len() as u64;
-            self.start += n;
-            self.dropped_total += n;
+    /// Drops up to `n` bytes from the front, within the first chunk (a
+    /// chunk only partly dropped keeps its newest bytes). Returns how many.
+    fn drop_front(&mut self, n: u64) -> u64 {
+        let Some((_, front)) = self.chunks.front_mut() else {
+            return 0;
+        };
+        let len = front.len() as u64;
+        let n = n.min(len);
+        if n == len {
+            self.chunks.pop_front();
+        } else {
+            // `n < len <= usize::MAX`, so the cast is lossless.
+            let _ = front.split_to(n as usize);
         }
+        self.start += n;
+        self.dropped_total += n;
+        n
     }
 }
 
@@ -102,6 +114,8 @@ pub struct OutputBuffer {
     changed: Notify,
     /// Woken when a reader advanced: a blocked writer waits on it.
     advanced: Notify,
+    /// Writers waiting for a reader to make room.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// A live reader's registration; dropping it unregisters.
@@ -133,8 +147,7 @@ impl Drop for FollowerGuard<'_> {
 }
 
 impl OutputBuffer {
-    /// An empty buffer holding at most `cap` bytes (at least one chunk is
-    /// always kept, so a chunk larger than `cap` still gets through).
+    /// An empty buffer holding at most `cap` bytes.
     pub fn new(cap: u64) -> Self {
         Self {
             inner: Mutex::new(Inner {
@@ -150,6 +163,7 @@ impl OutputBuffer {
             }),
             changed: Notify::new(),
             advanced: Notify::new(),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -160,8 +174,21 @@ impl OutputBuffer {
     }
 
     /// Appends a chunk, waiting while the bytes it would push out are still
-    /// protected by a reader (see the module docs).
-    pub async fn append(&self, channel: DataChannel, data: Vec<u8>) {
+    /// protected by a reader (see the module docs). A chunk larger than the
+    /// buffer goes in as pieces of at most its size.
+    pub async fn append(&self, channel: DataChannel, data: impl Into<Bytes>) {
+        let mut data: Bytes = data.into();
+        let cap = usize::try_from(self.lock().cap)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        while data.len() > cap {
+            let piece = data.split_to(cap);
+            self.append_piece(channel, piece).await;
+        }
+        self.append_piece(channel, data).await;
+    }
+
+    async fn append_piece(&self, channel: DataChannel, data: Bytes) {
         if data.is_empty() {
             return;
         }
@@ -175,14 +202,16 @@ impl OutputBuffer {
                 let now = Instant::now();
                 let mut wait = None;
                 while !i.chunks.is_empty() && i.held() + n > i.cap {
-                    let front_end = i.start + i.chunks.front().map_or(0, |c| c.1.len() as u64);
-                    match i.protected(now) {
-                        Some(p) if p < front_end => {
-                            wait = Some(());
-                            break;
-                        }
-                        _ => i.drop_front(),
+                    // Only bytes before the lowest protected cursor may go.
+                    let excess = i.held() + n - i.cap;
+                    let droppable = i
+                        .protected(now)
+                        .map_or(u64::MAX, |p| p.saturating_sub(i.start));
+                    if droppable == 0 {
+                        wait = Some(());
+                        break;
                     }
+                    i.drop_front(excess.min(droppable));
                 }
                 if wait.is_none() {
                     i.chunks.push_back((channel, data));
@@ -195,8 +224,17 @@ impl OutputBuffer {
                 // have lapsed (the shorter of the two grace periods).
                 POLL_GRACE.min(STALL_AFTER) / 10
             };
+            self.waiting
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let _ = tokio::time::timeout(wait, advanced).await;
+            self.waiting
+                .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }
+    }
+
+    /// Whether a writer is waiting for a reader to make room.
+    pub fn writer_waiting(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 
     /// No more output will come (the process ended and its pipes closed).
@@ -243,8 +281,7 @@ impl OutputBuffer {
             }
             let skip = usize::try_from(from.saturating_sub(pos)).unwrap_or(0);
             let take = (data.len() - skip).min(budget);
-            out.pieces
-                .push((*channel, data[skip..skip + take].to_vec()));
+            out.pieces.push((*channel, data.slice(skip..skip + take)));
             out.next = pos + (skip + take) as u64;
             budget -= take;
             pos += len;
@@ -300,7 +337,7 @@ mod tests {
     use DataChannel::{Stderr, Stdout};
 
     fn flat(r: &Read) -> Vec<u8> {
-        r.pieces.iter().flat_map(|(_, d)| d.clone()).collect()
+        r.pieces.iter().flat_map(|(_, d)| d.to_vec()).collect()
     }
 
     #[tokio::test]
@@ -315,9 +352,9 @@ mod tests {
         assert_eq!(
             r.pieces,
             vec![
-                (Stdout, b"out1".to_vec()),
-                (Stderr, b"err".to_vec()),
-                (Stdout, b"out2".to_vec())
+                (Stdout, Bytes::from_static(b"out1")),
+                (Stderr, Bytes::from_static(b"err")),
+                (Stdout, Bytes::from_static(b"out2"))
             ]
         );
         // From the middle of a chunk, with a byte budget.
@@ -337,11 +374,12 @@ mod tests {
             b.append(Stdout, vec![b'a' + i; 4]).await;
         }
         let (start, end, _, dropped) = b.bounds();
-        assert_eq!((start, end, dropped), (12, 20, 12));
+        // Exactly the newest `cap` bytes stay, even from a split chunk.
+        assert_eq!((start, end, dropped), (10, 20, 10));
         let r = b.read(0, 100, false);
-        assert_eq!(r.dropped, 12);
-        assert_eq!(r.cursor, 12);
-        assert_eq!(flat(&r), b"ddddeeee");
+        assert_eq!(r.dropped, 10);
+        assert_eq!(r.cursor, 10);
+        assert_eq!(flat(&r), b"ccddddeeee");
     }
 
     #[tokio::test]
@@ -368,6 +406,18 @@ mod tests {
         let (_, end, _, dropped) = b.bounds();
         assert_eq!((end, dropped), (12, 4));
         drop(f);
+    }
+
+    #[tokio::test]
+    async fn a_chunk_larger_than_the_buffer_keeps_only_its_tail() {
+        let b = OutputBuffer::new(4);
+        b.append(Stdout, b"abcdefghij".to_vec()).await;
+        let r = b.read(0, 100, false);
+        assert_eq!((r.dropped, r.cursor, r.next), (6, 6, 10));
+        assert_eq!(flat(&r), b"ghij");
+        let (start, end, _, dropped) = b.bounds();
+        assert_eq!(end - start, 4);
+        assert_eq!(dropped, 6);
     }
 
     #[tokio::test]

@@ -41,15 +41,30 @@ pub const MAX_RUNNING: usize = 1024;
 /// Most exited processes kept (the oldest go first beyond it).
 pub const MAX_EXITED: usize = 256;
 
-/// How long output is still collected after a process exited, for
-/// background children that keep its pipes open.
+/// After a process exited, its pipes are read until they are quiet this
+/// long (background children may keep them open)...
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+
+/// ...and at most this long in all.
+const OUTPUT_AFTER_EXIT: Duration = Duration::from_secs(10);
 
 /// How long a write to stdin may wait for the process to read.
 const STDIN_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Size of each read from a process's output.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 256 * 1024;
+
+/// Capacity asked for the output pipes (Linux defaults to 64 KiB): fewer,
+/// larger reads cost less per byte, which matters under emulation.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+/// Grows a pipe's capacity (best effort: the default stays on failure).
+fn grow_pipe(fd: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own takes an integer.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -88,6 +103,8 @@ pub struct Proc {
     /// Set as soon as the process was reaped (its exit is published once
     /// its output is all in).
     reaped: AtomicBool,
+    /// Cancelled when it was reaped (ends its timeout task).
+    ended: tokio_util::sync::CancellationToken,
     timed_out: AtomicBool,
     /// Forget it once a follow stream delivered its end.
     pub ephemeral: bool,
@@ -544,44 +561,66 @@ impl ProcessTable {
             pty: master.clone(),
             exit: Mutex::new(None),
             reaped: AtomicBool::new(false),
+            ended: tokio_util::sync::CancellationToken::new(),
             timed_out: AtomicBool::new(false),
             ephemeral: req.ephemeral,
         });
         lock(&self.procs).insert(pid, proc.clone());
 
-        // Output pumps.
+        // Output pumps: read into one growing buffer and hand the filled
+        // part to the output buffer without copying it.
         let mut pumps = Vec::new();
         if let Some(m) = master {
             let p = proc.clone();
             pumps.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; READ_CHUNK];
+                let mut buf = bytes::BytesMut::new();
                 loop {
+                    buf.resize(READ_CHUNK, 0);
                     match m.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
-                        Ok(n) => p.buffer.append(DataChannel::Pty, buf[..n].to_vec()).await,
+                        Ok(n) => {
+                            let chunk = buf.split_to(n).freeze();
+                            p.buffer.append(DataChannel::Pty, chunk).await;
+                        }
                     }
                 }
             }));
         }
-        if let Some(mut out) = child.stdout.take() {
-            let p = proc.clone();
-            pumps.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; READ_CHUNK];
-                while let Ok(n @ 1..) = out.read(&mut buf).await {
-                    p.buffer
-                        .append(DataChannel::Stdout, buf[..n].to_vec())
-                        .await;
-                }
-            }));
+        if let Some(p) = &child.stdout {
+            grow_pipe(p);
         }
-        if let Some(mut err_pipe) = child.stderr.take() {
+        if let Some(p) = &child.stderr {
+            grow_pipe(p);
+        }
+        for (pipe, channel) in [
+            (
+                child
+                    .stdout
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                DataChannel::Stdout,
+            ),
+            (
+                child
+                    .stderr
+                    .take()
+                    .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+                DataChannel::Stderr,
+            ),
+        ] {
+            let Some(mut pipe) = pipe else { continue };
             let p = proc.clone();
             pumps.push(tokio::spawn(async move {
-                let mut buf = vec![0u8; READ_CHUNK];
-                while let Ok(n @ 1..) = err_pipe.read(&mut buf).await {
-                    p.buffer
-                        .append(DataChannel::Stderr, buf[..n].to_vec())
-                        .await;
+                let mut buf = bytes::BytesMut::with_capacity(READ_CHUNK);
+                loop {
+                    buf.reserve(READ_CHUNK);
+                    match pipe.read_buf(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let chunk = buf.split_to(n).freeze();
+                            p.buffer.append(channel, chunk).await;
+                        }
+                    }
                 }
             }));
         }
@@ -591,7 +630,11 @@ impl ProcessTable {
         if let Some(t) = timeout {
             let p = proc.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(t).await;
+                // Ends with the process, so it does not keep it alive.
+                tokio::select! {
+                    () = tokio::time::sleep(t) => {}
+                    () = p.ended.cancelled() => return,
+                }
                 if p.running() {
                     p.timed_out.store(true, Ordering::SeqCst);
                     let _ = signal_group(p.pid as i32, libc::SIGKILL);
@@ -605,6 +648,7 @@ impl ProcessTable {
         tokio::spawn(async move {
             let status = child.wait().await;
             p.reaped.store(true, Ordering::SeqCst);
+            p.ended.cancel();
             let duration_ms = u64::try_from(p.started.elapsed().as_millis()).unwrap_or(u64::MAX);
             children.remove(pid as i32);
             let timed_out = p.timed_out.load(Ordering::SeqCst);
@@ -618,11 +662,26 @@ impl ProcessTable {
             };
             // Writes to stdin fail from now on.
             *p.input.lock().await = None;
-            let deadline = tokio::time::Instant::now() + OUTPUT_GRACE;
+            // Output the process wrote before it exited may still be in
+            // the pipes: keep reading while it comes. Children that keep
+            // the pipes open get OUTPUT_GRACE of quiet, at most
+            // OUTPUT_AFTER_EXIT in all.
+            let hard_stop = tokio::time::Instant::now() + OUTPUT_AFTER_EXIT;
             for pump in pumps {
                 let abort = pump.abort_handle();
-                if tokio::time::timeout_at(deadline, pump).await.is_err() {
-                    abort.abort();
+                tokio::pin!(pump);
+                loop {
+                    let before = p.buffer.bounds().1;
+                    let wait = OUTPUT_GRACE
+                        .min(hard_stop.saturating_duration_since(tokio::time::Instant::now()));
+                    if tokio::time::timeout(wait, &mut pump).await.is_ok() {
+                        break;
+                    }
+                    let moved = p.buffer.bounds().1 != before || p.buffer.writer_waiting();
+                    if !moved || tokio::time::Instant::now() >= hard_stop {
+                        abort.abort();
+                        break;
+                    }
                 }
             }
             // Published only once its output is all in the buffer, so a
