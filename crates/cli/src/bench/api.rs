@@ -131,6 +131,42 @@ impl Api {
         Ok(Timed { body: parsed, ms })
     }
 
+    /// Sends `method path` and returns the response as it starts (status
+    /// checked), so the caller can read its body as it streams.
+    pub async fn open(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<reqwest::Response, ApiError> {
+        let transport = |source| ApiError::Transport {
+            method: method.clone(),
+            path: path.to_owned(),
+            source,
+        };
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path))
+            .header("X-API-Key", &self.key)
+            .timeout(timeout);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        if !status.is_success() {
+            let message = resp.text().await.unwrap_or_default();
+            return Err(ApiError::Status {
+                method,
+                path: path.to_owned(),
+                status,
+                message,
+            });
+        }
+        Ok(resp)
+    }
+
     /// GET with the default timeout.
     pub async fn get(&self, path: &str) -> Result<Timed, ApiError> {
         self.call(Method::GET, path, None, Duration::from_secs(60))

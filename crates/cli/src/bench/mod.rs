@@ -18,6 +18,7 @@ mod console;
 mod report;
 mod server;
 mod stats;
+mod streams;
 
 use anyhow::Context;
 use api::{ms_since, str_field, Api, ApiError};
@@ -637,6 +638,7 @@ impl Bench {
         eprintln!("bench: working sandbox {id} (workspace {ws})");
         let mut m = Vec::new();
         m.extend(self.exec_overhead(&id).await);
+        m.extend(streams::metrics(&self.api, &id, self.counts.ops).await);
         m.extend(self.agent_ping(&id).await);
         m.extend(self.files(&id).await);
         m.extend(self.management().await);
