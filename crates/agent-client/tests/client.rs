@@ -77,6 +77,7 @@ async fn connect_handshake_and_typed_calls() {
             mode: None,
             create_parents: false,
             append: false,
+            owner: None,
         })
         .await
         .expect("write_file");
@@ -97,6 +98,7 @@ async fn connect_handshake_and_typed_calls() {
             path: "/workspace/d".into(),
             parents: true,
             mode: None,
+            owner: None,
         })
         .await
         .expect("mkdir");
@@ -455,6 +457,7 @@ async fn non_idempotent_request_is_not_resent_after_disconnect() {
             mode: None,
             create_parents: false,
             append: true,
+            owner: None,
         })
         .await
         .expect_err("connection lost");

@@ -125,6 +125,7 @@ async fn real_agent_behind_shim() {
             mode: None,
             create_parents: false,
             append: false,
+            owner: None,
         })
         .await
         .expect("write_file");

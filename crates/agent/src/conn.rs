@@ -116,6 +116,11 @@ where
         if let (Some(v), Outcome::Ok(_)) = (hello_version, &outcome) {
             version = v.min(PROTOCOL_VERSION);
         }
+        // Answers carry only what this connection's version knows.
+        let outcome = match outcome {
+            Outcome::Ok(resp) => Outcome::Ok(resp.for_version(version)),
+            other => other,
+        };
         if reply(&mut wr, id, outcome, max).await.is_err() {
             return;
         }

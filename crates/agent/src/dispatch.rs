@@ -221,9 +221,9 @@ pub async fn handle(request: Request, ctx: &Arc<AgentContext>) -> Result<Respons
         Request::ProcessRemove(req) => ctx.processes.remove(&req.process).map(|()| Response::Done),
         // Streamed requests are run by `stream`; reaching here is a bug of
         // the connection loop.
-        Request::ProcessOutput(_) => Err(ErrorBody::new(
+        Request::ProcessOutput(_) | Request::WatchDir(_) => Err(ErrorBody::new(
             ErrorCode::Internal,
-            "process_output must be streamed",
+            "streamed requests are not answered here",
         )),
     }
 }
@@ -271,6 +271,7 @@ where
                 stream_output(&proc, id, req.cursor, req.max_bytes, req.follow, w, r, max).await
             }
         },
+        Request::WatchDir(req) => crate::watch::stream(ctx, id, &req, w, r).await,
         other => {
             let body = ErrorBody::new(
                 ErrorCode::Internal,
@@ -315,6 +316,7 @@ mod tests {
                 mode: None,
                 create_parents: false,
                 append: false,
+                owner: None,
             }),
             Request::ListFiles(ListFilesRequest {
                 path: String::new(),
@@ -326,6 +328,7 @@ mod tests {
                 path: String::new(),
                 parents: false,
                 mode: None,
+                owner: None,
             }),
             Request::Stat(PathRequest {
                 path: String::new(),

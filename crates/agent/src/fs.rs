@@ -26,6 +26,93 @@ const READ_ENVELOPE: usize = 512;
 /// Default depth of a recursive listing.
 const DEFAULT_LIST_DEPTH: u32 = 16;
 
+/// User and group names by id, read once per request from `/etc/passwd`
+/// and `/etc/group` (a listing names many owners).
+#[derive(Debug, Default)]
+pub struct Owners {
+    users: std::collections::HashMap<u32, String>,
+    groups: std::collections::HashMap<u32, String>,
+}
+
+impl Owners {
+    /// Reads the guest's user and group databases.
+    pub fn load() -> Self {
+        let passwd = stdfs::read_to_string("/etc/passwd").unwrap_or_default();
+        let group = stdfs::read_to_string("/etc/group").unwrap_or_default();
+        Self::parse(&passwd, &group)
+    }
+
+    /// From `passwd`/`group` text.
+    pub fn parse(passwd: &str, group: &str) -> Self {
+        let ids = |text: &str| {
+            text.lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':');
+                    let name = f.next()?;
+                    let id = f.nth(1)?.parse().ok()?;
+                    Some((id, name.to_owned()))
+                })
+                .collect()
+        };
+        Self {
+            users: ids(passwd),
+            groups: ids(group),
+        }
+    }
+
+    /// The user name of `uid`, or the uid as digits.
+    pub fn user(&self, uid: u32) -> String {
+        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+    }
+
+    /// The group name of `gid`, or the gid as digits.
+    pub fn group(&self, gid: u32) -> String {
+        self.groups
+            .get(&gid)
+            .cloned()
+            .unwrap_or_else(|| gid.to_string())
+    }
+}
+
+/// The owner a request names, looked up.
+///
+/// # Errors
+/// `not_found` for an unknown user.
+fn owner_of(owner: Option<&str>) -> Result<Option<crate::command::UserSpec>, ErrorBody> {
+    owner.map(crate::command::lookup_user).transpose()
+}
+
+/// Creates `dir` and its missing ancestors with `mode`, giving the ones it
+/// creates to `owner` when set.
+fn create_dirs_owned(
+    dir: &Path,
+    mode: u32,
+    owner: Option<&crate::command::UserSpec>,
+) -> std::io::Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(p) = at {
+        match stdfs::symlink_metadata(p) {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(p.to_path_buf()),
+            Err(e) => return Err(e),
+        }
+        at = p.parent();
+    }
+    for p in missing.iter().rev() {
+        match stdfs::DirBuilder::new().mode(mode).create(p) {
+            Ok(()) => {}
+            // Made meanwhile by someone else: theirs to own.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+        if let Some(u) = owner {
+            std::os::unix::fs::lchown(p, Some(u.uid), Some(u.gid))?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs a blocking file handler on the blocking pool.
 ///
 /// # Errors
@@ -164,6 +251,7 @@ fn check_mode(mode: Option<u32>) -> Result<(), ErrorBody> {
 pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response, ErrorBody> {
     let path = resolve(ctx, &req.path)?;
     check_mode(req.mode)?;
+    let owner = owner_of(req.owner.as_deref())?;
     let data = decode_content(req)?;
     let parent = path
         .parent()
@@ -177,7 +265,7 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
         ));
     };
     if req.create_parents {
-        stdfs::create_dir_all(&parent).map_err(|e| io_err(&parent, &e))?;
+        create_dirs_owned(&parent, 0o755, owner.as_ref()).map_err(|e| io_err(&parent, &e))?;
     }
     let existing = match stdfs::metadata(&path) {
         Ok(m) if m.is_dir() => {
@@ -198,6 +286,10 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
             .open(&path)
             .map_err(|e| io_err(&path, &e))?;
         f.write_all(&data).map_err(|e| io_err(&path, &e))?;
+        if let Some(u) = &owner {
+            std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))
+                .map_err(|e| io_err(&path, &e))?;
+        }
         if let (Some(mode), Some(_)) = (req.mode, &existing) {
             f.set_permissions(stdfs::Permissions::from_mode(mode))
                 .map_err(|e| io_err(&path, &e))?;
@@ -228,7 +320,10 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
         f.write_all(&data).map_err(|e| io_err(&path, &e))?;
         f.set_permissions(stdfs::Permissions::from_mode(mode))
             .map_err(|e| io_err(&path, &e))?;
-        if let Some(m) = &existing {
+        if let Some(u) = &owner {
+            std::os::unix::fs::fchown(&f, Some(u.uid), Some(u.gid))
+                .map_err(|e| io_err(&path, &e))?;
+        } else if let Some(m) = &existing {
             // Keep the owner of a replaced file (best effort: only root may chown).
             let _ = std::os::unix::fs::fchown(&f, Some(m.uid()), Some(m.gid()));
         }
@@ -250,7 +345,7 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
 }
 
 /// Builds a [`FileInfo`] from `lstat` metadata.
-pub fn file_info(path: &Path, meta: &Metadata) -> FileInfo {
+pub fn file_info(path: &Path, meta: &Metadata, owners: &Owners) -> FileInfo {
     let ft = meta.file_type();
     let kind = if ft.is_symlink() {
         FileKind::Symlink
@@ -280,6 +375,8 @@ pub fn file_info(path: &Path, meta: &Metadata) -> FileInfo {
         mode: meta.mode() & 0o7777,
         mtime_ms: meta.mtime() * 1000 + meta.mtime_nsec() / 1_000_000,
         symlink_target,
+        owner: Some(owners.user(meta.uid())),
+        group: Some(owners.group(meta.gid())),
     }
 }
 
@@ -306,64 +403,61 @@ pub fn list_files(ctx: &AgentContext, req: &ListFilesRequest) -> Result<Response
     } else {
         1
     };
-    let mut entries = Vec::new();
-    let mut truncated = false;
-    walk(
-        &root,
-        1,
+    let mut walker = Walker {
         max_depth,
         max_entries,
-        &mut entries,
-        &mut truncated,
-        true,
-    )?;
+        owners: Owners::load(),
+        out: Vec::new(),
+        truncated: false,
+    };
+    walker.walk(&root, 1, true)?;
+    let Walker {
+        out: mut entries,
+        truncated,
+        ..
+    } = walker;
     entries.sort_by(|a: &FileInfo, b: &FileInfo| a.path.cmp(&b.path));
     Ok(Response::Listing(Listing { entries, truncated }))
 }
 
-fn walk(
-    dir: &Path,
-    depth: u32,
+/// A depth-first listing in progress.
+struct Walker {
     max_depth: u32,
     max_entries: usize,
-    out: &mut Vec<FileInfo>,
-    truncated: &mut bool,
-    top: bool,
-) -> Result<(), ErrorBody> {
-    let rd = match stdfs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if top => return Err(io_err(dir, &e)),
-        Err(_) => return Ok(()),
-    };
-    let mut children: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    children.sort();
-    for child in children {
-        if out.len() >= max_entries {
-            *truncated = true;
-            return Ok(());
-        }
-        let Ok(meta) = stdfs::symlink_metadata(&child) else {
-            continue;
+    owners: Owners,
+    out: Vec<FileInfo>,
+    truncated: bool,
+}
+
+impl Walker {
+    fn walk(&mut self, dir: &Path, depth: u32, top: bool) -> Result<(), ErrorBody> {
+        let rd = match stdfs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if top => return Err(io_err(dir, &e)),
+            Err(_) => return Ok(()),
         };
-        out.push(file_info(&child, &meta));
-        // Deeper levels past `max_depth` are left out by request; that is
-        // not a truncation.
-        if meta.is_dir() && depth < max_depth {
-            walk(
-                &child,
-                depth + 1,
-                max_depth,
-                max_entries,
-                out,
-                truncated,
-                false,
-            )?;
-            if *truncated {
+        let mut children: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        children.sort();
+        for child in children {
+            if self.out.len() >= self.max_entries {
+                self.truncated = true;
                 return Ok(());
             }
+            let Ok(meta) = stdfs::symlink_metadata(&child) else {
+                continue;
+            };
+            self.out.push(file_info(&child, &meta, &self.owners));
+            // Deeper levels past `max_depth` are left out by request; that
+            // is not a truncation.
+            if meta.is_dir() && depth < self.max_depth {
+                self.walk(&child, depth + 1, false)?;
+                if self.truncated {
+                    return Ok(());
+                }
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// `mkdir`.
@@ -374,9 +468,20 @@ fn walk(
 pub fn mkdir(ctx: &AgentContext, req: &MkdirRequest) -> Result<Response, ErrorBody> {
     let path = resolve(ctx, &req.path)?;
     check_mode(req.mode)?;
-    let mut b = stdfs::DirBuilder::new();
-    b.recursive(req.parents).mode(req.mode.unwrap_or(0o755));
-    b.create(&path).map_err(|e| io_err(&path, &e))?;
+    let owner = owner_of(req.owner.as_deref())?;
+    let mode = req.mode.unwrap_or(0o755);
+    if req.parents {
+        create_dirs_owned(&path, mode, owner.as_ref()).map_err(|e| io_err(&path, &e))?;
+    } else {
+        stdfs::DirBuilder::new()
+            .mode(mode)
+            .create(&path)
+            .map_err(|e| io_err(&path, &e))?;
+        if let Some(u) = &owner {
+            std::os::unix::fs::lchown(&path, Some(u.uid), Some(u.gid))
+                .map_err(|e| io_err(&path, &e))?;
+        }
+    }
     let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
     if !meta.is_dir() {
         return Err(ErrorBody::new(
@@ -390,7 +495,7 @@ pub fn mkdir(ctx: &AgentContext, req: &MkdirRequest) -> Result<Response, ErrorBo
             .map_err(|e| io_err(&path, &e))?;
     }
     let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
-    Ok(Response::Stat(file_info(&path, &meta)))
+    Ok(Response::Stat(file_info(&path, &meta, &Owners::load())))
 }
 
 /// `stat` (of the path itself, not a symlink's target).
@@ -400,7 +505,7 @@ pub fn mkdir(ctx: &AgentContext, req: &MkdirRequest) -> Result<Response, ErrorBo
 pub fn stat(ctx: &AgentContext, req: &PathRequest) -> Result<Response, ErrorBody> {
     let path = resolve(ctx, &req.path)?;
     let meta = stdfs::symlink_metadata(&path).map_err(|e| io_err(&path, &e))?;
-    Ok(Response::Stat(file_info(&path, &meta)))
+    Ok(Response::Stat(file_info(&path, &meta, &Owners::load())))
 }
 
 /// `delete_file`: removes a file, a symlink (never its target) or a

@@ -23,6 +23,7 @@ pub mod processes;
 pub mod serial;
 pub mod system;
 pub mod vsock;
+pub mod watch;
 
 pub use conn::{serve_connection, serve_unix};
 pub use context::{AgentContext, Config};

@@ -313,6 +313,7 @@ async fn binary_as_non_root_reports_permission_denied() {
             mode: None,
             create_parents: false,
             append: false,
+            owner: None,
         }))
         .await
         .unwrap_err();

@@ -19,6 +19,7 @@ fn write_req(path: &str, data: &[u8]) -> Request {
         mode: None,
         create_parents: false,
         append: false,
+        owner: None,
     })
 }
 
@@ -173,6 +174,7 @@ async fn write_options_utf8_mode_parents_append() {
         mode: Some(0o600),
         create_parents: false,
         append: false,
+        owner: None,
     };
     let e = c.call(Request::WriteFile(req.clone())).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
@@ -209,6 +211,7 @@ async fn write_options_utf8_mode_parents_append() {
             mode: None,
             create_parents: false,
             append: false,
+            owner: None,
         }))
         .await
         .unwrap_err();
@@ -223,6 +226,7 @@ async fn write_options_utf8_mode_parents_append() {
             mode: Some(0o17777),
             create_parents: false,
             append: false,
+            owner: None,
         }))
         .await
         .unwrap_err();
@@ -340,6 +344,7 @@ async fn mkdir_stat_delete_rename() {
             path: "x/y z/ü".into(),
             parents: true,
             mode: Some(0o750),
+            owner: None,
         }))
         .await
         .unwrap(),
@@ -353,6 +358,7 @@ async fn mkdir_stat_delete_rename() {
             path: "x".into(),
             parents: false,
             mode: None,
+            owner: None,
         }))
         .await
         .unwrap_err();
@@ -362,6 +368,7 @@ async fn mkdir_stat_delete_rename() {
             path: "no/parent".into(),
             parents: false,
             mode: None,
+            owner: None,
         }))
         .await
         .unwrap_err();

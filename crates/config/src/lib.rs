@@ -70,6 +70,27 @@ impl FromStr for VmmChoice {
     }
 }
 
+/// What happens to a sandbox when its lifetime ends (`LOCALE2B_ON_TIMEOUT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTimeout {
+    /// Destroy it (a named workspace's data is kept, as with `DELETE`).
+    #[default]
+    Destroy,
+    /// Pause it: memory and disk go to a snapshot, nothing is lost.
+    Pause,
+}
+
+impl OnTimeout {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Destroy => "destroy",
+            Self::Pause => "pause",
+        }
+    }
+}
+
 /// A secret string whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -135,6 +156,13 @@ pub struct ServerConfig {
     pub max_upload_bytes: u64,
     /// Swagger UI / ReDoc assets; `<base_dir>/ui` when unset.
     pub ui_dir: Option<PathBuf>,
+    /// Serve the E2B-compatible API (control plane under `/e2b`, envd
+    /// requests by their `E2b-Sandbox-Id` header).
+    pub e2b: bool,
+    /// Let E2B clients create sandboxes with `secure: false`, whose envd
+    /// needs no access token (anyone who can reach the server and knows
+    /// the sandbox id can then run commands in it).
+    pub e2b_allow_insecure: bool,
 }
 
 impl Default for ServerConfig {
@@ -149,6 +177,8 @@ impl Default for ServerConfig {
             max_body_bytes: 16 * 1024 * 1024,
             max_upload_bytes: 1024 * 1024 * 1024,
             ui_dir: None,
+            e2b: true,
+            e2b_allow_insecure: false,
         }
     }
 }
@@ -193,6 +223,13 @@ pub struct ManagerConfig {
     pub max_exec_timeout_sec: u64,
     /// Sandboxes untouched this long are paused (0 = never).
     pub idle_timeout_sec: u64,
+    /// Lifetime of a sandbox whose create names none, seconds from the
+    /// create (or resume); 0 = no end.
+    pub sandbox_timeout_sec: u64,
+    /// Longest lifetime a create or a timeout change may ask for, seconds.
+    pub max_sandbox_timeout_sec: u64,
+    /// What happens at the end of a lifetime when the create does not say.
+    pub on_timeout: OnTimeout,
     /// Grace period between asking a guest to power off and killing it.
     pub shutdown_grace_sec: u64,
     /// Period of the VM health check.
@@ -226,6 +263,9 @@ impl Default for ManagerConfig {
             exec_timeout_sec: 300,
             max_exec_timeout_sec: 3600,
             idle_timeout_sec: 0,
+            sandbox_timeout_sec: 0,
+            max_sandbox_timeout_sec: 7 * 24 * 3600,
+            on_timeout: OnTimeout::Destroy,
             shutdown_grace_sec: 5,
             health_check_interval_sec: 5,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
@@ -294,6 +334,15 @@ impl ManagerConfig {
         }
         if self.exec_timeout_sec > self.max_exec_timeout_sec {
             return bad("exec_timeout_sec must not exceed max_exec_timeout_sec".into());
+        }
+        if self.max_sandbox_timeout_sec == 0 {
+            return bad("max_sandbox_timeout_sec must be positive".into());
+        }
+        if self.sandbox_timeout_sec > self.max_sandbox_timeout_sec {
+            return bad(format!(
+                "sandbox_timeout_sec ({}) must not exceed max_sandbox_timeout_sec ({})",
+                self.sandbox_timeout_sec, self.max_sandbox_timeout_sec
+            ));
         }
         if !self.base_dir.is_absolute() {
             return bad(format!(
@@ -462,6 +511,8 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("max_body_bytes", "server", Int),
         ("max_upload_bytes", "server", Int),
         ("ui_dir", "server", Str),
+        ("e2b", "server", Bool),
+        ("e2b_allow_insecure", "server", Bool),
         ("base_dir", "manager", Str),
         ("cache_dir", "manager", Str),
         ("default_template", "manager", Str),
@@ -478,6 +529,9 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("exec_timeout_sec", "manager", Int),
         ("max_exec_timeout_sec", "manager", Int),
         ("idle_timeout_sec", "manager", Int),
+        ("sandbox_timeout_sec", "manager", Int),
+        ("max_sandbox_timeout_sec", "manager", Int),
+        ("on_timeout", "manager", Str),
         ("shutdown_grace_sec", "manager", Int),
         ("health_check_interval_sec", "manager", Int),
         ("max_frame_bytes", "manager", Int),
@@ -768,6 +822,32 @@ mod tests {
         assert!(err.to_string().contains("api_key_header"), "{err}");
         let err = Config::from_vars(&vars(&[("LOCALE2B_SANDBOX_ENV", "A=B=1,9X=2")])).unwrap_err();
         assert!(err.to_string().contains("9X"), "{err}");
+        let err = Config::from_vars(&vars(&[("LOCALE2B_ON_TIMEOUT", "explode")])).unwrap_err();
+        assert!(err.to_string().contains("destroy"), "{err}");
+        let err = Config::from_vars(&vars(&[
+            ("LOCALE2B_SANDBOX_TIMEOUT_SEC", "100"),
+            ("LOCALE2B_MAX_SANDBOX_TIMEOUT_SEC", "10"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("max_sandbox_timeout_sec"), "{err}");
+    }
+
+    #[test]
+    fn lifetimes_and_e2b_settings_from_the_environment() {
+        let c = Config::from_vars(&vars(&[
+            ("LOCALE2B_ON_TIMEOUT", "pause"),
+            ("LOCALE2B_SANDBOX_TIMEOUT_SEC", "600"),
+            ("LOCALE2B_E2B", "false"),
+            ("LOCALE2B_E2B_ALLOW_INSECURE", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.manager.on_timeout, OnTimeout::Pause);
+        assert_eq!(c.manager.sandbox_timeout_sec, 600);
+        assert!(!c.server.e2b && c.server.e2b_allow_insecure);
+        let d = Config::default();
+        assert_eq!(d.manager.on_timeout, OnTimeout::Destroy);
+        assert_eq!(d.manager.sandbox_timeout_sec, 0, "no end unless asked");
+        assert!(d.server.e2b && !d.server.e2b_allow_insecure);
     }
 
     #[test]
@@ -802,6 +882,7 @@ mod tests {
                     "vmm" => toml::Value::String("qemu".into()),
                     "base_dir" => toml::Value::String("/tmp/x".into()),
                     "default_template" => toml::Value::String("default".into()),
+                    "on_timeout" => toml::Value::String("pause".into()),
                     _ => toml::Value::String("x".into()),
                 },
                 Kind::Int => toml::Value::Integer(1),

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+pub use locale2b_config::{OnTimeout, Secret};
+
 pub use locale2b_protocol::{
-    DataChannel as OutputStream, FileInfo, FileKind, Listing, ProcessExit, ProcessInfo,
+    DataChannel as OutputStream, FileInfo, FileKind, FsOp, Listing, ProcessExit, ProcessInfo,
     ProcessSelector, ProcessState, PtySize,
 };
 
@@ -68,6 +70,52 @@ pub struct CreateSandbox {
     pub workspace_id: Option<WorkspaceId>,
     /// Extra environment for every exec in this sandbox.
     pub env: BTreeMap<String, String>,
+    /// Lifetime in seconds from now (and from every resume); `Some(0)` = no
+    /// end; the configured `sandbox_timeout_sec` when `None`.
+    pub timeout_sec: Option<u64>,
+    /// What the end of the lifetime does; the configured `on_timeout` when
+    /// `None`.
+    pub on_timeout: Option<OnTimeout>,
+    /// Caller's labels, kept with the sandbox (see [`check_metadata`]).
+    pub metadata: BTreeMap<String, String>,
+    /// A secret that clients reaching the guest directly must present (the
+    /// E2B surface's envd access token); kept with the sandbox.
+    pub access_token: Option<String>,
+}
+
+/// Most metadata entries per sandbox.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key, bytes.
+pub const MAX_METADATA_KEY: usize = 128;
+/// Longest metadata value, bytes.
+pub const MAX_METADATA_VALUE: usize = 1024;
+
+/// Checks a sandbox's metadata against the limits above (keys non-empty).
+///
+/// # Errors
+/// [`crate::ManagerError::InvalidInput`] naming the entry to fix.
+pub fn check_metadata(metadata: &BTreeMap<String, String>) -> crate::Result<()> {
+    let bad = |m: String| Err(crate::ManagerError::InvalidInput(m));
+    if metadata.len() > MAX_METADATA_ENTRIES {
+        return bad(format!(
+            "metadata has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
+            metadata.len()
+        ));
+    }
+    for (k, v) in metadata {
+        if k.is_empty() || k.len() > MAX_METADATA_KEY {
+            return bad(format!(
+                "metadata key {k:?} must be 1 to {MAX_METADATA_KEY} bytes long"
+            ));
+        }
+        if v.len() > MAX_METADATA_VALUE {
+            return bad(format!(
+                "metadata value of {k:?} is {} bytes long; at most {MAX_METADATA_VALUE} are allowed",
+                v.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Public view of one sandbox.
@@ -95,6 +143,19 @@ pub struct SandboxInfo {
     pub error: Option<String>,
     /// Milliseconds from create request to agent ready (or restore time).
     pub boot_ms: Option<u64>,
+    /// When the lifetime ends (RFC 3339, milliseconds), while running with
+    /// a lifetime; `None` when it has no end or is paused.
+    pub end_at: Option<String>,
+    /// Lifetime applied at create and at every resume, seconds (`None`: no
+    /// end).
+    pub timeout_sec: Option<u64>,
+    /// What the end of the lifetime does.
+    pub on_timeout: OnTimeout,
+    /// Caller's labels.
+    pub metadata: BTreeMap<String, String>,
+    /// See [`CreateSandbox::access_token`]; never serialized.
+    #[serde(skip)]
+    pub access_token: Option<Secret>,
 }
 
 /// Capacity figures for `/health`.
@@ -234,7 +295,55 @@ pub struct WriteFile {
     pub create_parents: bool,
     /// Append instead of replacing atomically.
     pub append: bool,
+    /// User (name) that owns the file and the parents created for it;
+    /// root, or a replaced file's owner, when `None`.
+    pub owner: Option<String>,
 }
+
+/// A directory to create.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MakeDir {
+    /// Guest path.
+    pub path: String,
+    /// Create missing parents (an existing directory is then no error).
+    pub parents: bool,
+    /// Permission bits (default 0755).
+    pub mode: Option<u32>,
+    /// User (name) that owns the directories created; root when `None`.
+    pub owner: Option<String>,
+}
+
+/// A file streamed into the guest ([`crate::GuestOps::upload`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Upload {
+    /// Guest path (parents are created).
+    pub path: String,
+    /// Mode of the file (default 0644).
+    pub mode: Option<u32>,
+    /// User (name) that owns the file and the parents created for it.
+    pub owner: Option<String>,
+    /// Largest upload accepted, bytes.
+    pub max_bytes: u64,
+}
+
+/// The bytes of an upload, as they arrive. A body that fails to read
+/// yields the error to answer with (e.g. TooLarge, InvalidInput).
+pub type ByteStream<'a> = std::pin::Pin<
+    Box<dyn futures::Stream<Item = crate::Result<bytes::Bytes>> + Send + 'a>,
+>;
+
+/// One change under a watched directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FsEvent {
+    /// Path relative to the watched directory.
+    pub name: String,
+    /// What happened.
+    pub op: FsOp,
+}
+
+/// Changes under a watched directory, as they happen; ends when the
+/// directory goes away (or with an error, e.g. when events were lost).
+pub type FsEvents = std::pin::Pin<Box<dyn futures::Stream<Item = crate::Result<FsEvent>> + Send>>;
 
 /// Result of a write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,7 +356,7 @@ pub struct Written {
 
 /// Limits every request is checked against (from the configuration), for
 /// callers that document or pre-check them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Smallest guest RAM, MiB.
     pub min_memory_mb: u32,
@@ -263,6 +372,12 @@ pub struct Limits {
     pub default_exec_timeout_ms: u64,
     /// Largest exec timeout, ms.
     pub max_exec_timeout_ms: u64,
+    /// Longest sandbox lifetime, seconds.
+    pub max_sandbox_timeout_sec: u64,
+    /// Size of each sandbox's writable disk, MiB.
+    pub disk_size_mb: u64,
+    /// Template used when a request names none.
+    pub default_template: String,
 }
 
 /// A process to start in a sandbox's process table.

@@ -178,6 +178,11 @@ impl Sandbox {
             updated_at: r.updated_at.clone(),
             error: r.error.clone(),
             boot_ms: r.boot_ms,
+            end_at: r.end_at.clone(),
+            timeout_sec: r.timeout_sec,
+            on_timeout: r.on_timeout,
+            metadata: r.metadata.clone(),
+            access_token: r.access_token.clone().map(crate::Secret::new),
         }
     }
 

@@ -7,9 +7,9 @@
 //! [`crate::guest::Guest`] are the real implementations.
 
 use crate::{
-    Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileRead, Limits, Listing, Output,
-    OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec, PtySize, Result, SandboxInfo,
-    WorkspaceInfo, WriteFile, Written,
+    ByteStream, Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileRead, FsEvents,
+    Limits, Listing, MakeDir, Output, OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec,
+    PtySize, Result, SandboxInfo, Upload, WorkspaceInfo, WriteFile, Written,
 };
 use async_trait::async_trait;
 use locale2b_protocol::{SandboxId, WorkspaceId};
@@ -32,6 +32,9 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo>;
     /// Restores a paused sandbox.
     async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo>;
+    /// Sets the sandbox's lifetime to `timeout_sec` from now (0 = no end);
+    /// on a paused sandbox, the lifetime its next resume starts.
+    async fn set_timeout(&self, id: &SandboxId, timeout_sec: u64) -> Result<SandboxInfo>;
     /// Capacity figures.
     async fn capacity(&self) -> Capacity;
     /// Limits requests must respect (for documents and early checks).
@@ -70,7 +73,14 @@ pub trait GuestOps: Send + Sync {
     /// Describes one path.
     async fn stat(&self, path: &str) -> Result<FileInfo>;
     /// Creates a directory.
-    async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<FileInfo>;
+    async fn mkdir(&self, dir: MakeDir) -> Result<FileInfo>;
+    /// Streams a file into the guest: written in parts to a temporary file
+    /// that is renamed into place at the end, so a failed upload never
+    /// leaves a partial file at the path. Answers the final size.
+    async fn upload<'a>(&self, up: Upload, body: ByteStream<'a>) -> Result<Written>;
+    /// Reports changes under a directory (see [`FsEvents`]); answers once
+    /// the watch is in place.
+    async fn watch_dir(&self, path: &str, recursive: bool) -> Result<FsEvents>;
     /// Deletes a path.
     async fn delete(&self, path: &str, recursive: bool) -> Result<()>;
     /// Renames a path.

@@ -47,13 +47,17 @@ pub use process::*;
 
 /// Version of the protocol described by this crate. Bumped on any change a
 /// peer of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Oldest protocol version this crate can still talk to.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
 
 /// First version with streamed answers, data frames and the process table.
 pub const STREAMS_PROTOCOL_VERSION: u32 = 2;
+
+/// First version with file owners (`owner` on writes and directories,
+/// `owner`/`group` in file descriptions) and `watch_dir`.
+pub const WATCH_PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port the agent's framed protocol listens on.
 pub const AGENT_VSOCK_PORT: u32 = 5000;

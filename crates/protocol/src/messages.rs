@@ -73,6 +73,32 @@ pub enum StreamEvent {
     },
     /// Nothing to send for a while; the stream is alive.
     Keepalive,
+    /// `watch_dir` (protocol 3): the watches are in place; changes from now
+    /// on are reported.
+    Watching,
+    /// `watch_dir` (protocol 3): one change under the watched directory.
+    Fs {
+        /// Path of the changed entry relative to the watched directory.
+        name: String,
+        /// What happened.
+        op: FsOp,
+    },
+}
+
+/// What happened to a watched entry (one event per kind of change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsOp {
+    /// Created (or moved in).
+    Create,
+    /// Content written.
+    Write,
+    /// Removed.
+    Remove,
+    /// Renamed away (moved out or renamed; the new name arrives as `create`).
+    Rename,
+    /// Attributes changed (mode, owner, times).
+    Chmod,
 }
 
 /// Every action the agent implements.
@@ -123,6 +149,9 @@ pub enum Request {
     ProcessResize(ProcessResizeRequest),
     /// Kill a process if it runs and forget it (protocol 2).
     ProcessRemove(ProcessRequest),
+    /// Report changes under a directory until the host closes the stream
+    /// (protocol 3; a streamed answer).
+    WatchDir(WatchDirRequest),
 }
 
 impl Request {
@@ -150,6 +179,7 @@ impl Request {
             Self::ProcessSignal(_) => "process_signal",
             Self::ProcessResize(_) => "process_resize",
             Self::ProcessRemove(_) => "process_remove",
+            Self::WatchDir(_) => "watch_dir",
         }
     }
 
@@ -164,6 +194,9 @@ impl Request {
             | Self::ProcessSignal(_)
             | Self::ProcessResize(_)
             | Self::ProcessRemove(_) => crate::STREAMS_PROTOCOL_VERSION,
+            Self::WatchDir(_) => crate::WATCH_PROTOCOL_VERSION,
+            Self::WriteFile(r) if r.owner.is_some() => crate::WATCH_PROTOCOL_VERSION,
+            Self::Mkdir(r) if r.owner.is_some() => crate::WATCH_PROTOCOL_VERSION,
             _ => 1,
         }
     }
@@ -172,7 +205,7 @@ impl Request {
     /// final frame) rather than one frame.
     pub fn is_streamed(&self) -> bool {
         match self {
-            Self::ProcessOutput(_) => true,
+            Self::ProcessOutput(_) | Self::WatchDir(_) => true,
             Self::ProcessStart(r) => r.follow,
             _ => false,
         }
@@ -361,6 +394,10 @@ pub struct WriteFileRequest {
     /// chunked uploads).
     #[serde(default)]
     pub append: bool,
+    /// User (name) that owns the file and the parents this write creates
+    /// (protocol 3); root, or the replaced file's owner, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Result of `write_file`.
@@ -437,6 +474,57 @@ pub struct FileInfo {
     /// Target of a symlink.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink_target: Option<String>,
+    /// Owner's user name, or the uid as digits when it has no name
+    /// (protocol 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Group name, or the gid as digits (protocol 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+}
+
+impl FileInfo {
+    /// The description as a peer of `version` reads it (fields of later
+    /// versions left out).
+    #[must_use]
+    pub fn for_version(mut self, version: u32) -> Self {
+        if version < crate::WATCH_PROTOCOL_VERSION {
+            self.owner = None;
+            self.group = None;
+        }
+        self
+    }
+}
+
+impl Response {
+    /// The answer as a peer of `version` reads it (fields of later versions
+    /// left out).
+    #[must_use]
+    pub fn for_version(self, version: u32) -> Self {
+        match self {
+            Self::Stat(info) => Self::Stat(info.for_version(version)),
+            Self::Listing(mut l) => {
+                l.entries = l
+                    .entries
+                    .into_iter()
+                    .map(|e| e.for_version(version))
+                    .collect();
+                Self::Listing(l)
+            }
+            other => other,
+        }
+    }
+}
+
+/// `watch_dir` (protocol 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchDirRequest {
+    /// Directory to watch.
+    pub path: String,
+    /// Watch every subdirectory too (including ones created later).
+    #[serde(default)]
+    pub recursive: bool,
 }
 
 /// `mkdir`.
@@ -451,6 +539,10 @@ pub struct MkdirRequest {
     /// Permission bits (default 0o755).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<u32>,
+    /// User (name) that owns the directories this call creates (protocol
+    /// 3); root when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// A request naming one path (`stat`).

@@ -246,12 +246,15 @@ fn read_or_generate(base_dir: &Path, path: &Path) -> Result<(Secret, bool), KeyE
     Ok((Secret::new(key), true))
 }
 
-/// 32 random bytes as 64 lowercase hex characters.
+/// `e2b_` and 32 random bytes as 64 lowercase hex characters: the shape
+/// E2B's SDKs check keys for (older ones refuse any other), so one key
+/// serves both APIs.
 fn generate_key() -> String {
     use rand::RngCore;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("e2b_{hex}")
 }
 
 #[cfg(test)]
@@ -280,7 +283,8 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let stored = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(stored.trim().len(), 64);
+        assert_eq!(stored.trim().len(), 68);
+        assert!(stored.starts_with("e2b_"));
         assert_eq!(first.check(stored.trim()), Some("generated"));
         let second = load_or_create_api_keys(&config(), &base).unwrap();
         assert_eq!(second.stored_at(), Some(path.as_path()));

@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod e2b;
 pub mod error;
 pub mod extract;
 pub mod handlers;
@@ -76,6 +77,9 @@ struct Inner {
     max_body_bytes: usize,
     max_upload_bytes: u64,
     ui_dir: Option<PathBuf>,
+    e2b_enabled: bool,
+    e2b_allow_insecure: bool,
+    e2b: e2b::E2bState,
 }
 
 impl AppState {
@@ -95,6 +99,9 @@ impl AppState {
                 max_body_bytes: server.max_body_bytes,
                 max_upload_bytes: server.max_upload_bytes,
                 ui_dir: server.ui_dir.clone(),
+                e2b_enabled: server.e2b,
+                e2b_allow_insecure: server.e2b_allow_insecure,
+                e2b: e2b::E2bState::default(),
             }),
         }
     }
@@ -113,6 +120,16 @@ impl AppState {
     pub fn max_upload_bytes(&self) -> u64 {
         self.inner.max_upload_bytes
     }
+
+    /// State of the E2B surface.
+    pub fn e2b(&self) -> &e2b::E2bState {
+        &self.inner.e2b
+    }
+
+    /// Whether E2B clients may create sandboxes without an envd token.
+    pub fn e2b_allow_insecure(&self) -> bool {
+        self.inner.e2b_allow_insecure
+    }
 }
 
 /// Extra room on top of `max_upload_bytes` for multipart headers and
@@ -128,7 +145,8 @@ pub fn router(state: AppState) -> Router {
     let ports = get(h::ports_not_implemented)
         .post(h::ports_not_implemented)
         .delete(h::ports_not_implemented);
-    Router::new()
+    let e2b_enabled = state.inner.e2b_enabled;
+    let mut app = Router::new()
         .route("/health", get(h::health))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::swagger_page))
@@ -141,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{id}/pause", post(h::pause_sandbox))
         .route("/sandboxes/{id}/resume", post(h::resume_sandbox))
+        .route("/sandboxes/{id}/timeout", post(h::set_timeout))
         .route("/sandboxes/{id}/exec", post(h::exec))
         .route("/sandboxes/{id}/files/write", post(h::write_file))
         .route("/sandboxes/{id}/files/read", get(h::read_file))
@@ -191,15 +210,27 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/workspaces/{id}",
             get(h::get_workspace).delete(h::delete_workspace),
-        )
+        );
+    if e2b_enabled {
+        app = app.nest("/e2b", e2b::control::router(state.clone()));
+    }
+    let app = app
         .fallback(h::no_route)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::auth,
+        ));
+    let app = if e2b_enabled {
+        app.layer(axum::middleware::from_fn_with_state(
+            e2b::envd_router(state.clone()),
+            e2b::dispatch,
         ))
-        .layer(axum::middleware::from_fn(middleware::trace))
+    } else {
+        app
+    };
+    app.layer(axum::middleware::from_fn(middleware::trace))
         .with_state(state)
 }
 

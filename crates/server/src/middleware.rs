@@ -15,10 +15,39 @@ use tracing::Instrument;
 #[derive(Debug, Clone)]
 pub struct KeyName(pub String);
 
-/// Paths served without an API key.
+/// Paths served without an API key (the E2B control plane under `/e2b`
+/// checks keys itself, answering in E2B's error shape).
 fn is_public(path: &str) -> bool {
     matches!(path, "/health" | "/openapi.json" | "/docs" | "/redoc")
         || path.starts_with("/ui-assets/")
+        || path == "/e2b"
+        || path.starts_with("/e2b/")
+}
+
+/// Why a request was not let in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No key, or an unknown one.
+    NoKey,
+    /// The key's rate limit; retry after this long.
+    Limited(std::time::Duration),
+}
+
+/// Checks the API key of a request and takes one token of its rate limit;
+/// answers the key's name.
+///
+/// # Errors
+/// [`Denied`].
+pub fn check_key(state: &AppState, headers: &axum::http::HeaderMap) -> Result<String, Denied> {
+    let name = presented_key(headers, state.inner.api_key_header.as_deref())
+        .and_then(|k| state.inner.keys.check(k).map(str::to_owned))
+        .ok_or(Denied::NoKey)?;
+    state
+        .inner
+        .rate
+        .acquire(&name)
+        .map_err(Denied::Limited)?;
+    Ok(name)
 }
 
 /// The sandbox id in `/sandboxes/{id}/...`, for logs.
@@ -64,13 +93,16 @@ pub async fn trace(req: Request, next: Next) -> Response {
 
 /// The key presented in `X-API-Key`, the configured extra header
 /// (`api_key_header`), or `Authorization: Bearer`.
-fn presented_key<'r>(req: &'r Request, extra_header: Option<&str>) -> Option<&'r str> {
+fn presented_key<'r>(
+    headers: &'r axum::http::HeaderMap,
+    extra_header: Option<&str>,
+) -> Option<&'r str> {
     for name in std::iter::once("x-api-key").chain(extra_header) {
-        if let Some(v) = req.headers().get(name) {
+        if let Some(v) = headers.get(name) {
             return v.to_str().ok().map(str::trim);
         }
     }
-    let auth = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = auth.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -86,21 +118,24 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
     }
     let method = req.method().clone();
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let key = presented_key(&req, state.inner.api_key_header.as_deref())
-        .and_then(|k| state.inner.keys.check(k).map(str::to_owned));
-    let resp = match key.clone() {
-        None => ApiError::Unauthorized.into_response(),
-        Some(name) => match state.inner.rate.acquire(&name) {
-            Err(retry_after) => ApiError::RateLimited {
-                per_sec: state.inner.rate.per_sec,
-                retry_after,
-            }
-            .into_response(),
-            Ok(()) => {
-                req.extensions_mut().insert(KeyName(name));
-                next.run(req).await
-            }
-        },
+    let checked = check_key(&state, req.headers());
+    let key = match &checked {
+        Ok(name) => Some(name.clone()),
+        Err(Denied::Limited(_)) => presented_key(req.headers(), state.inner.api_key_header.as_deref())
+            .and_then(|k| state.inner.keys.check(k).map(str::to_owned)),
+        Err(Denied::NoKey) => None,
+    };
+    let resp = match checked {
+        Err(Denied::NoKey) => ApiError::Unauthorized.into_response(),
+        Err(Denied::Limited(retry_after)) => ApiError::RateLimited {
+            per_sec: state.inner.rate.per_sec,
+            retry_after,
+        }
+        .into_response(),
+        Ok(name) => {
+            req.extensions_mut().insert(KeyName(name));
+            next.run(req).await
+        }
     };
     if mutating {
         tracing::info!(

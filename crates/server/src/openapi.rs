@@ -37,6 +37,7 @@ use utoipa::{Modify, OpenApi};
         handlers::destroy_sandbox,
         handlers::pause_sandbox,
         handlers::resume_sandbox,
+        handlers::set_timeout,
         handlers::exec,
         handlers::write_file,
         handlers::read_file,
@@ -104,6 +105,9 @@ pub fn default_limits() -> Limits {
         default_vcpu: c.default_vcpu,
         default_exec_timeout_ms: c.exec_timeout_sec * 1000,
         max_exec_timeout_ms: c.max_exec_timeout_sec * 1000,
+        max_sandbox_timeout_sec: c.max_sandbox_timeout_sec,
+        disk_size_mb: c.disk_size_mb,
+        default_template: c.default_template,
     }
 }
 
@@ -158,6 +162,33 @@ fn constrain(doc: &mut Value, l: &Limits) {
             "CreateSandboxBody",
             "workspace_id",
             json!({"pattern": ID_PATTERN}),
+        ),
+        (
+            "CreateSandboxBody",
+            "timeout_sec",
+            json!({"minimum": 0, "maximum": l.max_sandbox_timeout_sec}),
+        ),
+        (
+            "CreateSandboxBody",
+            "on_timeout",
+            json!({"enum": ["destroy", "pause"]}),
+        ),
+        (
+            "CreateSandboxBody",
+            "metadata",
+            json!({"maxProperties": locale2b_manager::MAX_METADATA_ENTRIES,
+                   "propertyNames": {"minLength": 1, "maxLength": locale2b_manager::MAX_METADATA_KEY},
+                   "additionalProperties": {"type": "string", "maxLength": locale2b_manager::MAX_METADATA_VALUE}}),
+        ),
+        (
+            "SetTimeoutBody",
+            "timeout_sec",
+            json!({"minimum": 0, "maximum": l.max_sandbox_timeout_sec}),
+        ),
+        (
+            "SandboxResponse",
+            "on_timeout",
+            json!({"enum": ["destroy", "pause"]}),
         ),
         (
             "ExecBody",

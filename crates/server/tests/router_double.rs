@@ -58,6 +58,11 @@ fn info(id: &str) -> SandboxInfo {
         updated_at: "2026-12-01T00:00:00Z".into(),
         error: None,
         boot_ms: Some(1),
+        end_at: None,
+        timeout_sec: None,
+        on_timeout: locale2b_manager::OnTimeout::Destroy,
+        metadata: Default::default(),
+        access_token: None,
     }
 }
 
@@ -79,6 +84,9 @@ impl SandboxService for Double {
         Ok(info(id.as_str()))
     }
     async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        Ok(info(id.as_str()))
+    }
+    async fn set_timeout(&self, id: &SandboxId, _timeout_sec: u64) -> Result<SandboxInfo> {
         Ok(info(id.as_str()))
     }
     async fn capacity(&self) -> Capacity {
@@ -187,6 +195,8 @@ impl GuestOps for DoubleGuest {
                 mode: 0o644,
                 mtime_ms: 0,
                 symlink_target: None,
+                owner: None,
+                group: None,
             }],
             truncated: false,
         })
@@ -194,7 +204,17 @@ impl GuestOps for DoubleGuest {
     async fn stat(&self, _path: &str) -> Result<FileInfo> {
         Err(ManagerError::Conflict("not in this double".into()))
     }
-    async fn mkdir(&self, _path: &str, _p: bool, _m: Option<u32>) -> Result<FileInfo> {
+    async fn mkdir(&self, _dir: locale2b_manager::MakeDir) -> Result<FileInfo> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn upload<'a>(
+        &self,
+        _up: locale2b_manager::Upload,
+        _body: locale2b_manager::ByteStream<'a>,
+    ) -> Result<Written> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn watch_dir(&self, _path: &str, _recursive: bool) -> Result<locale2b_manager::FsEvents> {
         Err(ManagerError::Conflict("not in this double".into()))
     }
     async fn delete(&self, _path: &str, _r: bool) -> Result<()> {

@@ -177,6 +177,8 @@ fn info(path: &str) -> FileInfo {
         mode: 0o644,
         mtime_ms: 0,
         symlink_target: None,
+        owner: None,
+        group: None,
     }
 }
 

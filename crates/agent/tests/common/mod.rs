@@ -131,6 +131,27 @@ impl Client {
         }
     }
 
+    /// Says `hello` with `version`.
+    pub async fn hello(&mut self, version: u32) {
+        let r = self
+            .call(Request::Hello(locale2b_protocol::HelloRequest {
+                protocol_version: version,
+                client: "test".into(),
+            }))
+            .await
+            .expect("hello");
+        assert!(matches!(r, Response::Hello(h) if h.protocol_version >= version));
+    }
+
+    /// Sends a request without waiting for its answer; returns its id.
+    pub async fn send(&mut self, request: Request) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let payload = serde_json::to_vec(&RequestFrame { id, request }).expect("encode");
+        self.send_raw(&payload).await;
+        id
+    }
+
     /// Says `hello` with protocol 2 (streams and the process table).
     pub async fn hello_v2(&mut self) {
         let r = self

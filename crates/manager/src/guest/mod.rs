@@ -11,13 +11,15 @@ mod exec;
 mod files;
 mod processes;
 
+pub use files::UPLOAD_CHUNK_BYTES;
 pub use processes::{MAX_STDIN_WRITE, STREAM_IDLE};
 
 use crate::sandbox::{Intent, Sandbox};
 use crate::service::GuestOps;
 use crate::{
-    ExecOutput, ExecSpec, FileInfo, FileRead, GuestErrorKind, Listing, ManagerError, Output,
-    OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec, PtySize, Result, WriteFile, Written,
+    ByteStream, ExecOutput, ExecSpec, FileInfo, FileRead, FsEvents, GuestErrorKind, Listing,
+    MakeDir, ManagerError, Output, OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec,
+    PtySize, Result, Upload, WriteFile, Written,
 };
 use async_trait::async_trait;
 use locale2b_agent_client::{AgentClient, ClientError};
@@ -184,8 +186,14 @@ impl GuestOps for Guest {
     async fn stat(&self, path: &str) -> Result<FileInfo> {
         Guest::stat(self, path).await
     }
-    async fn mkdir(&self, path: &str, parents: bool, mode: Option<u32>) -> Result<FileInfo> {
-        Guest::mkdir(self, path, parents, mode).await
+    async fn mkdir(&self, dir: MakeDir) -> Result<FileInfo> {
+        Guest::mkdir(self, dir).await
+    }
+    async fn upload<'a>(&self, up: Upload, body: ByteStream<'a>) -> Result<Written> {
+        Guest::upload(self, up, body).await
+    }
+    async fn watch_dir(&self, path: &str, recursive: bool) -> Result<FsEvents> {
+        Guest::watch_dir(self, path, recursive).await
     }
     async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
         Guest::delete(self, path, recursive).await

@@ -53,6 +53,8 @@ pub(super) fn events(guest: Guest, what: &'static str, stream: AgentStream) -> O
             let event = match item {
                 StreamItem::Event(StreamEvent::Started { pid }) => OutputEvent::Started { pid },
                 StreamItem::Event(StreamEvent::Keepalive) => OutputEvent::Keepalive,
+                // Events of other requests (watch_dir) do not occur here.
+                StreamItem::Event(StreamEvent::Watching | StreamEvent::Fs { .. }) => continue,
                 StreamItem::Event(StreamEvent::Position { cursor, dropped }) => {
                     st.cursor = cursor;
                     if dropped == 0 {

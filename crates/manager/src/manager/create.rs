@@ -75,6 +75,8 @@ impl SandboxManager {
             }
         }
 
+        let timeout_sec = self.lifetime(req.timeout_sec)?;
+        crate::check_metadata(&req.metadata)?;
         let image = self.image(&template)?;
         let sandbox_id = SandboxId::generate();
         let now = crate::store::now_rfc3339();
@@ -96,6 +98,11 @@ impl SandboxManager {
             process: None,
             boot_ms: None,
             env,
+            end_at: None,
+            timeout_sec,
+            on_timeout: req.on_timeout.unwrap_or(cfg.on_timeout),
+            metadata: req.metadata.clone(),
+            access_token: req.access_token.clone(),
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;
@@ -135,7 +142,9 @@ impl SandboxManager {
                     r.boot_ms = Some(boot_ms);
                     r.status = SandboxStatus::Running;
                     r.error = None;
+                    r.end_at = super::lifetime::end_after(r.timeout_sec);
                 });
+                self.lifetimes.notify_one();
                 ws.sandbox_id = Some(sandbox_id.clone());
                 ws.push_lineage("created", Some(&sandbox_id), None, None);
                 let _ = self.store.write_workspace(&ws);

@@ -2,6 +2,7 @@
 //! workspace.
 
 use super::SandboxManager;
+use crate::store::SandboxRecord;
 use crate::{host, ManagerError, Result, SandboxStatus};
 use locale2b_protocol::SandboxId;
 use std::time::Duration;
@@ -20,6 +21,19 @@ impl SandboxManager {
     /// # Errors
     /// NotFound when the sandbox is unknown (already destroyed).
     pub async fn destroy(&self, id: &SandboxId) -> Result<()> {
+        self.destroy_when(id, |_| true).await.map(|_| ())
+    }
+
+    /// [`Self::destroy`] if `cond` holds for the record once the lifecycle
+    /// lock is held; `Ok(false)` when it does not (nothing changed).
+    ///
+    /// # Errors
+    /// As [`Self::destroy`].
+    pub(super) async fn destroy_when(
+        &self,
+        id: &SandboxId,
+        cond: impl Fn(&SandboxRecord) -> bool,
+    ) -> Result<bool> {
         let sb = self.registry.require(id)?;
         let mut vm_slot = sb.lifecycle.lock().await;
         if !self.registry.contains(id) {
@@ -28,6 +42,9 @@ impl SandboxManager {
                 kind: "sandbox",
                 id: id.to_string(),
             });
+        }
+        if !cond(&sb.record()) {
+            return Ok(false);
         }
         sb.set_status(SandboxStatus::Stopping, None);
         let client = sb.drop_client();
@@ -70,6 +87,6 @@ impl SandboxManager {
             }
         }
         info!(sandbox_id = %id, "sandbox destroyed");
-        Ok(())
+        Ok(true)
     }
 }

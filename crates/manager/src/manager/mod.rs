@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `create.rs` | create (boot), attaching a named workspace |
 //! | `destroy.rs` | destroy |
+//! | `lifetime.rs` | end times: timeout changes, destroy or pause at the end |
 //! | `pause.rs` | pause (snapshot) and resume (restore) |
 //! | `boot.rs` | bringing a guest up: VM spec, agent wait, `init` |
 //! | `recover.rs` | start-up reconciliation, orphan scan, health check |
@@ -25,6 +26,7 @@
 mod boot;
 mod create;
 mod destroy;
+mod lifetime;
 mod pause;
 mod recover;
 mod service;
@@ -49,6 +51,10 @@ pub struct SandboxManager {
     accel: String,
     store: Store,
     registry: Registry,
+    /// Woken when a lifetime changes (the lifetime task re-plans).
+    lifetimes: Arc<tokio::sync::Notify>,
+    /// Sandboxes whose ended lifetime is being acted on.
+    expiring: std::sync::Mutex<std::collections::HashSet<SandboxId>>,
 }
 
 impl SandboxManager {
@@ -83,12 +89,15 @@ impl SandboxManager {
             accel,
             store,
             registry,
+            lifetimes: Arc::new(tokio::sync::Notify::new()),
+            expiring: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
         manager.recover().await;
         manager.kill_orphans();
         manager.check_workspaces();
         let period = Duration::from_secs(manager.config.health_check_interval_sec.max(1));
         tokio::spawn(recover::health_loop(Arc::downgrade(&manager), period));
+        tokio::spawn(lifetime::lifetime_loop(Arc::downgrade(&manager)));
         Ok(manager)
     }
 
@@ -126,6 +135,9 @@ impl SandboxManager {
             default_vcpu: self.config.default_vcpu,
             default_exec_timeout_ms: ms(self.config.exec_timeout()),
             max_exec_timeout_ms: ms(self.config.max_exec_timeout()),
+            max_sandbox_timeout_sec: self.config.max_sandbox_timeout_sec,
+            disk_size_mb: self.config.disk_size_mb,
+            default_template: self.config.default_template.clone(),
         }
     }
 

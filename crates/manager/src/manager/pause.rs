@@ -30,10 +30,30 @@ impl SandboxManager {
     /// NotFound; Conflict when starting, stopping or dead; Vm when the
     /// snapshot could not be written.
     pub async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo> {
+        match self.pause_when(id, |_| true).await? {
+            Some(info) => Ok(info),
+            // The condition always holds; answer the current state anyway.
+            None => self.get(id).await,
+        }
+    }
+
+    /// [`Self::pause`] if `cond` holds for the record once the lifecycle
+    /// lock is held; `Ok(None)` when it does not (nothing changed).
+    ///
+    /// # Errors
+    /// As [`Self::pause`].
+    pub(super) async fn pause_when(
+        &self,
+        id: &SandboxId,
+        cond: impl Fn(&SandboxRecord) -> bool,
+    ) -> Result<Option<SandboxInfo>> {
         let sb = self.registry.require(id)?;
         let mut vm_slot = sb.lifecycle.lock().await;
+        if !cond(&sb.record()) {
+            return Ok(None);
+        }
         if sb.check(Intent::Pause)? == Next::AlreadyThere {
-            return Ok(sb.info());
+            return Ok(Some(sb.info()));
         }
         let Some(vm) = vm_slot.as_ref() else {
             return Err(ManagerError::Conflict(format!("sandbox {id} has no VM")));
@@ -58,6 +78,8 @@ impl SandboxManager {
                     r.process = None;
                     r.status = SandboxStatus::Paused;
                     r.error = None;
+                    // A paused sandbox has no end; a resume starts a new lifetime.
+                    r.end_at = None;
                 });
                 let ws_id = record.workspace_id.clone();
                 self.store.update_workspace(&ws_id, |ws| {
@@ -66,7 +88,7 @@ impl SandboxManager {
                 });
                 self.prune_snapshots(&ws_id, &snapshot_id);
                 info!(sandbox_id = %id, snapshot_id, pause_ms = started.elapsed().as_millis() as u64, "sandbox paused");
-                Ok(sb.info())
+                Ok(Some(sb.info()))
             }
             Err(err) => {
                 warn!(sandbox_id = %id, error = %err, "pause failed; resuming the VM");
@@ -233,8 +255,10 @@ impl SandboxManager {
                     r.boot_ms = Some(ms);
                     r.status = SandboxStatus::Running;
                     r.error = None;
+                    r.end_at = super::lifetime::end_after(r.timeout_sec);
                 });
                 sb.touch();
+                self.lifetimes.notify_one();
                 self.store.update_workspace(&record.workspace_id, |ws| {
                     ws.sandbox_id = Some(id.clone());
                     ws.push_lineage("resumed", Some(id), Some(&snapshot_id), None);

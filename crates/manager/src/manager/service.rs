@@ -27,6 +27,9 @@ impl SandboxService for SandboxManager {
     async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo> {
         SandboxManager::resume(self, id).await
     }
+    async fn set_timeout(&self, id: &SandboxId, timeout_sec: u64) -> Result<SandboxInfo> {
+        SandboxManager::set_timeout(self, id, timeout_sec).await
+    }
     async fn capacity(&self) -> Capacity {
         SandboxManager::capacity(self).await
     }

@@ -2,7 +2,7 @@
 //! of a workspace. Their field names are a file format: add fields with
 //! `#[serde(default)]`, never rename one.
 
-use crate::{LineageEvent, SandboxStatus};
+use crate::{LineageEvent, OnTimeout, SandboxStatus};
 use locale2b_protocol::{SandboxId, WorkspaceId};
 use locale2b_vmm::{VmProcess, VmmKind};
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,21 @@ pub struct SandboxRecord {
     /// Environment for every command in the sandbox.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// End of the lifetime (RFC 3339, milliseconds) while running.
+    #[serde(default)]
+    pub end_at: Option<String>,
+    /// Lifetime applied at create and at every resume, seconds.
+    #[serde(default)]
+    pub timeout_sec: Option<u64>,
+    /// What the end of the lifetime does.
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+    /// Caller's labels.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Secret for direct guest access (see `CreateSandbox::access_token`).
+    #[serde(default)]
+    pub access_token: Option<String>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.

@@ -9,11 +9,8 @@ use axum::extract::State;
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use locale2b_manager::{GuestOps, WriteFile};
+use locale2b_manager::{ByteStream, MakeDir, ManagerError, Upload, WriteFile};
 use locale2b_protocol::SandboxId;
-
-/// Size of each write while streaming an upload into the guest.
-pub const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Writes a whole file (atomic replace). `content` is base64 unless
 /// `encoding` is `utf-8`.
@@ -55,6 +52,7 @@ pub async fn write_file(
             mode: body.mode,
             create_parents: body.create_parents,
             append: false,
+            owner: None,
         })
         .await?;
     Ok(Json(WrittenFile {
@@ -161,7 +159,12 @@ pub async fn mkdir(
     let guest = s.sandboxes().guest(&id);
     Ok(Json(
         guest
-            .mkdir(&body.path, body.parents, body.mode)
+            .mkdir(MakeDir {
+                path: body.path.clone(),
+                parents: body.parents,
+                mode: body.mode,
+                owner: None,
+            })
             .await?
             .into(),
     ))
@@ -236,7 +239,7 @@ pub async fn upload(
             "path must name a file (not empty, not ending in '/')",
         ));
     }
-    let mut field = loop {
+    let field = loop {
         match mp.next_field().await? {
             None => {
                 return Err(ApiError::invalid(
@@ -247,70 +250,39 @@ pub async fn upload(
             Some(_) => continue,
         }
     };
-    let guest = s.sandboxes().guest(&id);
-    let tmp = format!("{}.upload-{:08x}", q.path, rand::random::<u32>());
-    let max = s.max_upload_bytes();
-    let result = match stream_to_guest(guest.as_ref(), &tmp, &mut field, max).await {
-        Ok(total) => guest
-            .rename(&tmp, &q.path)
-            .await
-            .map(|()| total)
-            .map_err(ApiError::from),
-        Err(e) => Err(e),
+    let up = Upload {
+        path: q.path,
+        mode: None,
+        owner: None,
+        max_bytes: s.max_upload_bytes(),
     };
-    match result {
-        Ok(size) => Ok(Json(WrittenFile { path: q.path, size })),
-        Err(e) => {
-            if let Err(ce) = guest.delete(&tmp, false).await {
-                tracing::debug!(sandbox_id = %id, path = %tmp, error = %ce, "upload cleanup failed");
-            }
-            Err(e)
-        }
-    }
+    let written = s
+        .sandboxes()
+        .guest(&id)
+        .upload(up, multipart_bytes(field))
+        .await?;
+    Ok(Json(WrittenFile {
+        path: written.path,
+        size: written.size,
+    }))
 }
 
-async fn stream_to_guest(
-    guest: &dyn GuestOps,
-    tmp: &str,
-    field: &mut axum::extract::multipart::Field<'_>,
-    max: u64,
-) -> Result<u64, ApiError> {
-    let mut buf: Vec<u8> = Vec::with_capacity(UPLOAD_CHUNK_BYTES);
-    let mut total: u64 = 0;
-    let mut first = true;
-    let write = |data: Vec<u8>, append: bool| async move {
-        guest
-            .write_file(WriteFile {
-                path: tmp.to_owned(),
-                data,
-                mode: None,
-                create_parents: true,
-                append,
-            })
-            .await
-            .map_err(ApiError::from)
-    };
-    while let Some(bytes) = field.chunk().await? {
-        total += bytes.len() as u64;
-        if total > max {
-            return Err(ApiError::TooLarge(format!(
-                "upload exceeds the limit of {max} bytes (max_upload_bytes)"
-            )));
-        }
-        let mut data = &bytes[..];
-        while !data.is_empty() {
-            let take = (UPLOAD_CHUNK_BYTES - buf.len()).min(data.len());
-            buf.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if buf.len() == UPLOAD_CHUNK_BYTES {
-                let chunk = std::mem::replace(&mut buf, Vec::with_capacity(UPLOAD_CHUNK_BYTES));
-                write(chunk, !first).await?;
-                first = false;
+/// The bytes of a multipart part; a body that breaks off or exceeds the
+/// body limit ends the stream with the matching error.
+fn multipart_bytes(field: axum::extract::multipart::Field<'_>) -> ByteStream<'_> {
+    Box::pin(futures::stream::unfold(Some(field), |field| async move {
+        let mut field = field?;
+        match field.chunk().await {
+            Ok(Some(bytes)) => Some((Ok(bytes), Some(field))),
+            Ok(None) => None,
+            Err(e) => {
+                let err = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ManagerError::TooLarge(e.body_text())
+                } else {
+                    ManagerError::InvalidInput(format!("reading the upload failed: {}", e.body_text()))
+                };
+                Some((Err(err), None))
             }
         }
-    }
-    if !buf.is_empty() || first {
-        write(buf, !first).await?;
-    }
-    Ok(total)
+    }))
 }

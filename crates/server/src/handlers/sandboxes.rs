@@ -37,6 +37,10 @@ pub async fn create_sandbox(
         template: body.template,
         workspace_id,
         env: body.env,
+        timeout_sec: body.timeout_sec,
+        on_timeout: body.on_timeout,
+        metadata: body.metadata,
+        access_token: None,
     };
     let m = s.sandboxes().clone();
     let info = detached(async move { m.create(req).await }).await?;
@@ -128,5 +132,29 @@ pub async fn resume_sandbox(
     let m = s.sandboxes().clone();
     Ok(Json(
         detached(async move { m.resume(&id).await }).await?.into(),
+    ))
+}
+
+/// Sets a sandbox's lifetime: it ends `timeout_sec` from now (destroyed or
+/// paused, as its `on_timeout` says); `0` removes the end.
+#[utoipa::path(post, path = "/sandboxes/{id}/timeout", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = SetTimeoutBody,
+    responses(
+        (status = 200, description = "The sandbox with its new `end_at`", body = SandboxResponse),
+        (status = 400, description = "Longer than max_sandbox_timeout_sec", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "The sandbox is changing state or dead", body = ErrorResponse),
+    ))]
+pub async fn set_timeout(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+    ApiJson(body): ApiJson<SetTimeoutBody>,
+) -> ApiResult<SandboxResponse> {
+    Ok(Json(
+        s.sandboxes()
+            .set_timeout(&id, body.timeout_sec)
+            .await?
+            .into(),
     ))
 }

@@ -1,6 +1,6 @@
 //! Bodies of the sandbox lifecycle routes.
 
-use locale2b_manager::SandboxInfo;
+use locale2b_manager::{OnTimeout, SandboxInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -26,6 +26,28 @@ pub struct CreateSandboxBody {
     /// Environment variables for every command run in this sandbox.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Lifetime in seconds, from the create and again from every resume;
+    /// `0` = no end. The server's `sandbox_timeout_sec` when absent; at
+    /// most `max_sandbox_timeout_sec`.
+    #[schema(example = 3600)]
+    pub timeout_sec: Option<u64>,
+    /// What the end of the lifetime does: `destroy` (as `DELETE`) or
+    /// `pause` (nothing is lost). The server's `on_timeout` when absent.
+    #[schema(value_type = Option<String>, example = "pause")]
+    pub on_timeout: Option<OnTimeout>,
+    /// Labels kept with the sandbox and shown in its info (at most 64
+    /// entries; keys 1–128 bytes, values up to 1024 bytes).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// `POST /sandboxes/{id}/timeout`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SetTimeoutBody {
+    /// New lifetime in seconds from now; `0` = no end. On a paused sandbox,
+    /// the lifetime its next resume starts.
+    #[schema(example = 600)]
+    pub timeout_sec: u64,
 }
 
 /// One sandbox (create, get, list, pause, resume).
@@ -55,6 +77,18 @@ pub struct SandboxResponse {
     pub boot_ms: Option<u64>,
     /// Why the sandbox is dead, when it is.
     pub error: Option<String>,
+    /// When the lifetime ends (RFC 3339), while running with a lifetime;
+    /// `null` without one and while paused.
+    #[schema(example = "2025-01-01T13:00:01.400Z")]
+    pub end_at: Option<String>,
+    /// Lifetime started at create and at every resume, seconds; `null` =
+    /// no end.
+    pub timeout_sec: Option<u64>,
+    /// `destroy` or `pause`: what the end of the lifetime does.
+    #[schema(example = "destroy")]
+    pub on_timeout: String,
+    /// Labels given at create.
+    pub metadata: BTreeMap<String, String>,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -71,6 +105,10 @@ impl From<SandboxInfo> for SandboxResponse {
             updated_at: s.updated_at,
             boot_ms: s.boot_ms,
             error: s.error,
+            end_at: s.end_at,
+            timeout_sec: s.timeout_sec,
+            on_timeout: s.on_timeout.as_str().to_owned(),
+            metadata: s.metadata,
         }
     }
 }
