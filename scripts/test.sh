@@ -68,14 +68,18 @@ set +e; ./scripts/fuzz.sh "$FUZZ_SECONDS" >"$LOG_DIR/fuzz.log" 2>&1; rc=$?; set 
 tail -3 "$LOG_DIR/fuzz.log"
 record "fuzz frame_decoder ${FUZZ_SECONDS}s" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
 
-step "Python client tests against a real server"
+step "Python client and E2B SDK tests against a real server"
 set +e; ./scripts/python-e2e.sh 2>&1 | tee "$LOG_DIR/python.log"; rc=${PIPESTATUS[0]}; set -e
-# pytest's closing line, with or without the ==== decoration (-q drops it).
-py=$(grep -E '[0-9]+ (passed|failed|errors?).* in [0-9.]+s' "$LOG_DIR/python.log" | tail -1 || true)
-p_pass=$(sed -nE 's/(^|.* )([0-9]+) passed.*/\2/p' <<<"$py"); p_pass=${p_pass:-0}
-p_fail=$(sed -nE 's/(^|.* )([0-9]+) failed.*/\2/p' <<<"$py"); p_fail=${p_fail:-0}
-p_err=$(sed -nE 's/(^|.* )([0-9]+) error.*/\2/p' <<<"$py"); p_err=${p_err:-0}
-p_skip=$(sed -nE 's/(^|.* )([0-9]+) skipped.*/\2/p' <<<"$py"); p_skip=${p_skip:-0}
+# pytest's closing lines (one per suite: the client's, then one per e2b
+# release), with or without the ==== decoration (-q drops it); summed.
+p_pass=0; p_fail=0; p_err=0; p_skip=0
+count() { sed -nE "s/(^|.*[ ,])([0-9]+) $1.*/\\2/p" <<<"$2"; }
+while IFS= read -r py; do
+  n=$(count passed "$py"); p_pass=$((p_pass + ${n:-0}))
+  n=$(count failed "$py"); p_fail=$((p_fail + ${n:-0}))
+  n=$(count 'errors?' "$py"); p_err=$((p_err + ${n:-0}))
+  n=$(count skipped "$py"); p_skip=$((p_skip + ${n:-0}))
+done < <(grep -E '[0-9]+ (passed|failed|errors?|skipped).* in [0-9.]+s' "$LOG_DIR/python.log" || true)
 passed=$((passed + p_pass)); failed=$((failed + p_fail + p_err)); skipped=$((skipped + p_skip))
 if [ "$rc" -ne 0 ] && [ "$((p_fail + p_err))" -eq 0 ]; then record "python tests (exit $rc)" 1; fi
 

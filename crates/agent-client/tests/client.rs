@@ -78,6 +78,7 @@ async fn connect_handshake_and_typed_calls() {
             create_parents: false,
             append: false,
             owner: None,
+            in_place: false,
         })
         .await
         .expect("write_file");
@@ -458,6 +459,7 @@ async fn non_idempotent_request_is_not_resent_after_disconnect() {
             create_parents: false,
             append: true,
             owner: None,
+            in_place: false,
         })
         .await
         .expect_err("connection lost");

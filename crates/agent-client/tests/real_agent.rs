@@ -126,6 +126,7 @@ async fn real_agent_behind_shim() {
             create_parents: false,
             append: false,
             owner: None,
+            in_place: false,
         })
         .await
         .expect("write_file");

@@ -317,6 +317,7 @@ mod tests {
                 create_parents: false,
                 append: false,
                 owner: None,
+                in_place: false,
             }),
             Request::ListFiles(ListFilesRequest {
                 path: String::new(),

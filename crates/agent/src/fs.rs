@@ -62,7 +62,10 @@ impl Owners {
 
     /// The user name of `uid`, or the uid as digits.
     pub fn user(&self, uid: u32) -> String {
-        self.users.get(&uid).cloned().unwrap_or_else(|| uid.to_string())
+        self.users
+            .get(&uid)
+            .cloned()
+            .unwrap_or_else(|| uid.to_string())
     }
 
     /// The group name of `gid`, or the gid as digits.
@@ -278,9 +281,11 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(io_err(&path, &e)),
     };
-    if req.append {
+    if req.append || req.in_place {
         let mut f = OpenOptions::new()
-            .append(true)
+            .append(req.append)
+            .write(true)
+            .truncate(!req.append)
             .create(true)
             .mode(req.mode.unwrap_or(0o644))
             .open(&path)

@@ -48,6 +48,43 @@ pub fn set_hostname(name: &str) -> std::io::Result<()> {
     nix::unistd::sethostname(name).map_err(std::io::Error::from)
 }
 
+/// `/etc/hosts` text with the `127.0.1.1` line naming `hostname` (added
+/// when there is none), so the name resolves (`sudo` and many tools look
+/// their own host up).
+pub fn hosts_with(current: &str, hostname: &str) -> String {
+    let line = format!("127.0.1.1\t{hostname}");
+    let mut out = Vec::new();
+    let mut replaced = false;
+    for l in current.lines() {
+        if l.split_whitespace().next() == Some("127.0.1.1") {
+            if !replaced {
+                out.push(line.clone());
+                replaced = true;
+            }
+        } else {
+            out.push(l.to_owned());
+        }
+    }
+    if !replaced {
+        out.push(line);
+    }
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// Points `/etc/hosts` at `hostname` (see [`hosts_with`]).
+///
+/// # Errors
+/// The OS error.
+pub fn set_hosts_entry(hostname: &str) -> std::io::Result<()> {
+    let path = std::path::Path::new("/etc/hosts");
+    let current = std::fs::read_to_string(path).unwrap_or_default();
+    let tmp = path.with_extension("locale2b-tmp");
+    std::fs::write(&tmp, hosts_with(&current, hostname))?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Sets the wall clock (`clock_settime(CLOCK_REALTIME)`).
 ///
 /// # Errors
@@ -100,6 +137,9 @@ pub async fn init(ctx: &Arc<AgentContext>, req: InitRequest) -> Result<Response,
     }
     if ctx.config.manage_system {
         set_hostname(&hostname).map_err(|e| ErrorBody::io("sethostname", &e))?;
+        if let Err(e) = set_hosts_entry(&hostname) {
+            tracing::warn!(error = %e, "cannot update /etc/hosts");
+        }
         if let Some(ms) = req.unix_time_ms {
             set_clock(ms).map_err(|e| ErrorBody::io("clock_settime", &e))?;
         }
@@ -153,5 +193,22 @@ pub fn power_off() {
     }
     loop {
         std::thread::park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hosts_file_names_the_sandbox() {
+        let image = "127.0.0.1\tlocalhost\n127.0.1.1\tlocale2b\n::1\t\tlocalhost\n";
+        assert_eq!(
+            hosts_with(image, "sb-abc"),
+            "127.0.0.1\tlocalhost\n127.0.1.1\tsb-abc\n::1\t\tlocalhost\n"
+        );
+        assert_eq!(hosts_with("", "sb-abc"), "127.0.1.1\tsb-abc\n");
+        let twice = "127.0.1.1 a\n127.0.1.1 b\n";
+        assert_eq!(hosts_with(twice, "c"), "127.0.1.1\tc\n");
     }
 }

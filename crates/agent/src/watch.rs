@@ -132,8 +132,7 @@ impl Watches {
                     ));
                 }
                 // A directory removed meanwhile is simply not watched.
-                if let Ok(wd) = self.inotify.add_watch(&self.root.join(&child), mask())
-                {
+                if let Ok(wd) = self.inotify.add_watch(&self.root.join(&child), mask()) {
                     self.dirs.insert(wd, child.clone());
                     stack.push(child);
                 }

@@ -314,6 +314,7 @@ async fn binary_as_non_root_reports_permission_denied() {
             create_parents: false,
             append: false,
             owner: None,
+            in_place: false,
         }))
         .await
         .unwrap_err();

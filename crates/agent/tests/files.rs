@@ -20,6 +20,7 @@ fn write_req(path: &str, data: &[u8]) -> Request {
         create_parents: false,
         append: false,
         owner: None,
+        in_place: false,
     })
 }
 
@@ -175,6 +176,7 @@ async fn write_options_utf8_mode_parents_append() {
         create_parents: false,
         append: false,
         owner: None,
+        in_place: false,
     };
     let e = c.call(Request::WriteFile(req.clone())).await.unwrap_err();
     assert_eq!(e.code, ErrorCode::NotFound);
@@ -212,6 +214,7 @@ async fn write_options_utf8_mode_parents_append() {
             create_parents: false,
             append: false,
             owner: None,
+            in_place: false,
         }))
         .await
         .unwrap_err();
@@ -227,6 +230,7 @@ async fn write_options_utf8_mode_parents_append() {
             create_parents: false,
             append: false,
             owner: None,
+            in_place: false,
         }))
         .await
         .unwrap_err();

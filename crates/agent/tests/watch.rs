@@ -54,7 +54,10 @@ async fn changes_are_reported_in_order_with_relative_names() {
     assert!(end.is_none());
     assert_eq!(
         got,
-        vec![("a.txt".into(), FsOp::Create), ("a.txt".into(), FsOp::Write)]
+        vec![
+            ("a.txt".into(), FsOp::Create),
+            ("a.txt".into(), FsOp::Write)
+        ]
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.join("a.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -162,6 +165,7 @@ async fn writes_and_directories_take_the_owner_asked_for() {
         create_parents: true,
         append: false,
         owner: Some("nobody".into()),
+        in_place: false,
     }))
     .await
     .unwrap();
@@ -172,7 +176,11 @@ async fn writes_and_directories_take_the_owner_asked_for() {
     assert_eq!(owner(&existing.join("new/deeper/f.txt")), 65534);
     assert_eq!(owner(&existing.join("new/deeper")), 65534);
     assert_eq!(owner(&existing.join("new")), 65534);
-    assert_eq!(owner(&existing), 0, "a directory that existed keeps its owner");
+    assert_eq!(
+        owner(&existing),
+        0,
+        "a directory that existed keeps its owner"
+    );
 
     let info = stat_of(
         c.call(Request::Mkdir(MkdirRequest {
@@ -231,4 +239,36 @@ async fn writes_and_directories_take_the_owner_asked_for() {
         .unwrap_err();
     assert_eq!(err.code, ErrorCode::IncompatibleVersion);
     let _ = WAIT;
+}
+
+#[tokio::test]
+async fn an_in_place_write_is_seen_as_the_file_itself_written() {
+    let agent = TestAgent::start().await;
+    let dir = agent.workspace.join("inplace");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("f.txt"), b"old content that is longer").unwrap();
+    let mut c = agent.client().await;
+    c.hello(3).await;
+    let id = watching(&mut c, &dir, false).await;
+    let mut w = common::Client::connect(&agent.socket).await;
+    w.hello(3).await;
+    w.call(Request::WriteFile(WriteFileRequest {
+        path: dir.join("f.txt").display().to_string(),
+        content: "new".into(),
+        encoding: ContentEncoding::Utf8,
+        mode: None,
+        create_parents: false,
+        append: false,
+        owner: None,
+        in_place: true,
+    }))
+    .await
+    .unwrap();
+    assert_eq!(std::fs::read(dir.join("f.txt")).unwrap(), b"new");
+    let (got, _) = changes(&mut c, id, 1).await;
+    assert_eq!(
+        got,
+        vec![("f.txt".into(), FsOp::Write)],
+        "no temporary file, no rename"
+    );
 }

@@ -298,6 +298,10 @@ pub struct WriteFile {
     /// User (name) that owns the file and the parents created for it;
     /// root, or a replaced file's owner, when `None`.
     pub owner: Option<String>,
+    /// Truncate and write the file itself instead of replacing it
+    /// atomically (watchers then see the file written; readers may see it
+    /// half-written).
+    pub in_place: bool,
 }
 
 /// A directory to create.
@@ -324,13 +328,17 @@ pub struct Upload {
     pub owner: Option<String>,
     /// Largest upload accepted, bytes.
     pub max_bytes: u64,
+    /// Write the file itself (truncated, then appended to) instead of a
+    /// temporary file renamed into place at the end: watchers see the file
+    /// written, but a failed upload leaves a partial file (E2B's envd
+    /// behaves so).
+    pub in_place: bool,
 }
 
 /// The bytes of an upload, as they arrive. A body that fails to read
 /// yields the error to answer with (e.g. TooLarge, InvalidInput).
-pub type ByteStream<'a> = std::pin::Pin<
-    Box<dyn futures::Stream<Item = crate::Result<bytes::Bytes>> + Send + 'a>,
->;
+pub type ByteStream<'a> =
+    std::pin::Pin<Box<dyn futures::Stream<Item = crate::Result<bytes::Bytes>> + Send + 'a>>;
 
 /// One change under a watched directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -195,7 +195,7 @@ impl Request {
             | Self::ProcessResize(_)
             | Self::ProcessRemove(_) => crate::STREAMS_PROTOCOL_VERSION,
             Self::WatchDir(_) => crate::WATCH_PROTOCOL_VERSION,
-            Self::WriteFile(r) if r.owner.is_some() => crate::WATCH_PROTOCOL_VERSION,
+            Self::WriteFile(r) if r.owner.is_some() || r.in_place => crate::WATCH_PROTOCOL_VERSION,
             Self::Mkdir(r) if r.owner.is_some() => crate::WATCH_PROTOCOL_VERSION,
             _ => 1,
         }
@@ -398,6 +398,11 @@ pub struct WriteFileRequest {
     /// (protocol 3); root, or the replaced file's owner, when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// Truncate and write the file itself instead of replacing it
+    /// atomically (protocol 3): watchers see the file written, not a
+    /// temporary file renamed; readers may see it half-written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
 }
 
 /// Result of `write_file`.

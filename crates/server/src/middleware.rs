@@ -42,11 +42,7 @@ pub fn check_key(state: &AppState, headers: &axum::http::HeaderMap) -> Result<St
     let name = presented_key(headers, state.inner.api_key_header.as_deref())
         .and_then(|k| state.inner.keys.check(k).map(str::to_owned))
         .ok_or(Denied::NoKey)?;
-    state
-        .inner
-        .rate
-        .acquire(&name)
-        .map_err(Denied::Limited)?;
+    state.inner.rate.acquire(&name).map_err(Denied::Limited)?;
     Ok(name)
 }
 
@@ -121,8 +117,10 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
     let checked = check_key(&state, req.headers());
     let key = match &checked {
         Ok(name) => Some(name.clone()),
-        Err(Denied::Limited(_)) => presented_key(req.headers(), state.inner.api_key_header.as_deref())
-            .and_then(|k| state.inner.keys.check(k).map(str::to_owned)),
+        Err(Denied::Limited(_)) => {
+            presented_key(req.headers(), state.inner.api_key_header.as_deref())
+                .and_then(|k| state.inner.keys.check(k).map(str::to_owned))
+        }
         Err(Denied::NoKey) => None,
     };
     let resp = match checked {

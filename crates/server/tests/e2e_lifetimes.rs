@@ -139,7 +139,11 @@ async fn a_timeout_change_moves_the_end_and_zero_removes_it() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     let (st, err) = s
-        .call(M::POST, "/sandboxes", Some(json!({"on_timeout": "explode"})))
+        .call(
+            M::POST,
+            "/sandboxes",
+            Some(json!({"on_timeout": "explode"})),
+        )
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
     let many: serde_json::Map<String, Value> =
@@ -148,7 +152,10 @@ async fn a_timeout_change_moves_the_end_and_zero_removes_it() {
         .call(M::POST, "/sandboxes", Some(json!({"metadata": many})))
         .await;
     assert_eq!(st, StatusCode::BAD_REQUEST, "{err}");
-    assert!(err["error"]["message"].as_str().unwrap().contains("metadata"));
+    assert!(err["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("metadata"));
     s.call(M::DELETE, &format!("/sandboxes/{id}"), None).await;
 }
 
@@ -193,9 +200,7 @@ async fn with_on_timeout_pause_nothing_is_lost_and_a_resume_starts_a_new_lifetim
         .call(M::POST, &format!("/sandboxes/{id}/resume"), None)
         .await;
     assert_eq!(st, StatusCode::OK, "{resumed}");
-    let left = end_at(&resumed)
-        .duration_since(SystemTime::now())
-        .unwrap();
+    let left = end_at(&resumed).duration_since(SystemTime::now()).unwrap();
     assert!(left > Duration::from_secs(100), "{resumed}");
     let (st, out) = s
         .call(

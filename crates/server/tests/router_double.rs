@@ -568,3 +568,54 @@ async fn output_by_cursor_keeps_streams_apart_and_reports_drops() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
+
+/// Every route `docs/e2b-openapi.json` lists is served: none of them
+/// reaches a fallback (no route, no such method), and the native API's
+/// routes are not shadowed by the E2B dispatch.
+#[tokio::test]
+async fn every_listed_e2b_route_is_served() {
+    use locale2b_server::e2b::spec::{CONTROL, ENVD};
+    let app = app(Arc::new(Double::default()), server_config());
+    let fallback = |body: &Value| {
+        let m = body["message"].as_str().unwrap_or_default();
+        m.contains("no E2B API route")
+            || m.contains("has no method")
+            || m.contains("envd has no")
+            || m.contains("is not allowed")
+    };
+    for route in CONTROL {
+        let path = format!("/e2b{}", route.path.replace("{id}", KNOWN));
+        let req = Request::builder()
+            .method(route.method.to_uppercase().as_str())
+            .uri(&path)
+            .header("x-api-key", KEY)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, body) = send(&app, req).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{path}");
+        assert!(!fallback(&body), "{} {path}: {body}", route.method);
+    }
+    for route in ENVD {
+        let mut req = Request::builder()
+            .method(route.method.to_uppercase().as_str())
+            .uri(format!("{}?path=/x", route.path))
+            .header("e2b-sandbox-id", KNOWN);
+        req = if route.path.contains('.') {
+            req.header(header::CONTENT_TYPE, "application/json")
+        } else {
+            req.header(header::CONTENT_TYPE, "application/octet-stream")
+        };
+        let (status, body) = send(&app, req.body(Body::from("{}")).unwrap()).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{}", route.path);
+        assert!(!fallback(&body), "{} {}: {body}", route.method, route.path);
+    }
+    // Without the header, the native API answers as before.
+    let (status, body) = send(&app, get("/health")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["status"].is_string());
+    // And unknown E2B paths get E2B's error shape.
+    let (status, body) = send(&app, get("/e2b/nope")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["code"], 404);
+}

@@ -5,15 +5,15 @@ use crate::{
     ByteStream, FileInfo, FileRead, FsEvent, FsEvents, Listing, MakeDir, ManagerError, Result,
     Upload, WriteFile, Written,
 };
-use futures::StreamExt as _;
-use locale2b_agent_client::StreamItem;
-use locale2b_protocol::{Request, Response, StreamEvent, WatchDirRequest};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use futures::StreamExt as _;
+use locale2b_agent_client::StreamItem;
 use locale2b_protocol::{
     ContentEncoding, DeleteFileRequest, ListFilesRequest, MkdirRequest, ReadFileRequest,
     WriteFileRequest,
 };
+use locale2b_protocol::{Request, Response, StreamEvent, WatchDirRequest};
 
 impl Guest {
     pub(super) async fn read_file(
@@ -58,6 +58,7 @@ impl Guest {
             create_parents: file.create_parents,
             append: file.append,
             owner: file.owner,
+            in_place: file.in_place,
         };
         let w = self
             .client()?
@@ -137,6 +138,13 @@ impl Guest {
                 "path must name a file (not empty, not ending in '/')".into(),
             ));
         }
+        if up.in_place {
+            let size = self.upload_to(&up, &up.path, body).await?;
+            return Ok(Written {
+                path: up.path,
+                size,
+            });
+        }
         let tmp = format!("{}.upload-{:08x}", up.path, rand::random::<u32>());
         let result = match self.upload_to(&up, &tmp, body).await {
             Ok(size) => self.rename(&tmp, &up.path).await.map(|()| size),
@@ -170,6 +178,7 @@ impl Guest {
                 create_parents: true,
                 append,
                 owner: up.owner.clone(),
+                in_place: up.in_place && !append,
             })
         };
         while let Some(bytes) = body.next().await {
@@ -187,8 +196,7 @@ impl Guest {
                 buf.extend_from_slice(&data[..take]);
                 data = &data[take..];
                 if buf.len() == UPLOAD_CHUNK_BYTES {
-                    let chunk =
-                        std::mem::replace(&mut buf, Vec::with_capacity(UPLOAD_CHUNK_BYTES));
+                    let chunk = std::mem::replace(&mut buf, Vec::with_capacity(UPLOAD_CHUNK_BYTES));
                     write(chunk, !first).await?;
                     first = false;
                 }

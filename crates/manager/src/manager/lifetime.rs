@@ -100,7 +100,9 @@ impl SandboxManager {
             OnTimeout::Destroy => match self.destroy_when(&id, still_expired).await {
                 Ok(true) => info!(sandbox_id = %id, "sandbox lifetime ended; destroyed"),
                 Ok(false) => {}
-                Err(e) => warn!(sandbox_id = %id, error = %e, "destroy at the end of the lifetime failed"),
+                Err(e) => {
+                    warn!(sandbox_id = %id, error = %e, "destroy at the end of the lifetime failed")
+                }
             },
             OnTimeout::Pause => match self.pause_when(&id, still_expired).await {
                 Ok(Some(_)) => info!(sandbox_id = %id, "sandbox lifetime ended; paused"),

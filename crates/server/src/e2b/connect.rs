@@ -127,9 +127,7 @@ impl From<ManagerError> for RpcError {
                 Code::FailedPrecondition
             }
             ManagerError::Unsupported(_) => Code::Unimplemented,
-            ManagerError::TooLarge(_) | ManagerError::AtCapacity { .. } => {
-                Code::ResourceExhausted
-            }
+            ManagerError::TooLarge(_) | ManagerError::AtCapacity { .. } => Code::ResourceExhausted,
             ManagerError::Guest { kind, .. } => match kind {
                 GuestErrorKind::NotFound => Code::NotFound,
                 GuestErrorKind::PermissionDenied => Code::PermissionDenied,
@@ -173,8 +171,9 @@ pub fn unary<T: Serialize>(msg: &T) -> Response {
             body,
         )
             .into_response(),
-        Err(e) => RpcError::new(Code::Internal, format!("cannot encode the answer: {e}"))
-            .into_response(),
+        Err(e) => {
+            RpcError::new(Code::Internal, format!("cannot encode the answer: {e}")).into_response()
+        }
     }
 }
 
@@ -272,7 +271,8 @@ pub fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, RpcError> {
     } else {
         body
     };
-    serde_json::from_slice(body).map_err(|e| RpcError::invalid(format!("invalid request message: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| RpcError::invalid(format!("invalid request message: {e}")))
 }
 
 /// Reads the envelopes of a streaming request body, one message at a time.
@@ -430,7 +430,10 @@ mod tests {
             assert_eq!(err.code, code, "{bytes:?}: {}", err.message);
         }
         let mut unary = HeaderMap::new();
-        unary.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/proto"));
+        unary.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/proto"),
+        );
         let resp = Envelopes::open(&unary, Body::empty()).unwrap_err();
         assert_eq!(resp.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     }

@@ -212,7 +212,9 @@ impl NewSandbox {
             return Some("the MCP gateway (mcp) is not supported by this server".into());
         }
         if self.network.is_some() {
-            return Some("network rules (network) are not supported yet: sandboxes have no network".into());
+            return Some(
+                "network rules (network) are not supported yet: sandboxes have no network".into(),
+            );
         }
         if self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
             return Some("volume mounts (volumeMounts) are not supported by this server".into());
@@ -303,19 +305,11 @@ fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
     v
 }
 
-async fn create_v1(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> E2bResult {
+async fn create_v1(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> E2bResult {
     create(state, headers, bytes, false).await
 }
 
-async fn create_v2(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> E2bResult {
+async fn create_v2(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> E2bResult {
     create(state, headers, bytes, true).await
 }
 
@@ -399,7 +393,12 @@ async fn create_once(
         let mut map = lock(&state.e2b().idempotency);
         map.retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_TTL);
         map.entry(format!("{who}\u{0}{key}"))
-            .or_insert_with(|| (std::sync::Arc::new(tokio::sync::Mutex::new(None)), Instant::now()))
+            .or_insert_with(|| {
+                (
+                    std::sync::Arc::new(tokio::sync::Mutex::new(None)),
+                    Instant::now(),
+                )
+            })
             .0
             .clone()
     };
@@ -524,11 +523,19 @@ struct ConnectBody {
     auto_pause: Option<bool>,
 }
 
-async fn connect_v1(State(state): State<AppState>, Path(id): Path<String>, bytes: Bytes) -> E2bResult {
+async fn connect_v1(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> E2bResult {
     connect(state, id, bytes, false).await
 }
 
-async fn connect_v2(State(state): State<AppState>, Path(id): Path<String>, bytes: Bytes) -> E2bResult {
+async fn connect_v2(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> E2bResult {
     connect(state, id, bytes, false).await
 }
 
@@ -547,7 +554,9 @@ async fn connect(state: AppState, id: String, bytes: Bytes, resume_only: bool) -
         ));
     }
     if req.auto_pause == Some(true) {
-        return Err(E2bError::bad("autoPause on resume is not supported; set it at create"));
+        return Err(E2bError::bad(
+            "autoPause on resume is not supported; set it at create",
+        ));
     }
     let sid = sandbox_id(&id)?;
     let info = state.sandboxes().get(&sid).await.map_err(|e| match e {
@@ -641,12 +650,18 @@ fn filtered(
 ) -> Result<Vec<SandboxInfo>, E2bError> {
     let metadata = q.get("metadata").map(|m| metadata_filter(m)).transpose()?;
     let states: Vec<String> = match q.get("state") {
-        Some(s) => s.split(',').map(|x| x.trim().to_owned()).filter(|x| !x.is_empty()).collect(),
+        Some(s) => s
+            .split(',')
+            .map(|x| x.trim().to_owned())
+            .filter(|x| !x.is_empty())
+            .collect(),
         None => default_states.iter().map(|s| (*s).to_owned()).collect(),
     };
     for s in &states {
         if s != "running" && s != "paused" {
-            return Err(E2bError::bad(format!("unknown state {s:?}: use running or paused")));
+            return Err(E2bError::bad(format!(
+                "unknown state {s:?}: use running or paused"
+            )));
         }
     }
     let started_after = q
@@ -671,7 +686,7 @@ fn filtered(
         })
         .filter(|i| {
             started_after.is_none_or(|after| {
-                humantime::parse_rfc3339(&i.created_at).is_ok_and(|c| c > after)
+                humantime::parse_rfc3339(&i.created_at).is_ok_and(|c| c >= after)
             })
         })
         .collect())
@@ -683,7 +698,10 @@ async fn list_v1(
 ) -> E2bResult {
     let all = state.sandboxes().list().await;
     let items = filtered(&state, all, &q, &["running"])?;
-    let out: Vec<Value> = items.iter().map(|i| listed_json(&state, i, false)).collect();
+    let out: Vec<Value> = items
+        .iter()
+        .map(|i| listed_json(&state, i, false))
+        .collect();
     Ok(Json(out).into_response())
 }
 
@@ -708,9 +726,16 @@ async fn list_v2(
     };
     let order = q.get("order").map_or("desc", String::as_str);
     if order != "asc" && order != "desc" {
-        return Err(E2bError::bad(format!("order {order:?} must be asc or desc")));
+        return Err(E2bError::bad(format!(
+            "order {order:?} must be asc or desc"
+        )));
     }
-    let mut items = filtered(&state, state.sandboxes().list().await, &q, &["running", "paused"])?;
+    let mut items = filtered(
+        &state,
+        state.sandboxes().list().await,
+        &q,
+        &["running", "paused"],
+    )?;
     // `list` is oldest first.
     if order == "desc" {
         items.reverse();
@@ -723,18 +748,31 @@ async fn list_v2(
             .ok_or_else(|| E2bError::bad("nextToken is not a token this server gave out"))?;
         let mut parts = decoded.split('\u{0}');
         let (Some(o), Some(created), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(E2bError::bad("nextToken is not a token this server gave out"));
+            return Err(E2bError::bad(
+                "nextToken is not a token this server gave out",
+            ));
         };
         if o != order {
-            return Err(E2bError::bad("nextToken was made for another order; keep the order while paging"));
+            return Err(E2bError::bad(
+                "nextToken was made for another order; keep the order while paging",
+            ));
         }
         let key = |i: &SandboxInfo| (i.created_at.clone(), i.sandbox_id.to_string());
         let at = (created.to_owned(), id.to_owned());
-        items.retain(|i| if order == "asc" { key(i) > at } else { key(i) < at });
+        items.retain(|i| {
+            if order == "asc" {
+                key(i) > at
+            } else {
+                key(i) < at
+            }
+        });
     }
     let more = items.len() > limit;
     items.truncate(limit);
-    let out: Vec<Value> = items.iter().map(|i| listed_json(&state, i, false)).collect();
+    let out: Vec<Value> = items
+        .iter()
+        .map(|i| listed_json(&state, i, false))
+        .collect();
     let mut resp = Json(out).into_response();
     if more {
         if let Some(last) = items.last() {
@@ -772,13 +810,20 @@ fn parse_metrics(out: &str, at: SystemTime) -> Option<Value> {
             let kb: u64 = v.split_whitespace().next()?.parse().ok()?;
             mem.insert(k.trim().to_owned(), kb * 1024);
         } else {
-            let v: Vec<u64> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+            let v: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
             disk = (*v.first()?, *v.get(1)?);
         }
     }
     let total = t2.saturating_sub(t1);
     let busy = total.saturating_sub(i2.saturating_sub(i1));
-    let pct = if total == 0 { 0.0 } else { busy as f64 * 100.0 / total as f64 };
+    let pct = if total == 0 {
+        0.0
+    } else {
+        busy as f64 * 100.0 / total as f64
+    };
     let mem_total = *mem.get("MemTotal")?;
     let unix = at.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs();
     Some(json!({

@@ -102,8 +102,7 @@ pub async fn sandbox(state: &AppState, id: &str) -> Result<SandboxInfo, Refusal>
 pub fn token_matches(info: &SandboxInfo, presented: Option<&str>) -> bool {
     match &info.access_token {
         None => true,
-        Some(t) => presented
-            .is_some_and(|p| bool::from(p.as_bytes().ct_eq(t.expose().as_bytes()))),
+        Some(t) => presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(t.expose().as_bytes()))),
     }
 }
 
@@ -270,7 +269,10 @@ mod tests {
         assert_eq!(resolve_for(home, "a/./b/../c").unwrap(), "/home/user/a/c");
         assert_eq!(resolve_for(home, "/tmp//x/").unwrap(), "/tmp/x");
         assert_eq!(resolve_for(home, "/../..").unwrap(), "/");
-        assert_eq!(resolve_for(home, "~root/x").unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            resolve_for(home, "~root/x").unwrap_err().code,
+            Code::InvalidArgument
+        );
         assert_eq!(home_of("root"), "/root");
     }
 
@@ -278,7 +280,10 @@ mod tests {
     fn the_user_comes_from_basic_auth() {
         let mut h = HeaderMap::new();
         assert_eq!(basic_user(&h).unwrap(), None);
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic cm9vdDo="));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Basic cm9vdDo="),
+        );
         assert_eq!(basic_user(&h).unwrap().as_deref(), Some("root"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
         assert!(matches!(basic_user(&h), Err(Refusal::Unauthorized(_))));

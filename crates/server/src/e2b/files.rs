@@ -76,8 +76,12 @@ async fn authorise(
         .map(str::trim);
     let token = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok());
     let make = |info: SandboxInfo| {
-        Envd::for_sandbox(state, info, user.clone().unwrap_or_else(|| DEFAULT_USER.into()))
-            .map_err(|r| r.http())
+        Envd::for_sandbox(
+            state,
+            info,
+            user.clone().unwrap_or_else(|| DEFAULT_USER.into()),
+        )
+        .map_err(|r| r.http())
     };
     if let (Some(id), Some(_)) = (header_id, token) {
         let info = envd::sandbox(state, id).await.map_err(|r| r.http())?;
@@ -98,7 +102,10 @@ async fn authorise(
     };
     if let Some(exp) = q.signature_expiration {
         if exp < now_unix() {
-            return Err(http_error(StatusCode::UNAUTHORIZED, "signature is already expired"));
+            return Err(http_error(
+                StatusCode::UNAUTHORIZED,
+                "signature is already expired",
+            ));
         }
     }
     let path = q.path.clone().unwrap_or_default();
@@ -108,8 +115,16 @@ async fn authorise(
         None => state.sandboxes().list().await,
     };
     for info in candidates {
-        let Some(t) = &info.access_token else { continue };
-        let want = signature(&path, operation, &user_part, t.expose(), q.signature_expiration);
+        let Some(t) = &info.access_token else {
+            continue;
+        };
+        let want = signature(
+            &path,
+            operation,
+            &user_part,
+            t.expose(),
+            q.signature_expiration,
+        );
         if subtle::ConstantTimeEq::ct_eq(want.as_bytes(), sig.as_bytes()).into() {
             return make(info);
         }
@@ -132,10 +147,16 @@ fn file_error(e: ManagerError, path: &str) -> Response {
     let status = match &e {
         ManagerError::Guest { kind, message } => match kind {
             GuestErrorKind::NotFound => {
-                return http_error(StatusCode::NOT_FOUND, &format!("path '{path}' does not exist"))
+                return http_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("path '{path}' does not exist"),
+                )
             }
             GuestErrorKind::IsADirectory => {
-                return http_error(StatusCode::BAD_REQUEST, &format!("path '{path}' is a directory"))
+                return http_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("path '{path}' is a directory"),
+                )
             }
             GuestErrorKind::PermissionDenied => StatusCode::FORBIDDEN,
             GuestErrorKind::Failed { .. } if message.contains("No space left") => {
@@ -166,7 +187,10 @@ pub async fn download(
         Err(resp) => return resp,
     };
     let Some(asked) = q.path.clone().filter(|p| !p.is_empty()) else {
-        return http_error(StatusCode::BAD_REQUEST, "the path query parameter is required");
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            "the path query parameter is required",
+        );
     };
     let path = match envd.resolve(&asked) {
         Ok(p) => p,
@@ -177,7 +201,10 @@ pub async fn download(
         Err(e) => return file_error(e, &path),
     };
     if info.kind == FileKind::Directory {
-        return http_error(StatusCode::BAD_REQUEST, &format!("path '{path}' is a directory"));
+        return http_error(
+            StatusCode::BAD_REQUEST,
+            &format!("path '{path}' is a directory"),
+        );
     }
     // Read the first part now: errors (permission, vanished) answer
     // properly instead of breaking a started body.
@@ -277,9 +304,15 @@ pub async fn upload(
     let max = state.max_upload_bytes();
     let stream = decoded(body.into_data_stream(), gzip);
     let mut written = Vec::new();
-    if media.to_ascii_lowercase().starts_with("multipart/form-data") {
+    if media
+        .to_ascii_lowercase()
+        .starts_with("multipart/form-data")
+    {
         let Some(boundary) = multer::parse_boundary(&media).ok() else {
-            return http_error(StatusCode::BAD_REQUEST, "the multipart body has no boundary");
+            return http_error(
+                StatusCode::BAD_REQUEST,
+                "the multipart body has no boundary",
+            );
         };
         let mut mp = multer::Multipart::new(stream, boundary);
         let mut seen = std::collections::HashSet::new();
@@ -332,7 +365,10 @@ pub async fn upload(
                 "the multipart body has no part named file",
             );
         }
-    } else if media.to_ascii_lowercase().starts_with("application/octet-stream") {
+    } else if media
+        .to_ascii_lowercase()
+        .starts_with("application/octet-stream")
+    {
         let Some(target) = q.path.clone().filter(|p| !p.is_empty()) else {
             return http_error(
                 StatusCode::BAD_REQUEST,
@@ -343,9 +379,10 @@ pub async fn upload(
             Ok(p) => p,
             Err(e) => return http_error(StatusCode::BAD_REQUEST, &e.message),
         };
-        let bytes: ByteStream<'_> = Box::pin(stream.map_err(|e| {
-            ManagerError::InvalidInput(format!("reading the upload failed: {e}"))
-        }));
+        let bytes: ByteStream<'_> =
+            Box::pin(stream.map_err(|e| {
+                ManagerError::InvalidInput(format!("reading the upload failed: {e}"))
+            }));
         if let Err(resp) = store(&envd, &path, max, bytes).await {
             return resp;
         }
@@ -358,9 +395,7 @@ pub async fn upload(
     }
     let out: Vec<serde_json::Value> = written
         .iter()
-        .map(|p| {
-            json!({"path": p, "name": p.rsplit('/').next().unwrap_or(""), "type": "file"})
-        })
+        .map(|p| json!({"path": p, "name": p.rsplit('/').next().unwrap_or(""), "type": "file"}))
         .collect();
     (StatusCode::OK, axum::Json(out)).into_response()
 }
@@ -386,6 +421,8 @@ async fn store(envd: &Envd, path: &str, max: u64, bytes: ByteStream<'_>) -> Resu
         mode: Some(0o644),
         owner: Some(envd.user.clone()),
         max_bytes: max,
+        // Like envd: the file itself is written (watchers see it written).
+        in_place: true,
     };
     envd.guest
         .upload(up, bytes)
@@ -433,11 +470,20 @@ mod tests {
         let s = signature("/home/user/a.txt", "read", "user", "tok", None);
         assert!(s.starts_with("v1_"));
         assert!(!s.ends_with('='));
-        assert_ne!(s, signature("/home/user/a.txt", "write", "user", "tok", None));
-        assert_ne!(s, signature("/home/user/a.txt", "read", "user", "tok", Some(5)));
+        assert_ne!(
+            s,
+            signature("/home/user/a.txt", "write", "user", "tok", None)
+        );
+        assert_ne!(
+            s,
+            signature("/home/user/a.txt", "read", "user", "tok", Some(5))
+        );
         // The digest of the documented text, computed independently.
         let expected = base64::engine::general_purpose::STANDARD_NO_PAD
             .encode(Sha256::digest(b"/p:read::t:10"));
-        assert_eq!(signature("/p", "read", "", "t", Some(10)), format!("v1_{expected}"));
+        assert_eq!(
+            signature("/p", "read", "", "t", Some(10)),
+            format!("v1_{expected}")
+        );
     }
 }

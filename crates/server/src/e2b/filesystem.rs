@@ -12,9 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use locale2b_manager::{
-    FileInfo, FileKind, FsEvent, FsOp, GuestErrorKind, MakeDir, ManagerError,
-};
+use locale2b_manager::{FileInfo, FileKind, FsEvent, FsOp, GuestErrorKind, MakeDir, ManagerError};
 use locale2b_protocol::SandboxId;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -233,10 +231,14 @@ fn rpc(e: impl Into<RpcError>) -> Response {
 async fn stat(envd: &Envd, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
     let req: PathRequest = connect::parse_unary(headers, body)?;
     let path = envd.resolve(&req.path).map_err(rpc)?;
-    let info = envd.guest.stat(&path).await.map_err(|e| match guest_kind(&e) {
-        Some(GuestErrorKind::NotFound) => rpc(missing(&path)),
-        _ => rpc(e),
-    })?;
+    let info = envd
+        .guest
+        .stat(&path)
+        .await
+        .map_err(|e| match guest_kind(&e) {
+            Some(GuestErrorKind::NotFound) => rpc(missing(&path)),
+            _ => rpc(e),
+        })?;
     Ok(connect::unary(&json!({"entry": entry(envd, &info).await})))
 }
 
@@ -249,9 +251,10 @@ async fn list_dir(envd: &Envd, headers: &HeaderMap, body: &[u8]) -> Result<Respo
         .list_files(&path, depth > 1, Some(depth))
         .await
         .map_err(|e| match guest_kind(&e) {
-            Some(GuestErrorKind::NotFound) => {
-                rpc(RpcError::new(Code::NotFound, format!("directory not found: {path}")))
-            }
+            Some(GuestErrorKind::NotFound) => rpc(RpcError::new(
+                Code::NotFound,
+                format!("directory not found: {path}"),
+            )),
             Some(GuestErrorKind::NotADirectory) => rpc(RpcError::invalid(format!(
                 "path is not a directory: {path}"
             ))),
@@ -318,10 +321,13 @@ async fn move_entry(envd: &Envd, headers: &HeaderMap, body: &[u8]) -> Result<Res
         })
         .await
         .map_err(rpc)?;
-    envd.guest.rename(&from, &to).await.map_err(|e| match guest_kind(&e) {
-        Some(GuestErrorKind::NotFound) => rpc(missing(&from)),
-        _ => rpc(e),
-    })?;
+    envd.guest
+        .rename(&from, &to)
+        .await
+        .map_err(|e| match guest_kind(&e) {
+            Some(GuestErrorKind::NotFound) => rpc(missing(&from)),
+            _ => rpc(e),
+        })?;
     let info = envd.guest.stat(&to).await.map_err(rpc)?;
     Ok(connect::unary(&json!({"entry": entry(envd, &info).await})))
 }
@@ -381,23 +387,19 @@ async fn watch_dir(envd: &Envd, headers: &HeaderMap, body: Body) -> Response {
         user: envd.user.clone(),
     };
     let keepalive = connect::keepalive(headers);
-    let frames = Pump::spawn(
-        keepalive,
-        json!({"keepalive": {}}),
-        move |tx| async move {
-            tx.message(&json!({"start": {}})).await?;
-            while let Some(ev) = events.next().await {
-                match ev {
-                    Ok(ev) => {
-                        let v = fs_event(&envd, &root, &ev, req.include_entry).await;
-                        tx.message(&json!({"filesystem": v})).await?;
-                    }
-                    Err(e) => return Ok(Err(e.into())),
+    let frames = Pump::spawn(keepalive, json!({"keepalive": {}}), move |tx| async move {
+        tx.message(&json!({"start": {}})).await?;
+        while let Some(ev) = events.next().await {
+            match ev {
+                Ok(ev) => {
+                    let v = fs_event(&envd, &root, &ev, req.include_entry).await;
+                    tx.message(&json!({"filesystem": v})).await?;
                 }
+                Err(e) => return Ok(Err(e.into())),
             }
-            Ok(Ok(()))
-        },
-    );
+        }
+        Ok(Ok(()))
+    });
     connect::stream_response(frames)
 }
 
@@ -466,13 +468,14 @@ async fn create_watcher(
         if mine >= MAX_WATCHERS_PER_SANDBOX {
             return Err(rpc(RpcError::new(
                 Code::ResourceExhausted,
-                format!("sandbox {} has {mine} watchers; remove some first (RemoveWatcher)", envd.info.sandbox_id),
+                format!(
+                    "sandbox {} has {mine} watchers; remove some first (RemoveWatcher)",
+                    envd.info.sandbox_id
+                ),
             )));
         }
     }
-    let mut events = start_watch(envd, &root, req.recursive)
-        .await
-        .map_err(rpc)?;
+    let mut events = start_watch(envd, &root, req.recursive).await.map_err(rpc)?;
     let id = format!("w{:016x}", rand::random::<u64>());
     let sandbox = envd.info.sandbox_id.clone();
     let buffer = Arc::new(Mutex::new(WatcherEvents::default()));

@@ -12,6 +12,7 @@
 //! | [`envd`] | which sandbox an envd request is for, its token, user and paths |
 //! | [`connect`] | the Connect protocol with the JSON codec |
 //! | [`pump`] | stream answers produced by a task, with keepalives |
+//! | [`spec`] | the route table and `docs/e2b-openapi.json` |
 //!
 //! envd requests arrive at the server's root (`E2B_SANDBOX_URL` is the
 //! bare origin) carrying `E2b-Sandbox-Id`; [`dispatch`] sends every request
@@ -29,6 +30,7 @@ pub mod files;
 pub mod filesystem;
 pub mod process;
 pub mod pump;
+pub mod spec;
 
 use crate::AppState;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -61,8 +63,7 @@ pub struct E2bState {
     pub watchers: filesystem::Watchers,
     /// Creates by `Idempotency-Key`: the sandbox the first one made.
     #[allow(clippy::type_complexity)]
-    pub idempotency:
-        Mutex<HashMap<String, (Arc<tokio::sync::Mutex<Option<SandboxId>>>, Instant)>>,
+    pub idempotency: Mutex<HashMap<String, (Arc<tokio::sync::Mutex<Option<SandboxId>>>, Instant)>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -74,7 +75,10 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub fn http_error(status: StatusCode, message: &str) -> Response {
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         serde_json::json!({"code": status.as_u16(), "message": message}).to_string(),
     )
         .into_response()
@@ -90,7 +94,9 @@ pub fn envd_router(state: AppState) -> Router {
             "/files",
             get(files::download)
                 .post(files::upload)
-                .layer(DefaultBodyLimit::max(max_upload.saturating_add(1024 * 1024))),
+                .layer(DefaultBodyLimit::max(
+                    max_upload.saturating_add(1024 * 1024),
+                )),
         )
         .route("/health", get(files::health))
         .fallback(no_envd_route)

@@ -108,10 +108,7 @@ struct Input {
 impl Input {
     fn bytes(self) -> Result<Vec<u8>, RpcError> {
         self.stdin.or(self.pty).ok_or_else(|| {
-            RpcError::new(
-                Code::Unimplemented,
-                "input must carry stdin or pty bytes",
-            )
+            RpcError::new(Code::Unimplemented, "input must carry stdin or pty bytes")
         })
     }
 }
@@ -212,30 +209,34 @@ fn follow(
 ) -> Response {
     let keepalive = connect::keepalive(headers);
     let sandbox_id = envd.info.sandbox_id.clone();
-    let pump = Pump::spawn(keepalive, event(json!({"keepalive": {}})), move |tx| async move {
-        tx.message(&event(json!({"start": {"pid": pid}}))).await?;
-        let mut events = events;
-        while let Some(ev) = events.next().await {
-            match ev {
-                Ok(OutputEvent::Data(chunk)) => tx.message(&data_event(&chunk)).await?,
-                Ok(OutputEvent::Dropped { bytes, .. }) => {
-                    // envd has no way to say this; at least the log does.
-                    tracing::warn!(sandbox_id = %sandbox_id, pid, bytes, "a slow E2B stream missed output");
+    let pump = Pump::spawn(
+        keepalive,
+        event(json!({"keepalive": {}})),
+        move |tx| async move {
+            tx.message(&event(json!({"start": {"pid": pid}}))).await?;
+            let mut events = events;
+            while let Some(ev) = events.next().await {
+                match ev {
+                    Ok(OutputEvent::Data(chunk)) => tx.message(&data_event(&chunk)).await?,
+                    Ok(OutputEvent::Dropped { bytes, .. }) => {
+                        // envd has no way to say this; at least the log does.
+                        tracing::warn!(sandbox_id = %sandbox_id, pid, bytes, "a slow E2B stream missed output");
+                    }
+                    Ok(OutputEvent::Started { .. } | OutputEvent::Keepalive) => {}
+                    Ok(OutputEvent::End { exit, .. }) => {
+                        tx.message(&event(json!({"end": end_event(exit.as_ref())})))
+                            .await?;
+                        return Ok(Ok(()));
+                    }
+                    Err(e) => return Ok(Err(RpcError::from(e))),
                 }
-                Ok(OutputEvent::Started { .. } | OutputEvent::Keepalive) => {}
-                Ok(OutputEvent::End { exit, .. }) => {
-                    tx.message(&event(json!({"end": end_event(exit.as_ref())})))
-                        .await?;
-                    return Ok(Ok(()));
-                }
-                Err(e) => return Ok(Err(RpcError::from(e))),
             }
-        }
-        Ok(Err(RpcError::new(
-            Code::Unavailable,
-            format!("the sandbox stopped streaming process {pid} before it ended"),
-        )))
-    });
+            Ok(Err(RpcError::new(
+                Code::Unavailable,
+                format!("the sandbox stopped streaming process {pid} before it ended"),
+            )))
+        },
+    );
     connect::stream_response(pump)
 }
 
@@ -508,7 +509,9 @@ async fn send_signal(envd: &Envd, headers: &HeaderMap, body: &[u8]) -> Result<Re
         other => {
             return Err(RpcError::new(
                 Code::Unimplemented,
-                format!("invalid signal: {other} (SIGNAL_SIGKILL and SIGNAL_SIGTERM are supported)"),
+                format!(
+                    "invalid signal: {other} (SIGNAL_SIGKILL and SIGNAL_SIGTERM are supported)"
+                ),
             )
             .into_response())
         }
@@ -595,7 +598,10 @@ mod tests {
             duration_ms: 1,
         };
         let ok = end_event(Some(&exit(Some(0), None)));
-        assert_eq!(ok, json!({"exitCode": 0, "exited": true, "status": "exit status 0"}));
+        assert_eq!(
+            ok,
+            json!({"exitCode": 0, "exited": true, "status": "exit status 0"})
+        );
         let failed = end_event(Some(&exit(Some(3), None)));
         assert_eq!(failed["error"], "exit status 3");
         let killed = end_event(Some(&exit(None, Some(9))));
@@ -612,12 +618,18 @@ mod tests {
         )
         .unwrap();
         let p = req.process.unwrap();
-        assert_eq!((p.cmd.as_str(), p.args.len(), req.stdin), ("/bin/bash", 3, Some(false)));
+        assert_eq!(
+            (p.cmd.as_str(), p.args.len(), req.stdin),
+            ("/bin/bash", 3, Some(false))
+        );
         let input: SendInputRequest =
             serde_json::from_str(r#"{"process":{"pid":42},"input":{"stdin":"YWJj"}}"#).unwrap();
         assert_eq!(input.input.unwrap().bytes().unwrap(), b"abc");
         let sel: SelectorRequest = serde_json::from_str(r#"{"process":{"tag":"t"}}"#).unwrap();
-        assert_eq!(Selector::get(sel.process).unwrap(), ProcessSelector::Tag("t".into()));
+        assert_eq!(
+            Selector::get(sel.process).unwrap(),
+            ProcessSelector::Tag("t".into())
+        );
         let none: SelectorRequest = serde_json::from_str("{}").unwrap();
         assert!(Selector::get(none.process).is_err());
     }

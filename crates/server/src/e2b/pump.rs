@@ -35,7 +35,10 @@ impl Sender {
     /// # Errors
     /// [`Gone`] when the client went away.
     pub async fn message(&self, msg: &impl Serialize) -> Result<(), Gone> {
-        self.tx.send(connect::message(msg)).await.map_err(|_| Gone)?;
+        self.tx
+            .send(connect::message(msg))
+            .await
+            .map_err(|_| Gone)?;
         self.activity.notify_one();
         Ok(())
     }
@@ -99,14 +102,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn keepalives_fill_quiet_gaps_and_the_end_frame_closes() {
-        let frames: Vec<Bytes> = Pump::spawn(Duration::from_secs(5), json!({"k": 1}), |tx| async move {
-            tx.message(&json!({"m": 1})).await?;
-            tokio::time::sleep(Duration::from_secs(12)).await;
-            tx.message(&json!({"m": 2})).await?;
-            Ok(Ok(()))
-        })
-        .collect()
-        .await;
+        let frames: Vec<Bytes> =
+            Pump::spawn(Duration::from_secs(5), json!({"k": 1}), |tx| async move {
+                tx.message(&json!({"m": 1})).await?;
+                tokio::time::sleep(Duration::from_secs(12)).await;
+                tx.message(&json!({"m": 2})).await?;
+                Ok(Ok(()))
+            })
+            .collect()
+            .await;
         let bodies: Vec<String> = frames
             .iter()
             .map(|f| String::from_utf8(f[5..].to_vec()).unwrap())

@@ -53,6 +53,7 @@ pub async fn write_file(
             create_parents: body.create_parents,
             append: false,
             owner: None,
+            in_place: false,
         })
         .await?;
     Ok(Json(WrittenFile {
@@ -255,6 +256,7 @@ pub async fn upload(
         mode: None,
         owner: None,
         max_bytes: s.max_upload_bytes(),
+        in_place: false,
     };
     let written = s
         .sandboxes()
@@ -279,7 +281,10 @@ fn multipart_bytes(field: axum::extract::multipart::Field<'_>) -> ByteStream<'_>
                 let err = if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ManagerError::TooLarge(e.body_text())
                 } else {
-                    ManagerError::InvalidInput(format!("reading the upload failed: {}", e.body_text()))
+                    ManagerError::InvalidInput(format!(
+                        "reading the upload failed: {}",
+                        e.body_text()
+                    ))
                 };
                 Some((Err(err), None))
             }
