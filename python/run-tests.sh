@@ -15,21 +15,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 venv="$here/.venv"
-stamp="$venv/.locale2b-install-stamp"
-python="${PYTHON:-python3}"
-
-want="$( { sha256sum pyproject.toml; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
-
-if [[ ! -x "$venv/bin/python" ]]; then
-    echo "run-tests.sh: creating $venv" >&2
-    "$python" -m venv "$venv"
-fi
-if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-    echo "run-tests.sh: installing locale2b[test] into $venv" >&2
-    rm -f "$stamp"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
-    echo "$want" > "$stamp"
-fi
+# shellcheck source=../scripts/venv.sh
+. "$here/../scripts/venv.sh"
+ensure_venv "$venv" pyproject.toml -e ".[test]"
 
 set +e
 "$venv/bin/python" -m pytest "$@"

@@ -12,7 +12,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
-python="${PYTHON:-python3}"
+# shellcheck source=../../scripts/venv.sh
+. "$here/../../scripts/venv.sh"
 versions=()
 for f in requirements/e2b-*.txt; do v="${f#requirements/e2b-}"; versions+=("${v%.txt}"); done
 if [[ $# -gt 0 && -f "requirements/e2b-$1.txt" ]]; then versions=("$1"); shift; fi
@@ -21,18 +22,7 @@ status=0
 for v in "${versions[@]}"; do
     req="requirements/e2b-$v.txt"
     venv="$here/.venv-$v"
-    stamp="$venv/.locale2b-install-stamp"
-    want="$( { sha256sum "$req"; "$python" -c 'import sys; print(sys.version)'; } | sha256sum | cut -d' ' -f1)"
-    if [[ ! -x "$venv/bin/python" ]]; then
-        echo "e2b-compat: creating $venv" >&2
-        "$python" -m venv "$venv"
-    fi
-    if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
-        echo "e2b-compat: installing $req into $venv (PyPI)" >&2
-        rm -f "$stamp"
-        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"
-        echo "$want" > "$stamp"
-    fi
+    ensure_venv "$venv" "$req" -r "$req"
     echo "==> e2b $v"
     set +e
     "$venv/bin/python" -m pytest -p no:cacheprovider -rs tests "$@"

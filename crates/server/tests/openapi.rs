@@ -1,14 +1,16 @@
-//! `docs/openapi.json` must equal the spec generated from the code.
+//! `docs/openapi.json` and `docs/e2b-openapi.json` must equal the documents generated from the code.
 //! Regenerate with `LOCALE2B_UPDATE_OPENAPI=1 cargo test -p locale2b-server --test openapi`.
 
 use std::path::PathBuf;
 
-#[test]
-fn openapi_spec_matches_committed_file() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
-    let generated = locale2b_server::openapi::openapi_json();
+/// Compares `docs/<name>` with `generated` (or rewrites it with
+/// `LOCALE2B_UPDATE_OPENAPI=1`).
+fn matches_committed(name: &str, generated: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../docs")
+        .join(name);
     if std::env::var_os("LOCALE2B_UPDATE_OPENAPI").is_some_and(|v| v == "1") {
-        if let Err(e) = std::fs::write(&path, &generated) {
+        if let Err(e) = std::fs::write(&path, generated) {
             panic!("cannot write {}: {e}", path.display());
         }
         return;
@@ -23,21 +25,15 @@ fn openapi_spec_matches_committed_file() {
 }
 
 #[test]
+fn openapi_spec_matches_committed_file() {
+    matches_committed("openapi.json", &locale2b_server::openapi::openapi_json());
+}
+
+#[test]
 fn e2b_spec_matches_committed_file() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/e2b-openapi.json");
-    let generated = locale2b_server::e2b::spec::openapi_json();
-    if std::env::var_os("LOCALE2B_UPDATE_OPENAPI").is_some_and(|v| v == "1") {
-        if let Err(e) = std::fs::write(&path, &generated) {
-            panic!("cannot write {}: {e}", path.display());
-        }
-        return;
-    }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "{} is out of date with the code; regenerate it with \
-         `LOCALE2B_UPDATE_OPENAPI=1 cargo test -p locale2b-server --test openapi` and commit it",
-        path.display()
+    matches_committed(
+        "e2b-openapi.json",
+        &locale2b_server::e2b::spec::openapi_json(),
     );
 }
 

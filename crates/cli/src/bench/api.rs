@@ -78,6 +78,26 @@ impl Api {
         })
     }
 
+    /// The request for `method path` with the key, the timeout and an
+    /// optional JSON body.
+    fn request(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Duration,
+    ) -> reqwest::RequestBuilder {
+        let req = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path))
+            .header("X-API-Key", &self.key)
+            .timeout(timeout);
+        match body {
+            Some(b) => req.json(b),
+            None => req,
+        }
+    }
+
     /// Calls `method path` with an optional JSON body; `timeout` bounds the
     /// whole call.
     pub async fn call(
@@ -92,14 +112,7 @@ impl Api {
             path: path.to_owned(),
             source,
         };
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{}", self.base, path))
-            .header("X-API-Key", &self.key)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
+        let req = self.request(&method, path, body, timeout);
         let start = Instant::now();
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
@@ -145,15 +158,11 @@ impl Api {
             path: path.to_owned(),
             source,
         };
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{}", self.base, path))
-            .header("X-API-Key", &self.key)
-            .timeout(timeout);
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req.send().await.map_err(transport)?;
+        let resp = self
+            .request(&method, path, body, timeout)
+            .send()
+            .await
+            .map_err(transport)?;
         let status = resp.status();
         if !status.is_success() {
             let message = resp.text().await.unwrap_or_default();

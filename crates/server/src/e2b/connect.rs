@@ -261,6 +261,16 @@ fn unsupported_media(media: &str) -> Response {
         .into_response()
 }
 
+/// The whole body of a unary request (at most [`MAX_MESSAGE`] bytes).
+///
+/// # Errors
+/// A `resource_exhausted` answer for a larger or broken body.
+pub async fn unary_body(body: Body) -> Result<Bytes, Response> {
+    axum::body::to_bytes(body, MAX_MESSAGE).await.map_err(|e| {
+        RpcError::new(Code::ResourceExhausted, format!("request body: {e}")).into_response()
+    })
+}
+
 /// Parses one JSON message (an empty body is the empty message).
 ///
 /// # Errors

@@ -61,6 +61,7 @@ impl Refusal {
 }
 
 /// One envd request's sandbox, guest and user.
+#[derive(Clone)]
 pub struct Envd {
     /// The sandbox.
     pub info: SandboxInfo,

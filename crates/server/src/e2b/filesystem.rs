@@ -199,12 +199,9 @@ pub async fn call(
     if method == "WatchDir" {
         return watch_dir(&envd, &headers, body).await;
     }
-    let bytes = match axum::body::to_bytes(body, connect::MAX_MESSAGE).await {
+    let bytes = match connect::unary_body(body).await {
         Ok(b) => b,
-        Err(e) => {
-            return RpcError::new(Code::ResourceExhausted, format!("request body: {e}"))
-                .into_response()
-        }
+        Err(resp) => return resp,
     };
     let result = match method.as_str() {
         "Stat" => stat(&envd, &headers, &bytes).await,
@@ -381,11 +378,7 @@ async fn watch_dir(envd: &Envd, headers: &HeaderMap, body: Body) -> Response {
         Ok(ev) => ev,
         Err(e) => return connect::stream_error(e),
     };
-    let envd = Envd {
-        info: envd.info.clone(),
-        guest: envd.guest.clone(),
-        user: envd.user.clone(),
-    };
+    let envd = envd.clone();
     let keepalive = connect::keepalive(headers);
     let frames = Pump::spawn(keepalive, json!({"keepalive": {}}), move |tx| async move {
         tx.message(&json!({"start": {}})).await?;
@@ -479,11 +472,7 @@ async fn create_watcher(
     let id = format!("w{:016x}", rand::random::<u64>());
     let sandbox = envd.info.sandbox_id.clone();
     let buffer = Arc::new(Mutex::new(WatcherEvents::default()));
-    let envd = Envd {
-        info: envd.info.clone(),
-        guest: envd.guest.clone(),
-        user: envd.user.clone(),
-    };
+    let envd = envd.clone();
     let sink = buffer.clone();
     let include = req.include_entry;
     let task = tokio::spawn(async move {

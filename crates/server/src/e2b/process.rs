@@ -256,12 +256,9 @@ pub async fn call(
         "Connect" => connect_to(&envd, &headers, body).await,
         "StreamInput" => stream_input(&envd, &headers, body).await,
         "List" | "SendInput" | "SendSignal" | "CloseStdin" | "Update" => {
-            let bytes = match axum::body::to_bytes(body, connect::MAX_MESSAGE).await {
+            let bytes = match connect::unary_body(body).await {
                 Ok(b) => b,
-                Err(e) => {
-                    return RpcError::new(Code::ResourceExhausted, format!("request body: {e}"))
-                        .into_response()
-                }
+                Err(resp) => return resp,
             };
             let result = match method.as_str() {
                 "List" => list(&envd, &headers, &bytes).await,
