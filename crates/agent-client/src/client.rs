@@ -101,6 +101,7 @@ fn response_type(response: &Response) -> &'static str {
         Response::Process(_) => "process",
         Response::Processes(_) => "processes",
         Response::OutputEnd(_) => "output_end",
+        Response::FileRead(_) => "file_read",
     }
 }
 
@@ -185,6 +186,40 @@ pub struct AgentStream {
 }
 
 impl AgentStream {
+    /// Sends bytes of a streamed request (`write_stream`) as data frames of
+    /// `channel`, split to fit the frame limit; an empty `bytes` sends the
+    /// empty frame that ends the data. Waits at most the stream's idle time
+    /// per frame (the agent reads as fast as it can write).
+    ///
+    /// # Errors
+    /// Connection failures and timeouts (the connection is then dropped).
+    pub async fn send_data(
+        &mut self,
+        channel: DataChannel,
+        bytes: &[u8],
+    ) -> Result<(), ClientError> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Err(ClientError::Protocol(format!(
+                "the stream of {} has ended",
+                self.action
+            )));
+        };
+        let max = self.client.inner.config.max_frame;
+        let room = max.saturating_sub(16).max(1);
+        let parts: Vec<&[u8]> = if bytes.is_empty() {
+            vec![bytes]
+        } else {
+            bytes.chunks(room).collect()
+        };
+        for part in parts {
+            if let Err(e) = conn.send_data(channel, part, self.idle, max).await {
+                self.conn = None;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// The next item, waiting at most the stream's idle time for it (a
     /// followed process that is quiet still sends keepalives). `Ok(None)`
     /// after the end.

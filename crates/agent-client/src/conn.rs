@@ -80,6 +80,26 @@ impl Conn {
         }
     }
 
+    /// Writes one data frame (a streamed request's bytes).
+    pub(crate) async fn send_data(
+        &mut self,
+        channel: locale2b_protocol::DataChannel,
+        bytes: &[u8],
+        timeout: Duration,
+        max_frame: usize,
+    ) -> Result<(), ClientError> {
+        match tokio::time::timeout(
+            timeout,
+            locale2b_protocol::frame::write_data(&mut self.stream, channel, bytes, max_frame),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ClientError::Frame(e)),
+            Err(_) => Err(ClientError::timeout("sending data", timeout)),
+        }
+    }
+
     /// Reads the next frame of a streamed answer to request `id`, waiting
     /// at most `timeout`: a data frame, or a JSON frame for `id`.
     pub(crate) async fn recv_stream(

@@ -221,7 +221,10 @@ pub async fn handle(request: Request, ctx: &Arc<AgentContext>) -> Result<Respons
         Request::ProcessRemove(req) => ctx.processes.remove(&req.process).map(|()| Response::Done),
         // Streamed requests are run by `stream`; reaching here is a bug of
         // the connection loop.
-        Request::ProcessOutput(_) | Request::WatchDir(_) => Err(ErrorBody::new(
+        Request::ProcessOutput(_)
+        | Request::WatchDir(_)
+        | Request::ReadStream(_)
+        | Request::WriteStream(_) => Err(ErrorBody::new(
             ErrorCode::Internal,
             "streamed requests are not answered here",
         )),
@@ -272,6 +275,8 @@ where
             }
         },
         Request::WatchDir(req) => crate::watch::stream(ctx, id, &req, w, r).await,
+        Request::ReadStream(req) => crate::filestream::read_stream(ctx, id, req, w, r).await,
+        Request::WriteStream(req) => crate::filestream::write_stream(ctx, id, req, w, r).await,
         other => {
             let body = ErrorBody::new(
                 ErrorCode::Internal,

@@ -11,6 +11,7 @@ use locale2b_protocol::{
     ListFilesRequest, Listing, MkdirRequest, PathRequest, ReadFileRequest, RenameRequest, Response,
     WriteFileRequest, WrittenResponse, DEFAULT_LIST_MAX_ENTRIES,
 };
+use sha2::{Digest as _, Sha256};
 use std::fs::{self as stdfs, File, Metadata, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -81,13 +82,13 @@ impl Owners {
 ///
 /// # Errors
 /// `not_found` for an unknown user.
-fn owner_of(owner: Option<&str>) -> Result<Option<crate::command::UserSpec>, ErrorBody> {
+pub(crate) fn owner_of(owner: Option<&str>) -> Result<Option<crate::command::UserSpec>, ErrorBody> {
     owner.map(crate::command::lookup_user).transpose()
 }
 
 /// Creates `dir` and its missing ancestors with `mode`, giving the ones it
 /// creates to `owner` when set.
-fn create_dirs_owned(
+pub(crate) fn create_dirs_owned(
     dir: &Path,
     mode: u32,
     owner: Option<&crate::command::UserSpec>,
@@ -165,7 +166,7 @@ pub fn resolve_in(workspace: &Path, path: &str) -> Result<PathBuf, ErrorBody> {
     })
 }
 
-fn io_err(path: &Path, e: &std::io::Error) -> ErrorBody {
+pub(crate) fn io_err(path: &Path, e: &std::io::Error) -> ErrorBody {
     ErrorBody::io(&path.display().to_string(), e)
 }
 
@@ -174,26 +175,39 @@ pub fn max_read_bytes(max_frame: usize) -> u64 {
     (max_frame.saturating_sub(READ_ENVELOPE) / 4 * 3) as u64
 }
 
-/// `read_file`.
+/// How long a read of a pipe or device waits for more bytes before it
+/// answers what it has (with `eof: false`).
+pub const PSEUDO_QUIET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// `read_file`. A regular file is read by its size. A file whose size says
+/// nothing (pseudo-files such as `/proc/self/status`, pipes, devices) is read
+/// until its end, the length asked for, what one answer can carry, or (pipes
+/// and devices) [`PSEUDO_QUIET`] without new bytes; its `size` is then the
+/// offset plus the bytes returned, and `eof` says whether the end was seen.
 ///
 /// # Errors
 /// `not_found`, `is_a_directory`, `permission_denied`, `too_large` when the
-/// answer would not fit in a frame.
+/// answer would not fit in a frame, `invalid_request` for an offset into a
+/// pipe.
 pub fn read_file(ctx: &AgentContext, req: &ReadFileRequest) -> Result<Response, ErrorBody> {
     let path = resolve(ctx, &req.path)?;
-    let file = File::open(&path).map_err(|e| io_err(&path, &e))?;
-    let meta = file.metadata().map_err(|e| io_err(&path, &e))?;
-    if meta.is_dir() {
+    let kind = stdfs::metadata(&path).map_err(|e| io_err(&path, &e))?;
+    if kind.is_dir() {
         return Err(ErrorBody::new(
             ErrorCode::IsADirectory,
             format!("{}: is a directory", path.display()),
         ));
     }
+    let limit = max_read_bytes(ctx.config.max_frame);
+    if !kind.is_file() || kind.len() == 0 {
+        return read_unsized(&path, kind.is_file(), req, limit);
+    }
+    let file = File::open(&path).map_err(|e| io_err(&path, &e))?;
+    let meta = file.metadata().map_err(|e| io_err(&path, &e))?;
     let size = meta.len();
     let start = req.offset.min(size);
     let remaining = size - start;
     let want = req.length.map_or(remaining, |l| l.min(remaining));
-    let limit = max_read_bytes(ctx.config.max_frame);
     if want > limit {
         return Err(ErrorBody::new(
             ErrorCode::TooLarge,
@@ -219,8 +233,104 @@ pub fn read_file(ctx: &AgentContext, req: &ReadFileRequest) -> Result<Response, 
         content_b64: B64.encode(&buf),
         offset: start,
         size,
-        eof: end >= size,
+        // A file that shrank under the read ends where the bytes did.
+        eof: end >= size || filled < want as usize,
     }))
+}
+
+/// Reads a file whose size is unknown (see [`read_file`]).
+fn read_unsized(
+    path: &Path,
+    regular: bool,
+    req: &ReadFileRequest,
+    limit: u64,
+) -> Result<Response, ErrorBody> {
+    let want = usize::try_from(req.length.map_or(limit, |l| l.min(limit))).unwrap_or(usize::MAX);
+    let (file, seekable) = open_for_read(path, regular, req.offset)?;
+    let mut buf = vec![0u8; want.min(1024 * 1024)];
+    let mut out: Vec<u8> = Vec::new();
+    let mut eof = false;
+    let mut waited = false;
+    while out.len() < want {
+        let room = (want - out.len()).min(buf.len());
+        let got = if seekable {
+            file.read_at(&mut buf[..room], req.offset + out.len() as u64)
+        } else {
+            std::io::Read::read(&mut &file, &mut buf[..room])
+        };
+        match got {
+            // A FIFO read before its writer opened it ends at once; give
+            // the writer the quiet time to show up.
+            Ok(0) if !seekable && out.is_empty() && !waited => {
+                waited = true;
+                if !wait_readable(&file, PSEUDO_QUIET) {
+                    break;
+                }
+            }
+            Ok(0) => {
+                eof = true;
+                break;
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if !wait_readable(&file, PSEUDO_QUIET) {
+                    break;
+                }
+            }
+            Err(e) => return Err(io_err(path, &e)),
+        }
+    }
+    Ok(Response::FileContent(FileContent {
+        content_b64: B64.encode(&out),
+        offset: req.offset,
+        size: req.offset + out.len() as u64,
+        eof,
+    }))
+}
+
+/// Opens `path` for reading. Pipes and devices (`file_like` false) are
+/// opened non-blocking, so a FIFO without a writer never hangs the open
+/// and reads wait with [`wait_readable`] instead. Answers the file and
+/// whether it can be read at an offset; a read past 0 of something that
+/// cannot is refused.
+pub(crate) fn open_for_read(
+    path: &Path,
+    file_like: bool,
+    offset: u64,
+) -> Result<(File, bool), ErrorBody> {
+    use std::io::Seek as _;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(if file_like {
+            0
+        } else {
+            libc::O_NONBLOCK | libc::O_NOCTTY
+        })
+        .open(path)
+        .map_err(|e| io_err(path, &e))?;
+    let seekable = file_like || (&file).stream_position().is_ok();
+    if offset > 0 && !seekable {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidRequest,
+            format!(
+                "{}: is a pipe; it can only be read from offset 0",
+                path.display()
+            ),
+        ));
+    }
+    Ok((file, seekable))
+}
+
+/// Waits up to `timeout` for `file` to have bytes (or its end) to read.
+pub(crate) fn wait_readable(file: &File, timeout: std::time::Duration) -> bool {
+    use std::os::fd::AsFd as _;
+    let mut fds = [nix::poll::PollFd::new(
+        file.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)), Ok(n) if n > 0)
 }
 
 fn decode_content(req: &WriteFileRequest) -> Result<Vec<u8>, ErrorBody> {
@@ -235,7 +345,7 @@ fn decode_content(req: &WriteFileRequest) -> Result<Vec<u8>, ErrorBody> {
     }
 }
 
-fn check_mode(mode: Option<u32>) -> Result<(), ErrorBody> {
+pub(crate) fn check_mode(mode: Option<u32>) -> Result<(), ErrorBody> {
     match mode {
         Some(m) if m > 0o7777 => Err(ErrorBody::new(
             ErrorCode::InvalidRequest,
@@ -304,6 +414,8 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
         return Ok(Response::Written(WrittenResponse {
             path: path.display().to_string(),
             size,
+            // An append's bytes are not the file's.
+            sha256: req.in_place.then(|| hex(Sha256::digest(&data))),
         }));
     }
     let mode = req
@@ -346,7 +458,13 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
     Ok(Response::Written(WrittenResponse {
         path: path.display().to_string(),
         size,
+        sha256: Some(hex(Sha256::digest(&data))),
     }))
+}
+
+/// Lowercase hex of a digest.
+pub(crate) fn hex(d: impl AsRef<[u8]>) -> String {
+    d.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Builds a [`FileInfo`] from `lstat` metadata.

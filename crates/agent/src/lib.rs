@@ -16,6 +16,7 @@ pub mod conn;
 pub mod context;
 pub mod dispatch;
 pub mod exec;
+pub mod filestream;
 pub mod fs;
 pub mod init;
 pub mod process;

@@ -7,6 +7,7 @@ mod common;
 use base64::Engine as _;
 use common::TestAgent;
 use locale2b_protocol::*;
+use sha2::Digest as _;
 use std::os::unix::fs::PermissionsExt;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -75,7 +76,13 @@ async fn write_then_read_empty_large_binary_and_odd_names() {
             w,
             Response::Written(WrittenResponse {
                 path: path.clone(),
-                size: data.len() as u64
+                size: data.len() as u64,
+                sha256: Some(
+                    sha2::Sha256::digest(data)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                ),
             })
         );
         assert_eq!(&std::fs::read(path).expect("on disk"), data);
@@ -450,4 +457,80 @@ async fn mkdir_stat_delete_rename() {
     assert_eq!(e.code, ErrorCode::InvalidRequest);
     c.call(del("ln", false)).await.unwrap();
     assert!(std::fs::symlink_metadata(w.join("ln")).is_err());
+}
+
+#[tokio::test]
+async fn files_without_a_size_are_read_for_what_they_hold() {
+    let agent = TestAgent::start().await;
+    let mut c = agent.client().await;
+    // A pseudo-file: st_size is 0, the content is not.
+    let (data, meta) = content(c.call(read_req("/proc/self/status")).await.unwrap());
+    assert!(String::from_utf8_lossy(&data).contains("Name:"), "{data:?}");
+    assert!(meta.eof);
+    assert_eq!(meta.size, data.len() as u64);
+    // A device with no end: the length asked for, and not the end.
+    let (zeros, meta) = content(
+        c.call(Request::ReadFile(ReadFileRequest {
+            path: "/dev/zero".into(),
+            offset: 0,
+            length: Some(10),
+        }))
+        .await
+        .unwrap(),
+    );
+    assert_eq!(zeros, vec![0u8; 10]);
+    assert!(!meta.eof);
+
+    // A FIFO whose writer writes and closes: its bytes, then the end.
+    let fifo = agent.workspace.join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, b"through the pipe").unwrap())
+    };
+    // The writer blocks until a reader opens; poll until it has.
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        let (d, m) = content(c.call(read_req(&fifo.display().to_string())).await.unwrap());
+        got.extend(d);
+        if m.eof && !got.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    writer.join().unwrap();
+    assert_eq!(got, b"through the pipe");
+    // A FIFO with a writer that sends nothing: answered, not the end.
+    let held = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || {
+            let f = std::fs::OpenOptions::new().write(true).open(fifo).unwrap();
+            std::thread::sleep(std::time::Duration::from_secs(3));
+            drop(f);
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut quiet = None;
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        let (d, m) = content(c.call(read_req(&fifo.display().to_string())).await.unwrap());
+        if !m.eof {
+            quiet = Some(d);
+            break;
+        }
+    }
+    assert_eq!(
+        quiet,
+        Some(Vec::new()),
+        "a quiet pipe answers no bytes, not the end"
+    );
+    let err = c
+        .call(Request::ReadFile(ReadFileRequest {
+            path: fifo.display().to_string(),
+            offset: 3,
+            length: None,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::InvalidRequest);
+    held.join().unwrap();
 }

@@ -83,6 +83,20 @@ pub struct CreateSandbox {
     pub access_token: Option<String>,
 }
 
+/// Checks environment variable names (POSIX: letters, digits and `_`, not
+/// starting with a digit); `what` names the map in the message.
+///
+/// # Errors
+/// [`crate::ManagerError::InvalidInput`] naming the first bad name.
+pub fn check_env(what: &str, env: &BTreeMap<String, String>) -> crate::Result<()> {
+    match env.keys().find(|k| !locale2b_config::is_env_name(k)) {
+        Some(bad) => Err(crate::ManagerError::InvalidInput(format!(
+            "{what} has an invalid variable name {bad:?}: use letters, digits and '_', not starting with a digit"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Most metadata entries per sandbox.
 pub const MAX_METADATA_ENTRIES: usize = 64;
 /// Longest metadata key, bytes.
@@ -333,6 +347,8 @@ pub struct Upload {
     /// written, but a failed upload leaves a partial file (E2B's envd
     /// behaves so).
     pub in_place: bool,
+    /// Expected SHA-256 (hex) of the bytes: on a mismatch nothing is kept.
+    pub sha256: Option<String>,
 }
 
 /// The bytes of an upload, as they arrive. A body that fails to read
@@ -360,6 +376,34 @@ pub struct Written {
     pub path: String,
     /// Size of the file afterwards.
     pub size: u64,
+    /// SHA-256 of the bytes written (lowercase hex), when the guest
+    /// computed it (streamed writes).
+    pub sha256: Option<String>,
+}
+
+/// A file's bytes as the guest reads them ([`crate::GuestOps::download`]).
+pub struct Download {
+    /// The file's size, when it has one (pipes and pseudo-files do not).
+    pub size: Option<u64>,
+    /// The bytes, in order; an error ends them.
+    pub bytes: ByteStream<'static>,
+}
+
+impl std::fmt::Debug for Download {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Download")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A file's checksum, computed in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checksum {
+    /// Bytes hashed.
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
 }
 
 /// Limits every request is checked against (from the configuration), for

@@ -7,9 +7,10 @@
 //! [`crate::guest::Guest`] are the real implementations.
 
 use crate::{
-    ByteStream, Capacity, CreateSandbox, ExecOutput, ExecSpec, FileInfo, FileRead, FsEvents,
-    Limits, Listing, MakeDir, Output, OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec,
-    PtySize, Result, SandboxInfo, Upload, WorkspaceInfo, WriteFile, Written,
+    ByteStream, Capacity, Checksum, CreateSandbox, Download, ExecOutput, ExecSpec, FileInfo,
+    FileRead, FsEvents, Limits, Listing, MakeDir, Output, OutputEvents, ProcessInfo,
+    ProcessSelector, ProcessSpec, PtySize, Result, SandboxInfo, Upload, WorkspaceInfo, WriteFile,
+    Written,
 };
 use async_trait::async_trait;
 use locale2b_protocol::{SandboxId, WorkspaceId};
@@ -59,8 +60,19 @@ pub trait GuestOps: Send + Sync {
     /// Runs a command and waits for it (timeout rules: see
     /// [`crate::guest::ExecRules`]).
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput>;
-    /// Reads `length` bytes (the rest when `None`) from `offset`.
-    async fn read_file(&self, path: &str, offset: u64, length: Option<u64>) -> Result<FileRead>;
+    /// Reads `length` bytes (the rest when `None`) from `offset`, at most
+    /// `max` of them (TooLarge beyond), from one open file.
+    async fn read_file(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        max: u64,
+    ) -> Result<FileRead>;
+    /// A file's bytes as they are read, from one open file, any size.
+    async fn download(&self, path: &str, offset: u64, length: Option<u64>) -> Result<Download>;
+    /// SHA-256 of a file, computed in the guest.
+    async fn checksum(&self, path: &str) -> Result<Checksum>;
     /// Writes a file (atomic replace, or append).
     async fn write_file(&self, file: WriteFile) -> Result<Written>;
     /// Lists a directory.

@@ -44,13 +44,13 @@ async fn create_exec_files_destroy() {
         .unwrap();
     let read = m
         .guest(&sb.sandbox_id)
-        .read_file("/workspace/hello.txt", 0, None)
+        .read_file("/workspace/hello.txt", 0, None, 1 << 20)
         .await
         .unwrap();
     assert_eq!(read.data, b"hello");
     let missing = m
         .guest(&sb.sandbox_id)
-        .read_file("/nope", 0, None)
+        .read_file("/nope", 0, None, 1 << 20)
         .await
         .unwrap_err();
     assert!(

@@ -76,6 +76,14 @@ pub enum StreamEvent {
     /// `watch_dir` (protocol 3): the watches are in place; changes from now
     /// on are reported.
     Watching,
+    /// `read_stream` (protocol 3): the file is open; its size when it has
+    /// one (pipes, devices and pseudo-files have none). The bytes follow as
+    /// data frames on channel 1.
+    FileOpen {
+        /// Size in bytes, if known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+    },
     /// `watch_dir` (protocol 3): one change under the watched directory.
     Fs {
         /// Path of the changed entry relative to the watched directory.
@@ -152,6 +160,12 @@ pub enum Request {
     /// Report changes under a directory until the host closes the stream
     /// (protocol 3; a streamed answer).
     WatchDir(WatchDirRequest),
+    /// A file's bytes as data frames, from one open file (protocol 3; a
+    /// streamed answer).
+    ReadStream(ReadStreamRequest),
+    /// Write a file from data frames the host sends after the request
+    /// (protocol 3; a streamed request).
+    WriteStream(WriteStreamRequest),
 }
 
 impl Request {
@@ -180,6 +194,8 @@ impl Request {
             Self::ProcessResize(_) => "process_resize",
             Self::ProcessRemove(_) => "process_remove",
             Self::WatchDir(_) => "watch_dir",
+            Self::ReadStream(_) => "read_stream",
+            Self::WriteStream(_) => "write_stream",
         }
     }
 
@@ -194,7 +210,9 @@ impl Request {
             | Self::ProcessSignal(_)
             | Self::ProcessResize(_)
             | Self::ProcessRemove(_) => crate::STREAMS_PROTOCOL_VERSION,
-            Self::WatchDir(_) => crate::WATCH_PROTOCOL_VERSION,
+            Self::WatchDir(_) | Self::ReadStream(_) | Self::WriteStream(_) => {
+                crate::WATCH_PROTOCOL_VERSION
+            }
             Self::WriteFile(r) if r.owner.is_some() || r.in_place => crate::WATCH_PROTOCOL_VERSION,
             Self::Mkdir(r) if r.owner.is_some() => crate::WATCH_PROTOCOL_VERSION,
             _ => 1,
@@ -205,7 +223,10 @@ impl Request {
     /// final frame) rather than one frame.
     pub fn is_streamed(&self) -> bool {
         match self {
-            Self::ProcessOutput(_) | Self::WatchDir(_) => true,
+            Self::ProcessOutput(_)
+            | Self::WatchDir(_)
+            | Self::ReadStream(_)
+            | Self::WriteStream(_) => true,
             Self::ProcessStart(r) => r.follow,
             _ => false,
         }
@@ -240,6 +261,65 @@ pub enum Response {
     Processes(ProcessList),
     /// Final frame of an output stream.
     OutputEnd(OutputEnd),
+    /// Final frame of `read_stream` (protocol 3).
+    FileRead(FileReadEnd),
+}
+
+/// `read_stream` (protocol 3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadStreamRequest {
+    /// File to read.
+    pub path: String,
+    /// First byte.
+    #[serde(default)]
+    pub offset: u64,
+    /// Most bytes to send; to the end when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub length: Option<u64>,
+    /// Read and hash, but send no data frames (a checksum).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discard: bool,
+}
+
+/// Final frame of `read_stream`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReadEnd {
+    /// Bytes read (and sent, unless `discard`).
+    pub bytes: u64,
+    /// The end of the file was reached.
+    pub eof: bool,
+    /// SHA-256 of those bytes, lowercase hex.
+    pub sha256: String,
+}
+
+/// `write_stream` (protocol 3): the file's bytes follow the request as data
+/// frames on channel 0; an empty one ends them. The file is written to a
+/// temporary file renamed over the target at the end (unless `in_place`),
+/// so a reader sees the old or the new file; a stream the host abandons
+/// leaves the target untouched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WriteStreamRequest {
+    /// File to write.
+    pub path: String,
+    /// Permission bits; a replaced file's when absent, else 0o644.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// Create missing parent directories.
+    #[serde(default)]
+    pub create_parents: bool,
+    /// Owner of the file and of the parents created (a replaced file's
+    /// owner when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Write the target itself (truncated) instead of a temporary file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_place: bool,
+    /// Expected SHA-256 (hex) of the bytes: on a mismatch nothing is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// `hello`: the host announces its protocol version.
@@ -413,6 +493,9 @@ pub struct WrittenResponse {
     pub path: String,
     /// Size of the file after the write.
     pub size: u64,
+    /// SHA-256 of the bytes written (`write_stream` only), lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// Default and maximum number of entries `list_files` returns.

@@ -116,6 +116,11 @@ impl AppState {
         self.inner.ui_dir.as_deref()
     }
 
+    /// Largest JSON request body.
+    pub fn max_body_bytes(&self) -> usize {
+        self.inner.max_body_bytes
+    }
+
     /// Largest multipart upload.
     pub fn max_upload_bytes(&self) -> u64 {
         self.inner.max_upload_bytes
@@ -171,6 +176,13 @@ pub fn router(state: AppState) -> Router {
             axum::routing::delete(h::delete_file),
         )
         .route("/sandboxes/{id}/files/delete", post(h::delete_file_post))
+        .route(
+            "/sandboxes/{id}/files/content",
+            get(h::get_content)
+                .put(h::put_content)
+                .layer(DefaultBodyLimit::max(max_upload)),
+        )
+        .route("/sandboxes/{id}/files/checksum", get(h::checksum))
         .route(
             "/sandboxes/{id}/files/upload",
             post(h::upload).layer(DefaultBodyLimit::max(max_upload)),

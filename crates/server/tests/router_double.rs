@@ -155,7 +155,13 @@ impl GuestOps for DoubleGuest {
         self.calls.lock().unwrap().execs.push(spec);
         Ok(out)
     }
-    async fn read_file(&self, path: &str, offset: u64, length: Option<u64>) -> Result<FileRead> {
+    async fn read_file(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        _max: u64,
+    ) -> Result<FileRead> {
         self.check()?;
         self.calls
             .lock()
@@ -175,11 +181,23 @@ impl GuestOps for DoubleGuest {
             eof: true,
         })
     }
+    async fn download(
+        &self,
+        _path: &str,
+        _offset: u64,
+        _length: Option<u64>,
+    ) -> Result<locale2b_manager::Download> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
+    async fn checksum(&self, _path: &str) -> Result<locale2b_manager::Checksum> {
+        Err(ManagerError::Conflict("not in this double".into()))
+    }
     async fn write_file(&self, file: WriteFile) -> Result<Written> {
         self.check()?;
         let w = Written {
             path: file.path.clone(),
             size: file.data.len() as u64,
+            sha256: None,
         };
         self.calls.lock().unwrap().writes.push(file);
         Ok(w)

@@ -218,6 +218,7 @@ fn answer(request: Request, spec: &AgentSpec, started: Instant) -> Option<Outcom
         Request::WriteFile(w) => ok(Response::Written(WrittenResponse {
             size: w.content.len() as u64,
             path: w.path,
+            sha256: None,
         })),
         Request::ListFiles(l) => ok(Response::Listing(Listing {
             entries: vec![info(&format!("{}/a", l.path))],

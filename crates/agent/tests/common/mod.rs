@@ -106,6 +106,13 @@ impl Client {
             .expect("write frame");
     }
 
+    /// Sends a data frame.
+    pub async fn send_data(&mut self, channel: locale2b_protocol::DataChannel, bytes: &[u8]) {
+        locale2b_protocol::frame::write_data(&mut self.stream, channel, bytes, usize::MAX)
+            .await
+            .expect("write data frame");
+    }
+
     /// Reads one response frame.
     pub async fn recv(&mut self) -> ResponseFrame {
         let payload = tokio::time::timeout(WAIT, read_frame(&mut self.stream, 64 * 1024 * 1024))

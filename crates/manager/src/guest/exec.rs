@@ -35,6 +35,7 @@ impl Guest {
                 "command must not be empty".into(),
             ));
         }
+        crate::check_env("env", &spec.env)?;
         self.rules.timeout(spec.timeout)
     }
 

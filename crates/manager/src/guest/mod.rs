@@ -10,16 +10,17 @@
 mod exec;
 mod files;
 mod processes;
+mod transfer;
 
-pub use files::UPLOAD_CHUNK_BYTES;
 pub use processes::{MAX_STDIN_WRITE, STREAM_IDLE};
+pub use transfer::{SINGLE_READ_MAX, SINGLE_WRITE_MAX, UPLOAD_CHUNK_BYTES};
 
 use crate::sandbox::{Intent, Sandbox};
 use crate::service::GuestOps;
 use crate::{
-    ByteStream, ExecOutput, ExecSpec, FileInfo, FileRead, FsEvents, GuestErrorKind, Listing,
-    MakeDir, ManagerError, Output, OutputEvents, ProcessInfo, ProcessSelector, ProcessSpec,
-    PtySize, Result, Upload, WriteFile, Written,
+    ByteStream, Checksum, Download, ExecOutput, ExecSpec, FileInfo, FileRead, FsEvents,
+    GuestErrorKind, Listing, MakeDir, ManagerError, Output, OutputEvents, ProcessInfo,
+    ProcessSelector, ProcessSpec, PtySize, Result, Upload, WriteFile, Written,
 };
 use async_trait::async_trait;
 use locale2b_agent_client::{AgentClient, ClientError};
@@ -169,8 +170,20 @@ impl GuestOps for Guest {
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput> {
         Guest::exec(self, spec).await
     }
-    async fn read_file(&self, path: &str, offset: u64, length: Option<u64>) -> Result<FileRead> {
-        Guest::read_file(self, path, offset, length).await
+    async fn read_file(
+        &self,
+        path: &str,
+        offset: u64,
+        length: Option<u64>,
+        max: u64,
+    ) -> Result<FileRead> {
+        Guest::read_file(self, path, offset, length, max).await
+    }
+    async fn download(&self, path: &str, offset: u64, length: Option<u64>) -> Result<Download> {
+        Guest::download(self, path, offset, length).await
+    }
+    async fn checksum(&self, path: &str) -> Result<Checksum> {
+        Guest::checksum(self, path).await
     }
     async fn write_file(&self, file: WriteFile) -> Result<Written> {
         Guest::write_file(self, file).await

@@ -54,7 +54,9 @@ pub(super) fn events(guest: Guest, what: &'static str, stream: AgentStream) -> O
                 StreamItem::Event(StreamEvent::Started { pid }) => OutputEvent::Started { pid },
                 StreamItem::Event(StreamEvent::Keepalive) => OutputEvent::Keepalive,
                 // Events of other requests (watch_dir) do not occur here.
-                StreamItem::Event(StreamEvent::Watching | StreamEvent::Fs { .. }) => continue,
+                StreamItem::Event(
+                    StreamEvent::Watching | StreamEvent::Fs { .. } | StreamEvent::FileOpen { .. },
+                ) => continue,
                 StreamItem::Event(StreamEvent::Position { cursor, dropped }) => {
                     st.cursor = cursor;
                     if dropped == 0 {
@@ -98,6 +100,7 @@ pub(super) fn events(guest: Guest, what: &'static str, stream: AgentStream) -> O
 
 impl Guest {
     pub(super) fn start_request(&self, spec: ProcessSpec) -> Result<ProcessStartRequest> {
+        crate::check_env("env", &spec.env)?;
         if let Some(t) = spec.timeout {
             if t.is_zero() {
                 return Err(ManagerError::InvalidInput(

@@ -36,6 +36,9 @@ impl SandboxManager {
                 cfg.max_vcpu
             )));
         }
+        let timeout_sec = self.lifetime(req.timeout_sec)?;
+        crate::check_metadata(&req.metadata)?;
+        crate::check_env("env", &req.env)?;
         let template = req
             .template
             .clone()
@@ -75,8 +78,6 @@ impl SandboxManager {
             }
         }
 
-        let timeout_sec = self.lifetime(req.timeout_sec)?;
-        crate::check_metadata(&req.metadata)?;
         let image = self.image(&template)?;
         let sandbox_id = SandboxId::generate();
         let now = crate::store::now_rfc3339();

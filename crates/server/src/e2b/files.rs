@@ -12,17 +12,11 @@ use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use futures::{Stream, StreamExt, TryStreamExt};
-use locale2b_manager::{
-    ByteStream, FileKind, GuestErrorKind, GuestOps, ManagerError, SandboxInfo, Upload,
-};
+use futures::{StreamExt, TryStreamExt};
+use locale2b_manager::{ByteStream, FileKind, GuestErrorKind, ManagerError, SandboxInfo, Upload};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::sync::Arc;
-
-/// Bytes read from the guest per step of a download.
-const DOWNLOAD_CHUNK: u64 = 1024 * 1024;
 
 /// The query of both routes.
 #[derive(Debug, Default, Deserialize)]
@@ -206,56 +200,31 @@ pub async fn download(
             &format!("path '{path}' is a directory"),
         );
     }
-    // Read the first part now: errors (permission, vanished) answer
-    // properly instead of breaking a started body.
-    let first = match envd.guest.read_file(&path, 0, Some(DOWNLOAD_CHUNK)).await {
-        Ok(r) => r,
+    // Errors (permission, vanished) answer properly before the body starts.
+    let download = match envd.guest.download(&path, 0, None).await {
+        Ok(d) => d,
         Err(e) => return file_error(e, &path),
     };
-    let size = first.size;
     let name = path.rsplit('/').next().unwrap_or("file").to_owned();
-    let body = Body::from_stream(chunks(envd.guest.clone(), path, first));
+    let size = download.size;
+    let body = Body::from_stream(
+        download
+            .bytes
+            .map(|c| c.map_err(|e| std::io::Error::other(e.to_string()))),
+    );
     let mut resp = (StatusCode::OK, body).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    if let Ok(v) = HeaderValue::from_str(&size.to_string()) {
+    if let Some(v) = size.and_then(|n| HeaderValue::from_str(&n.to_string()).ok()) {
         h.insert(header::CONTENT_LENGTH, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("inline; filename={name}")) {
         h.insert(header::CONTENT_DISPOSITION, v);
     }
     resp
-}
-
-/// The rest of a download after its first part.
-fn chunks(
-    guest: Arc<dyn GuestOps>,
-    path: String,
-    first: locale2b_manager::FileRead,
-) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    let next = first.offset + first.data.len() as u64;
-    let done = first.eof || first.data.is_empty();
-    let size = first.size;
-    let head = futures::stream::once(async move { Ok(Bytes::from(first.data)) });
-    let rest = futures::stream::try_unfold(
-        (guest, path, next, done),
-        move |(guest, path, offset, done)| async move {
-            if done || offset >= size {
-                return Ok(None);
-            }
-            let r = guest
-                .read_file(&path, offset, Some(DOWNLOAD_CHUNK))
-                .await
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            let next = offset + r.data.len() as u64;
-            let done = r.eof || r.data.is_empty();
-            Ok(Some((Bytes::from(r.data), (guest, path, next, done))))
-        },
-    );
-    head.chain(rest)
 }
 
 /// `POST /files`: multipart (every part named `file`; its target is the
@@ -423,6 +392,7 @@ async fn store(envd: &Envd, path: &str, max: u64, bytes: ByteStream<'_>) -> Resu
         max_bytes: max,
         // Like envd: the file itself is written (watchers see it written).
         in_place: true,
+        sha256: None,
     };
     envd.guest
         .upload(up, bytes)

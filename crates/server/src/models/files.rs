@@ -46,6 +46,45 @@ pub struct WrittenFile {
     pub path: String,
     /// Size of the file afterwards.
     pub size: u64,
+    /// SHA-256 of the bytes written (lowercase hex), computed in the guest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Query of `GET /sandboxes/{id}/files/content`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ContentQuery {
+    /// Guest path.
+    pub path: String,
+    /// First byte (a `Range` header does the same).
+    pub offset: Option<u64>,
+    /// Most bytes (default: to the end).
+    pub length: Option<u64>,
+}
+
+/// Query of `PUT /sandboxes/{id}/files/content`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PutContentQuery {
+    /// Guest path (parents are created).
+    pub path: String,
+    /// Permission bits of the file (a replaced file's, else 0644).
+    pub mode: Option<u32>,
+    /// Expected SHA-256 of the body (hex); also read from the
+    /// `X-Content-SHA256` header. On a mismatch nothing is written (400).
+    pub sha256: Option<String>,
+}
+
+/// `GET /sandboxes/{id}/files/checksum`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChecksumResponse {
+    /// Path hashed.
+    pub path: String,
+    /// Bytes hashed (the file's size).
+    pub size: u64,
+    /// SHA-256, lowercase hex.
+    pub sha256: String,
 }
 
 /// Query of `GET /sandboxes/{id}/files/read`.

@@ -22,6 +22,15 @@ pub struct Server {
 
 impl Server {
     pub async fn start(image: &std::path::Path, max_sandboxes: u32) -> Self {
+        Self::start_with(image, max_sandboxes, |_| {}).await
+    }
+
+    /// [`Server::start`] with changes to the configuration.
+    pub async fn start_with(
+        image: &std::path::Path,
+        max_sandboxes: u32,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let base = tempfile::Builder::new()
             .prefix("l2bs")
             .tempdir_in("/tmp")
@@ -38,6 +47,7 @@ impl Server {
         m.memory_budget_mb = 8192;
         m.disk_size_mb = 1024;
         m.shutdown_grace_sec = 3;
+        configure(&mut c);
         let (vmm, report) = backend::build(&c.vmm, &c.manager).await.unwrap();
         let manager = SandboxManager::open(
             Arc::new(c.manager.clone()),
