@@ -232,6 +232,10 @@ pub struct ManagerConfig {
     pub on_timeout: OnTimeout,
     /// Grace period between asking a guest to power off and killing it.
     pub shutdown_grace_sec: u64,
+    /// How long pause and destroy wait for calls already running in the
+    /// guest (exec, file transfers) before they go ahead and fail them
+    /// with a 409 naming the reason.
+    pub settle_timeout_sec: u64,
     /// Period of the VM health check.
     pub health_check_interval_sec: u64,
 
@@ -267,6 +271,7 @@ impl Default for ManagerConfig {
             max_sandbox_timeout_sec: 7 * 24 * 3600,
             on_timeout: OnTimeout::Destroy,
             shutdown_grace_sec: 5,
+            settle_timeout_sec: 5,
             health_check_interval_sec: 5,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             process_retention_sec: 600,
@@ -301,6 +306,11 @@ impl ManagerConfig {
     /// Shutdown grace period.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_sec)
+    }
+
+    /// How long pause and destroy wait for running guest calls.
+    pub fn settle_timeout(&self) -> Duration {
+        Duration::from_secs(self.settle_timeout_sec)
     }
 
     /// Checks the section's own consistency.
@@ -533,6 +543,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("max_sandbox_timeout_sec", "manager", Int),
         ("on_timeout", "manager", Str),
         ("shutdown_grace_sec", "manager", Int),
+        ("settle_timeout_sec", "manager", Int),
         ("health_check_interval_sec", "manager", Int),
         ("max_frame_bytes", "manager", Int),
         ("process_retention_sec", "manager", Int),

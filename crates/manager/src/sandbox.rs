@@ -94,6 +94,27 @@ pub struct Sandbox {
     pub lifecycle: tokio::sync::Mutex<Option<Box<dyn VmHandle>>>,
     client: Mutex<Option<AgentClient>>,
     last_used: Mutex<Instant>,
+    /// Guest calls running now (see [`Sandbox::begin_call`]).
+    calls: tokio::sync::watch::Sender<usize>,
+    /// Bumped, with the reason, when a pause or destroy begins, so a call
+    /// that fails afterwards can say why (see [`Sandbox::interrupted_since`]).
+    interruptions: Mutex<(u64, &'static str)>,
+    /// Set by a destroy that arrives while the sandbox is starting.
+    doomed: tokio::sync::watch::Sender<bool>,
+}
+
+/// One guest call in flight; dropping it ends the call.
+#[derive(Debug)]
+pub struct CallGuard {
+    calls: tokio::sync::watch::Sender<usize>,
+    /// The interruption count when the call began.
+    pub epoch: u64,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.calls.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Sandbox {
@@ -112,7 +133,58 @@ impl Sandbox {
             lifecycle: tokio::sync::Mutex::new(vm),
             client: Mutex::new(client),
             last_used: Mutex::new(Instant::now()),
+            calls: tokio::sync::watch::Sender::new(0),
+            interruptions: Mutex::new((0, "")),
+            doomed: tokio::sync::watch::Sender::new(false),
         }
+    }
+
+    /// Counts a guest call until the guard is dropped. Taken before the
+    /// status check, so a pause or destroy that changed the status either
+    /// refuses the call or waits for it.
+    pub fn begin_call(&self) -> CallGuard {
+        self.calls.send_modify(|n| *n += 1);
+        CallGuard {
+            calls: self.calls.clone(),
+            epoch: lock(&self.interruptions).0,
+        }
+    }
+
+    /// Records that a pause or destroy (`reason`: `"paused"`,
+    /// `"destroyed"`) begins, then waits up to `within` for the calls
+    /// running in the guest to end. Answers how many are still running.
+    pub async fn settle(&self, reason: &'static str, within: std::time::Duration) -> usize {
+        {
+            let mut i = lock(&self.interruptions);
+            *i = (i.0 + 1, reason);
+        }
+        let mut rx = self.calls.subscribe();
+        let _ = tokio::time::timeout(within, rx.wait_for(|n| *n == 0)).await;
+        let left = *self.calls.borrow();
+        left
+    }
+
+    /// Why the sandbox was interrupted after a call that began at `epoch`,
+    /// if it was.
+    pub fn interrupted_since(&self, epoch: u64) -> Option<&'static str> {
+        let i = lock(&self.interruptions);
+        (i.0 != epoch).then_some(i.1)
+    }
+
+    /// Marks a starting sandbox for destruction: its create gives up.
+    pub fn doom(&self) {
+        self.doomed.send_replace(true);
+    }
+
+    /// Whether a destroy arrived while it was starting.
+    pub fn is_doomed(&self) -> bool {
+        *self.doomed.borrow()
+    }
+
+    /// Resolves once [`Sandbox::doom`] was called.
+    pub async fn doomed(&self) {
+        let mut rx = self.doomed.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
     }
 
     /// A copy of the record.

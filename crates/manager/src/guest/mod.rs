@@ -110,6 +110,37 @@ impl Guest {
         })
     }
 
+    /// Runs one guest call, counted so that a pause or destroy waits for
+    /// it (see [`Sandbox::settle`]). A call that fails because the sandbox
+    /// was paused or destroyed under it says so, as a conflict, instead of
+    /// blaming the guest.
+    async fn call<T>(&self, op: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let guard = self.sandbox.as_ref().map(|s| s.begin_call());
+        let result = op.await;
+        let epoch = guard.as_ref().map(|g| g.epoch);
+        drop(guard);
+        result.map_err(|e| match (&self.sandbox, epoch) {
+            (Some(sb), Some(epoch)) => match sb.interrupted_since(epoch) {
+                Some(reason) if Self::lost_the_guest(&e) => interrupted(&self.id, reason),
+                _ => e,
+            },
+            _ => e,
+        })
+    }
+
+    /// Whether `e` is what a call sees when the guest goes away under it.
+    fn lost_the_guest(e: &ManagerError) -> bool {
+        matches!(
+            e,
+            ManagerError::Vm { .. }
+                | ManagerError::Timeout { .. }
+                | ManagerError::Guest {
+                    kind: GuestErrorKind::Failed { .. },
+                    ..
+                }
+        )
+    }
+
     /// Maps a client failure of `what` to a manager error.
     fn error(&self, what: &str, e: ClientError) -> ManagerError {
         match e {
@@ -130,6 +161,18 @@ impl Guest {
             ),
         }
     }
+}
+
+/// The error of a call that a pause or destroy (`reason`) cut short.
+pub fn interrupted(id: &SandboxId, reason: &str) -> ManagerError {
+    let hint = if reason == "paused" {
+        "; resume it and retry (a command may have kept running in the guest)"
+    } else {
+        ""
+    };
+    ManagerError::Conflict(format!(
+        "sandbox {id} was {reason} while this call was running{hint}"
+    ))
 }
 
 /// Classifies an agent error frame.
@@ -168,7 +211,7 @@ pub fn guest_error(body: ErrorBody) -> ManagerError {
 #[async_trait]
 impl GuestOps for Guest {
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput> {
-        Guest::exec(self, spec).await
+        self.call(Guest::exec(self, spec)).await
     }
     async fn read_file(
         &self,
@@ -177,16 +220,17 @@ impl GuestOps for Guest {
         length: Option<u64>,
         max: u64,
     ) -> Result<FileRead> {
-        Guest::read_file(self, path, offset, length, max).await
+        self.call(Guest::read_file(self, path, offset, length, max))
+            .await
     }
     async fn download(&self, path: &str, offset: u64, length: Option<u64>) -> Result<Download> {
-        Guest::download(self, path, offset, length).await
+        self.call(Guest::download(self, path, offset, length)).await
     }
     async fn checksum(&self, path: &str) -> Result<Checksum> {
-        Guest::checksum(self, path).await
+        self.call(Guest::checksum(self, path)).await
     }
     async fn write_file(&self, file: WriteFile) -> Result<Written> {
-        Guest::write_file(self, file).await
+        self.call(Guest::write_file(self, file)).await
     }
     async fn list_files(
         &self,
@@ -194,37 +238,38 @@ impl GuestOps for Guest {
         recursive: bool,
         max_depth: Option<u32>,
     ) -> Result<Listing> {
-        Guest::list_files(self, path, recursive, max_depth).await
+        self.call(Guest::list_files(self, path, recursive, max_depth))
+            .await
     }
     async fn stat(&self, path: &str) -> Result<FileInfo> {
-        Guest::stat(self, path).await
+        self.call(Guest::stat(self, path)).await
     }
     async fn mkdir(&self, dir: MakeDir) -> Result<FileInfo> {
-        Guest::mkdir(self, dir).await
+        self.call(Guest::mkdir(self, dir)).await
     }
     async fn upload<'a>(&self, up: Upload, body: ByteStream<'a>) -> Result<Written> {
-        Guest::upload(self, up, body).await
+        self.call(Guest::upload(self, up, body)).await
     }
     async fn watch_dir(&self, path: &str, recursive: bool) -> Result<FsEvents> {
-        Guest::watch_dir(self, path, recursive).await
+        self.call(Guest::watch_dir(self, path, recursive)).await
     }
     async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
-        Guest::delete(self, path, recursive).await
+        self.call(Guest::delete(self, path, recursive)).await
     }
     async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        Guest::rename(self, from, to).await
+        self.call(Guest::rename(self, from, to)).await
     }
     async fn exec_stream(&self, spec: ExecSpec) -> Result<OutputEvents> {
-        Guest::exec_stream(self, spec).await
+        self.call(Guest::exec_stream(self, spec)).await
     }
     async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessInfo> {
-        Guest::start_process(self, spec).await
+        self.call(Guest::start_process(self, spec)).await
     }
     async fn list_processes(&self) -> Result<Vec<ProcessInfo>> {
-        Guest::list_processes(self).await
+        self.call(Guest::list_processes(self)).await
     }
     async fn process(&self, sel: &ProcessSelector) -> Result<ProcessInfo> {
-        Guest::process(self, sel).await
+        self.call(Guest::process(self, sel)).await
     }
     async fn read_output(
         &self,
@@ -232,22 +277,23 @@ impl GuestOps for Guest {
         cursor: u64,
         max_bytes: Option<u64>,
     ) -> Result<Output> {
-        Guest::read_output(self, sel, cursor, max_bytes).await
+        self.call(Guest::read_output(self, sel, cursor, max_bytes))
+            .await
     }
     async fn follow_output(&self, sel: &ProcessSelector, cursor: u64) -> Result<OutputEvents> {
-        Guest::follow_output(self, sel, cursor).await
+        self.call(Guest::follow_output(self, sel, cursor)).await
     }
     async fn write_stdin(&self, sel: &ProcessSelector, data: Vec<u8>, close: bool) -> Result<()> {
-        Guest::write_stdin(self, sel, data, close).await
+        self.call(Guest::write_stdin(self, sel, data, close)).await
     }
     async fn signal(&self, sel: &ProcessSelector, signal: i32) -> Result<()> {
-        Guest::signal(self, sel, signal).await
+        self.call(Guest::signal(self, sel, signal)).await
     }
     async fn resize(&self, sel: &ProcessSelector, size: PtySize) -> Result<()> {
-        Guest::resize(self, sel, size).await
+        self.call(Guest::resize(self, sel, size)).await
     }
     async fn remove_process(&self, sel: &ProcessSelector) -> Result<()> {
-        Guest::remove_process(self, sel).await
+        self.call(Guest::remove_process(self, sel)).await
     }
 }
 

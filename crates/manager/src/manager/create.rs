@@ -11,6 +11,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use tracing::{info, warn};
 
+/// The answer of a create whose sandbox was destroyed before it ran.
+fn destroyed_while_starting(id: &SandboxId) -> ManagerError {
+    ManagerError::Conflict(format!(
+        "sandbox {id} was destroyed while it was starting; create a new one"
+    ))
+}
+
 impl SandboxManager {
     /// Creates (boots) a sandbox. When `workspace_id` names a workspace whose
     /// sandbox is paused, that sandbox is resumed instead; when it is already
@@ -122,6 +129,9 @@ impl SandboxManager {
             };
             create_private_dir(&self.store.layout().sandbox_dir(&sandbox_id))?;
             sb.persist();
+            if sb.is_doomed() {
+                return Err(destroyed_while_starting(&sandbox_id));
+            }
             let spec = self.vm_spec(&sb.record(), &image);
             let vm = self.vmm.start(&spec).await.map_err(|e| {
                 ManagerError::vm(
@@ -131,7 +141,13 @@ impl SandboxManager {
             })?;
             sb.update(|r| r.process = Some(vm.process().clone()));
             let vm = vm_slot.insert(vm);
-            self.bring_up(&sb, vm.as_ref()).await?;
+            tokio::select! {
+                up = self.bring_up(&sb, vm.as_ref()) => up?,
+                () = sb.doomed() => return Err(destroyed_while_starting(&sandbox_id)),
+            }
+            if sb.is_doomed() {
+                return Err(destroyed_while_starting(&sandbox_id));
+            }
             Ok::<_, ManagerError>(ws)
         }
         .await;

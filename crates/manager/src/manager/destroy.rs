@@ -21,7 +21,22 @@ impl SandboxManager {
     /// # Errors
     /// NotFound when the sandbox is unknown (already destroyed).
     pub async fn destroy(&self, id: &SandboxId) -> Result<()> {
-        self.destroy_when(id, |_| true).await.map(|_| ())
+        // A sandbox still starting: its create gives up and cleans up (it
+        // holds the lifecycle lock until it has).
+        let doomed = self.registry.get(id).filter(|sb| {
+            let starting = sb.status() == SandboxStatus::Starting;
+            if starting {
+                sb.doom();
+            }
+            starting
+        });
+        match self.destroy_when(id, |_| true).await {
+            Err(ManagerError::NotFound { .. }) if doomed.is_some() => {
+                info!(sandbox_id = %id, "sandbox destroyed while starting");
+                Ok(())
+            }
+            other => other.map(|_| ()),
+        }
     }
 
     /// [`Self::destroy`] if `cond` holds for the record once the lifecycle
@@ -47,6 +62,12 @@ impl SandboxManager {
             return Ok(false);
         }
         sb.set_status(SandboxStatus::Stopping, None);
+        if vm_slot.is_some() {
+            let left = sb.settle("destroyed", self.config.settle_timeout()).await;
+            if left > 0 {
+                warn!(sandbox_id = %id, calls = left, "destroying with guest calls still running; they will fail");
+            }
+        }
         let client = sb.drop_client();
         if let (Some(client), Some(_)) = (&client, vm_slot.as_ref()) {
             let quick = tokio::time::timeout(AGENT_SHUTDOWN_WAIT, client.shutdown()).await;

@@ -60,6 +60,11 @@ impl SandboxManager {
         };
         let started = Instant::now();
         sb.set_status(SandboxStatus::Pausing, None);
+        // New calls are refused from here; let the running ones finish.
+        let left = sb.settle("paused", self.config.settle_timeout()).await;
+        if left > 0 {
+            warn!(sandbox_id = %id, calls = left, "pausing with guest calls still running; they will fail");
+        }
         // Flush the guest's page cache to the writable disk first, so the disk
         // alone is consistent even if the snapshot is later lost.
         if let Some(client) = sb.client() {
