@@ -1,5 +1,5 @@
 # The two commands of the README, and a few helpers.
-.PHONY: run test build image fmt lint bench clean-test
+.PHONY: run test build image fmt lint bench crash-soak clean-test
 
 # One command: set up the host, build, build the guest image, start the
 # server and show a sandbox running a command.
@@ -26,3 +26,7 @@ lint:
 
 bench: build
 	./target/release/locale2b bench
+
+# Kill -9 of the server at every crash point, 20 rounds (test: 1 round).
+crash-soak:
+	./scripts/crash-soak.sh 20

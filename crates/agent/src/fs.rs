@@ -11,7 +11,6 @@ use locale2b_protocol::{
     ListFilesRequest, Listing, MkdirRequest, PathRequest, ReadFileRequest, RenameRequest, Response,
     WriteFileRequest, WrittenResponse, DEFAULT_LIST_MAX_ENTRIES,
 };
-use sha2::{Digest as _, Sha256};
 use std::fs::{self as stdfs, File, Metadata, OpenOptions};
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -414,8 +413,7 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
         return Ok(Response::Written(WrittenResponse {
             path: path.display().to_string(),
             size,
-            // An append's bytes are not the file's.
-            sha256: req.in_place.then(|| hex(Sha256::digest(&data))),
+            sha256: None,
         }));
     }
     let mode = req
@@ -458,7 +456,7 @@ pub fn write_file(ctx: &AgentContext, req: &WriteFileRequest) -> Result<Response
     Ok(Response::Written(WrittenResponse {
         path: path.display().to_string(),
         size,
-        sha256: Some(hex(Sha256::digest(&data))),
+        sha256: None,
     }))
 }
 

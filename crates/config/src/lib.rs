@@ -236,6 +236,10 @@ pub struct ManagerConfig {
     /// guest (exec, file transfers) before they go ahead and fail them
     /// with a 409 naming the reason.
     pub settle_timeout_sec: u64,
+    /// Testing only: the name of a point inside create, pause, resume or
+    /// destroy (see `docs/recovery.md`) where the server kills itself with
+    /// SIGKILL, to test crash consistency. Never set it in production.
+    pub crash_at: Option<String>,
     /// Period of the VM health check.
     pub health_check_interval_sec: u64,
 
@@ -272,6 +276,7 @@ impl Default for ManagerConfig {
             on_timeout: OnTimeout::Destroy,
             shutdown_grace_sec: 5,
             settle_timeout_sec: 5,
+            crash_at: None,
             health_check_interval_sec: 5,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             process_retention_sec: 600,
@@ -544,6 +549,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("on_timeout", "manager", Str),
         ("shutdown_grace_sec", "manager", Int),
         ("settle_timeout_sec", "manager", Int),
+        ("crash_at", "manager", Str),
         ("health_check_interval_sec", "manager", Int),
         ("max_frame_bytes", "manager", Int),
         ("process_retention_sec", "manager", Int),

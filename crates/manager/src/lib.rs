@@ -37,6 +37,6 @@ pub mod store;
 
 pub use error::{GuestErrorKind, ManagerError, Result};
 pub use locale2b_config::{ManagerConfig, VmmConfig};
-pub use manager::SandboxManager;
+pub use manager::{SandboxManager, CRASH_POINTS};
 pub use model::*;
 pub use service::{GuestOps, SandboxService};

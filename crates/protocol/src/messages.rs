@@ -280,6 +280,11 @@ pub struct ReadStreamRequest {
     /// Read and hash, but send no data frames (a checksum).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub discard: bool,
+    /// Hash the bytes sent too (`discard` always hashes). Off by default:
+    /// hashing in an emulated guest costs more than moving the bytes, and
+    /// the host can hash what it receives.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hash: bool,
 }
 
 /// Final frame of `read_stream`.
@@ -290,8 +295,9 @@ pub struct FileReadEnd {
     pub bytes: u64,
     /// The end of the file was reached.
     pub eof: bool,
-    /// SHA-256 of those bytes, lowercase hex.
-    pub sha256: String,
+    /// SHA-256 of those bytes, lowercase hex (with `discard` or `hash`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
 }
 
 /// `write_stream` (protocol 3): the file's bytes follow the request as data

@@ -176,6 +176,12 @@ impl Api {
         Ok(resp)
     }
 
+    /// A request for `method path` with the key and `timeout`, to fill in
+    /// (a raw body, headers) and send.
+    pub fn raw(&self, method: Method, path: &str, timeout: Duration) -> reqwest::RequestBuilder {
+        self.request(&method, path, None, timeout)
+    }
+
     /// GET with the default timeout.
     pub async fn get(&self, path: &str) -> Result<Timed, ApiError> {
         self.call(Method::GET, path, None, Duration::from_secs(60))

@@ -19,6 +19,7 @@ mod report;
 mod server;
 mod stats;
 mod streams;
+mod transfer;
 
 use anyhow::Context;
 use api::{ms_since, str_field, Api, ApiError};
@@ -106,6 +107,8 @@ struct Counts {
     iterations: usize,
     ops: usize,
     pause_cycles: usize,
+    /// Samples of each 64 MiB transfer.
+    transfers: usize,
     density_budget_mb: u64,
 }
 
@@ -116,6 +119,7 @@ impl BenchArgs {
             iterations: self.iterations.unwrap_or(if q { 3 } else { 20 }).max(1),
             ops: self.ops.unwrap_or(if q { 10 } else { 50 }).max(1),
             pause_cycles: self.pause_cycles.unwrap_or(if q { 2 } else { 5 }),
+            transfers: if q { 1 } else { 3 },
             density_budget_mb: self
                 .density_budget_mb
                 .unwrap_or(if q { 1024 } else { 3072 }),
@@ -641,6 +645,7 @@ impl Bench {
         m.extend(streams::metrics(&self.api, &id, self.counts.ops).await);
         m.extend(self.agent_ping(&id).await);
         m.extend(self.files(&id).await);
+        m.extend(transfer::metrics(&self.api, &id, self.counts.transfers).await);
         m.extend(self.management().await);
         let (pm, current) = self.pause_resume(&id, &ws).await;
         m.extend(pm);

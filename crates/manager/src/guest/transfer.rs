@@ -21,6 +21,7 @@ use locale2b_protocol::{
     ContentEncoding, DataChannel, ReadFileRequest, ReadStreamRequest, Request, Response,
     StreamEvent, WriteFileRequest, WriteStreamRequest,
 };
+use sha2::{Digest as _, Sha256};
 
 /// Reads of at most this many bytes are one request.
 pub const SINGLE_READ_MAX: u64 = 4 * 1024 * 1024;
@@ -28,6 +29,10 @@ pub const SINGLE_READ_MAX: u64 = 4 * 1024 * 1024;
 pub const SINGLE_WRITE_MAX: usize = 4 * 1024 * 1024;
 /// Size of each write when an upload falls back to chunked requests.
 pub const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
 
 fn too_large(asked: u64, max: u64) -> ManagerError {
     ManagerError::TooLarge(format!(
@@ -102,6 +107,7 @@ impl Guest {
             // One byte more than allowed tells a file that is too large.
             length: Some(length.unwrap_or(max.saturating_add(1))),
             discard: false,
+            hash: false,
         };
         let (size, mut stream) = match self.open_read(req).await {
             Ok(s) => s,
@@ -156,6 +162,7 @@ impl Guest {
             offset,
             length,
             discard: false,
+            hash: false,
         };
         let (size, stream) = self.open_read(req).await?;
         let guest = self.clone();
@@ -185,15 +192,22 @@ impl Guest {
             offset: 0,
             length: None,
             discard: true,
+            hash: false,
         };
         let (_, mut stream) = self.open_read(req).await?;
         loop {
             match stream.next().await {
                 Ok(Some(StreamItem::End(Response::FileRead(end)))) => {
-                    return Ok(Checksum {
-                        size: end.bytes,
-                        sha256: end.sha256,
-                    })
+                    return end
+                        .sha256
+                        .map(|sha256| Checksum {
+                            size: end.bytes,
+                            sha256,
+                        })
+                        .ok_or_else(|| ManagerError::Vm {
+                            message: "the guest agent answered a checksum without one".into(),
+                            source: None,
+                        })
                 }
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -209,6 +223,8 @@ impl Guest {
 
     /// One `write_file` request.
     async fn write_once(&self, file: WriteFile) -> Result<Written> {
+        // Hashed here, not in the (possibly emulated) guest.
+        let sha256 = (!file.append).then(|| hex(&Sha256::digest(&file.data)));
         let req = WriteFileRequest {
             path: file.path,
             content: B64.encode(&file.data),
@@ -227,7 +243,7 @@ impl Guest {
         Ok(Written {
             path: w.path,
             size: w.size,
-            sha256: w.sha256,
+            sha256,
         })
     }
 
@@ -261,10 +277,14 @@ impl Guest {
     /// Sends `body` through `write_stream`; at most `max` bytes.
     async fn write_stream(
         &self,
-        req: WriteStreamRequest,
+        mut req: WriteStreamRequest,
         mut body: ByteStream<'_>,
         max: u64,
     ) -> Result<Written> {
+        // The host hashes what it sends and checks the expected sum itself:
+        // a mismatch abandons the stream, so nothing is written.
+        let expected = req.sha256.take();
+        let mut hasher = Sha256::new();
         let mut stream = self
             .client()?
             .stream(Request::WriteStream(req), super::STREAM_IDLE)
@@ -284,10 +304,19 @@ impl Guest {
             if chunk.is_empty() {
                 continue;
             }
+            hasher.update(&chunk);
             stream
                 .send_data(DataChannel::Input, &chunk)
                 .await
                 .map_err(|e| self.error("write_stream", e))?;
+        }
+        let sha256 = hex(&hasher.finalize());
+        if let Some(want) = expected {
+            if !want.eq_ignore_ascii_case(&sha256) {
+                return Err(ManagerError::InvalidInput(format!(
+                    "checksum mismatch: the body hashes to {sha256}, not {want}; nothing was written"
+                )));
+            }
         }
         stream
             .send_data(DataChannel::Input, &[])
@@ -299,7 +328,7 @@ impl Guest {
                     return Ok(Written {
                         path: w.path,
                         size: w.size,
-                        sha256: w.sha256,
+                        sha256: Some(sha256),
                     })
                 }
                 Ok(Some(StreamItem::Event(_))) => {}

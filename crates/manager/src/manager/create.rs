@@ -111,6 +111,7 @@ impl SandboxManager {
             on_timeout: req.on_timeout.unwrap_or(cfg.on_timeout),
             metadata: req.metadata.clone(),
             access_token: req.access_token.clone(),
+            pending_snapshot: None,
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;
@@ -129,6 +130,7 @@ impl SandboxManager {
             };
             create_private_dir(&self.store.layout().sandbox_dir(&sandbox_id))?;
             sb.persist();
+            self.crash_point("create:recorded");
             if sb.is_doomed() {
                 return Err(destroyed_while_starting(&sandbox_id));
             }
@@ -140,6 +142,7 @@ impl SandboxManager {
                 )
             })?;
             sb.update(|r| r.process = Some(vm.process().clone()));
+            self.crash_point("create:vm_started");
             let vm = vm_slot.insert(vm);
             tokio::select! {
                 up = self.bring_up(&sb, vm.as_ref()) => up?,
@@ -148,6 +151,7 @@ impl SandboxManager {
             if sb.is_doomed() {
                 return Err(destroyed_while_starting(&sandbox_id));
             }
+            self.crash_point("create:agent_ready");
             Ok::<_, ManagerError>(ws)
         }
         .await;

@@ -4,12 +4,12 @@
 use super::SandboxManager;
 use crate::store::SandboxRecord;
 use crate::{host, ManagerError, Result, SandboxStatus};
-use locale2b_protocol::SandboxId;
+use locale2b_protocol::{SandboxId, WorkspaceId};
 use std::time::Duration;
 use tracing::{debug, info, warn};
 
 /// How long destroy waits for the agent's answer to `shutdown`.
-const AGENT_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+pub(super) const AGENT_SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
 
 impl SandboxManager {
     /// Destroys a sandbox: asks the guest to sync and power off, kills the
@@ -68,6 +68,7 @@ impl SandboxManager {
                 warn!(sandbox_id = %id, calls = left, "destroying with guest calls still running; they will fail");
             }
         }
+        self.crash_point("destroy:stopping");
         let client = sb.drop_client();
         if let (Some(client), Some(_)) = (&client, vm_slot.as_ref()) {
             let quick = tokio::time::timeout(AGENT_SHUTDOWN_WAIT, client.shutdown()).await;
@@ -81,33 +82,47 @@ impl SandboxManager {
         } else if let Some(p) = sb.record().process {
             host::kill_process(&p);
         }
+        self.crash_point("destroy:vm_stopped");
         let workspace_id = sb.record().workspace_id;
-        let layout = self.store.layout();
-        if let Err(e) = std::fs::remove_dir_all(layout.sandbox_dir(id)) {
+        self.remove_sandbox_dir(id);
+        self.registry.remove(id);
+        drop(vm_slot);
+        self.release_workspace(id, &workspace_id);
+        info!(sandbox_id = %id, "sandbox destroyed");
+        Ok(true)
+    }
+
+    /// Removes a sandbox's directory (its record, sockets and logs).
+    pub(super) fn remove_sandbox_dir(&self, id: &SandboxId) {
+        if let Err(e) = std::fs::remove_dir_all(self.store.layout().sandbox_dir(id)) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 warn!(sandbox_id = %id, error = %e, "cannot remove sandbox dir");
             }
         }
-        self.registry.remove(id);
-        drop(vm_slot);
-        if let Some(ws) = self.store.read_workspace(&workspace_id) {
-            if ws.ephemeral {
-                let _ = std::fs::remove_dir_all(layout.workspace_dir(&workspace_id));
-                self.registry.forget_workspace(&workspace_id);
-            } else {
-                let snaps = layout.snapshots_dir(&workspace_id);
-                let _ = std::fs::remove_dir_all(&snaps);
-                let _ = std::fs::create_dir_all(&snaps);
-                self.store.update_workspace(&workspace_id, |ws| {
-                    if ws.sandbox_id.as_ref() == Some(id) {
-                        ws.sandbox_id = None;
-                    }
-                    ws.snapshot_id = None;
-                    ws.push_lineage("destroyed", Some(id), None, None);
-                });
-            }
+    }
+
+    /// Lets go of the workspace of destroyed sandbox `id`: removed when
+    /// its id was generated, else kept without its snapshots (the VM they
+    /// belong to is gone) and free for a new create.
+    pub(super) fn release_workspace(&self, id: &SandboxId, workspace_id: &WorkspaceId) {
+        let layout = self.store.layout();
+        let Some(ws) = self.store.read_workspace(workspace_id) else {
+            return;
+        };
+        if ws.ephemeral {
+            let _ = std::fs::remove_dir_all(layout.workspace_dir(workspace_id));
+            self.registry.forget_workspace(workspace_id);
+        } else {
+            let snaps = layout.snapshots_dir(workspace_id);
+            let _ = std::fs::remove_dir_all(&snaps);
+            let _ = std::fs::create_dir_all(&snaps);
+            self.store.update_workspace(workspace_id, |ws| {
+                if ws.sandbox_id.as_ref() == Some(id) {
+                    ws.sandbox_id = None;
+                }
+                ws.snapshot_id = None;
+                ws.push_lineage("destroyed", Some(id), None, None);
+            });
         }
-        info!(sandbox_id = %id, "sandbox destroyed");
-        Ok(true)
     }
 }

@@ -37,7 +37,7 @@ use crate::host;
 use crate::image::Image;
 use crate::registry::{CapacityLimits, Registry};
 use crate::store::Store;
-use crate::{Capacity, Limits, ManagerConfig, Result, SandboxInfo};
+use crate::{Capacity, Limits, ManagerConfig, ManagerError, Result, SandboxInfo};
 use locale2b_protocol::SandboxId;
 use locale2b_vmm::{Vmm, VmmKind};
 use std::sync::Arc;
@@ -57,7 +57,36 @@ pub struct SandboxManager {
     expiring: std::sync::Mutex<std::collections::HashSet<SandboxId>>,
 }
 
+/// The points where `crash_at` (testing only) kills the server, in the
+/// order an operation reaches them. `docs/recovery.md` says what a restart
+/// does after each.
+pub const CRASH_POINTS: &[&str] = &[
+    "create:recorded",
+    "create:vm_started",
+    "create:agent_ready",
+    "pause:pausing",
+    "pause:vm_paused",
+    "pause:snapshot_written",
+    "pause:vm_stopped",
+    "pause:workspace_updated",
+    "resume:resuming",
+    "resume:restored",
+    "resume:agent_ready",
+    "destroy:stopping",
+    "destroy:vm_stopped",
+];
+
 impl SandboxManager {
+    /// Kills the server with SIGKILL when `crash_at` names `point` (a
+    /// crash-consistency test's injected crash; a no-op otherwise).
+    pub(super) fn crash_point(&self, point: &'static str) {
+        debug_assert!(CRASH_POINTS.contains(&point), "{point} is not listed");
+        if self.config.crash_at.as_deref() == Some(point) {
+            tracing::error!(point, "crash_at reached: killing the server");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
     /// Opens the base directory, reconciles state files with running
     /// processes (re-attaching to live VMs, marking dead ones, removing
     /// stale sockets and orphaned VMM processes) and starts the health
@@ -70,6 +99,15 @@ impl SandboxManager {
         vmm: Arc<dyn Vmm>,
         accel: String,
     ) -> Result<Arc<Self>> {
+        if let Some(point) = &config.crash_at {
+            if !CRASH_POINTS.contains(&point.as_str()) {
+                return Err(ManagerError::InvalidInput(format!(
+                    "crash_at {point:?} is not a crash point; one of: {}",
+                    CRASH_POINTS.join(", ")
+                )));
+            }
+            tracing::warn!(point = %point, "crash_at is set: the server will kill itself there (testing only)");
+        }
         let store = Store::new(&config.base_dir);
         store.create_dirs()?;
         let memory_budget_mb = if config.memory_budget_mb > 0 {

@@ -65,6 +65,7 @@ impl SandboxManager {
         if left > 0 {
             warn!(sandbox_id = %id, calls = left, "pausing with guest calls still running; they will fail");
         }
+        self.crash_point("pause:pausing");
         // Flush the guest's page cache to the writable disk first, so the disk
         // alone is consistent even if the snapshot is later lost.
         if let Some(client) = sb.client() {
@@ -75,23 +76,25 @@ impl SandboxManager {
         let record = sb.record();
         match self.write_snapshot(vm.as_ref(), &record).await {
             Ok(snapshot_id) => {
+                // From here a restart completes the pause rather than
+                // rolling it back (once the VMM is gone).
+                sb.update(|r| r.pending_snapshot = Some(snapshot_id.clone()));
+                self.crash_point("pause:snapshot_written");
                 if let Some(vm) = vm_slot.take() {
                     let _ = vm.kill().await;
                 }
                 sb.drop_client();
+                self.crash_point("pause:vm_stopped");
+                self.complete_pause(&sb.record(), &snapshot_id);
                 sb.update(|r| {
                     r.process = None;
                     r.status = SandboxStatus::Paused;
                     r.error = None;
+                    r.pending_snapshot = None;
                     // A paused sandbox has no end; a resume starts a new lifetime.
                     r.end_at = None;
                 });
-                let ws_id = record.workspace_id.clone();
-                self.store.update_workspace(&ws_id, |ws| {
-                    ws.snapshot_id = Some(snapshot_id.clone());
-                    ws.push_lineage("paused", Some(id), Some(&snapshot_id), None);
-                });
-                self.prune_snapshots(&ws_id, &snapshot_id);
+                self.prune_snapshots(&record.workspace_id, &snapshot_id);
                 info!(sandbox_id = %id, snapshot_id, pause_ms = started.elapsed().as_millis() as u64, "sandbox paused");
                 Ok(Some(sb.info()))
             }
@@ -118,6 +121,7 @@ impl SandboxManager {
             vm.pause()
                 .await
                 .map_err(|e| ManagerError::vm("failed to pause the VM", e))?;
+            self.crash_point("pause:vm_paused");
             let files = vm
                 .snapshot(&tmp)
                 .await
@@ -169,7 +173,20 @@ impl SandboxManager {
         outcome
     }
 
-    fn prune_snapshots(&self, ws: &WorkspaceId, keep: &str) {
+    /// Points the workspace at the snapshot a pause wrote (its VMM is
+    /// stopped); shared by pause and by a restart that finishes one.
+    pub(super) fn complete_pause(&self, r: &SandboxRecord, snapshot_id: &str) {
+        let id = &r.sandbox_id;
+        self.store.update_workspace(&r.workspace_id, |ws| {
+            if ws.snapshot_id.as_deref() != Some(snapshot_id) {
+                ws.snapshot_id = Some(snapshot_id.to_owned());
+                ws.push_lineage("paused", Some(id), Some(snapshot_id), None);
+            }
+        });
+        self.crash_point("pause:workspace_updated");
+    }
+
+    pub(super) fn prune_snapshots(&self, ws: &WorkspaceId, keep: &str) {
         let snaps = self.store.layout().snapshots_dir(ws);
         if let Ok(entries) = std::fs::read_dir(&snaps) {
             for e in entries.flatten() {
@@ -235,6 +252,7 @@ impl SandboxManager {
         };
         self.registry.admit(&sb, Admission::Resume)?;
         sb.persist();
+        self.crash_point("resume:resuming");
         let started = Instant::now();
         let files = SnapshotFiles {
             state: snap_dir.join(&manifest.state.name),
@@ -249,8 +267,11 @@ impl SandboxManager {
                 )
             })?;
             sb.update(|r| r.process = Some(vm.process().clone()));
+            self.crash_point("resume:restored");
             let vm = vm_slot.insert(vm);
-            self.bring_up(&sb, vm.as_ref()).await
+            self.bring_up(&sb, vm.as_ref()).await?;
+            self.crash_point("resume:agent_ready");
+            Ok::<_, ManagerError>(())
         }
         .await;
         match result {

@@ -66,6 +66,11 @@ pub struct SandboxRecord {
     /// Secret for direct guest access (see `CreateSandbox::access_token`).
     #[serde(default)]
     pub access_token: Option<String>,
+    /// The complete snapshot a pause in progress wrote (set before the VMM
+    /// is stopped). A restart that finds the sandbox `pausing` with its
+    /// VMM gone completes the pause from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_snapshot: Option<String>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.
