@@ -46,7 +46,7 @@ pub struct WrittenFile {
     pub path: String,
     /// Size of the file afterwards.
     pub size: u64,
-    /// SHA-256 of the bytes written (lowercase hex), computed in the guest.
+    /// SHA-256 of the bytes written (lowercase hex), hashed by the server as it sent them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
 }
