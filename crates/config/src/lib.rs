@@ -91,6 +91,42 @@ impl OnTimeout {
     }
 }
 
+/// What a create or resume does when capacity is exhausted
+/// (`LOCALE2B_EVICTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub enum Eviction {
+    /// Pause the least recently used running sandbox that has no call or
+    /// stream in flight, then admit (nothing is lost).
+    #[default]
+    #[serde(rename = "pause-lru")]
+    PauseLru,
+    /// Refuse with 503 and `Retry-After`.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl Eviction {
+    /// The configuration name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PauseLru => "pause-lru",
+            Self::None => "none",
+        }
+    }
+}
+
+/// Whether VMMs are put in cgroups (`LOCALE2B_CGROUPS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Use cgroup v2 when its controllers are available, else the v1
+    /// hierarchies; run without limits (with a warning) when neither works.
+    #[default]
+    Auto,
+    /// Never create cgroups.
+    Off,
+}
+
 /// A secret string whose `Debug` never shows the value.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -163,6 +199,9 @@ pub struct ServerConfig {
     /// needs no access token (anyone who can reach the server and knows
     /// the sandbox id can then run commands in it).
     pub e2b_allow_insecure: bool,
+    /// Serve `GET /metrics` without an API key (for a scraper on a trusted
+    /// network); behind the key otherwise.
+    pub metrics_public: bool,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +218,7 @@ impl Default for ServerConfig {
             ui_dir: None,
             e2b: true,
             e2b_allow_insecure: false,
+            metrics_public: false,
         }
     }
 }
@@ -212,8 +252,14 @@ pub struct ManagerConfig {
     pub default_vcpu: u8,
     /// Largest vCPU count a request may ask for.
     pub max_vcpu: u8,
-    /// Size of each workspace's sparse writable disk.
+    /// Size of a new workspace's sparse writable disk when the create
+    /// names none.
     pub disk_size_mb: u64,
+    /// Largest disk a create may ask for.
+    pub max_disk_size_mb: u64,
+    /// Free space the host's disk must keep beyond a new workspace's disk
+    /// size for a create to be admitted, MiB.
+    pub disk_free_margin_mb: u64,
 
     /// Seconds from VM start until the agent must answer `ping`.
     pub boot_timeout_sec: u64,
@@ -221,8 +267,32 @@ pub struct ManagerConfig {
     pub exec_timeout_sec: u64,
     /// Largest timeout an exec request may ask for.
     pub max_exec_timeout_sec: u64,
-    /// Sandboxes untouched this long are paused (0 = never).
+    /// A running sandbox with no API activity and no attached stream for
+    /// this long is paused (nothing is lost); 0 = never. A create may set
+    /// its own.
     pub idle_timeout_sec: u64,
+    /// Whether a call to a paused sandbox resumes it first, for creates
+    /// that do not say.
+    pub auto_resume: bool,
+    /// What a create or resume does when capacity is exhausted.
+    pub eviction: Eviction,
+    /// How long a paused sandbox is kept before the reaper destroys it
+    /// (a named workspace's disk is kept, as with `DELETE`); 0 = forever.
+    pub paused_retention_sec: u64,
+    /// Period of the reaper pass (orphaned VMMs, run directories, sockets,
+    /// cgroups, stale snapshots, paused sandboxes past retention).
+    pub reaper_interval_sec: u64,
+    /// Whether each VMM runs in its own cgroup with memory, CPU and pids
+    /// limits.
+    pub cgroups: CgroupMode,
+    /// Memory a VMM may use beyond its guest RAM before its cgroup limit
+    /// (device emulation, TCG translation cache), MiB.
+    pub cgroup_memory_overhead_mb: u64,
+    /// CPU a VMM may use beyond one core per vCPU (its I/O and main-loop
+    /// threads), in percent of a core.
+    pub cgroup_cpu_extra_pct: u32,
+    /// Most tasks (processes and threads) of one VMM.
+    pub cgroup_pids_max: u32,
     /// Lifetime of a sandbox whose create names none, seconds from the
     /// create (or resume); 0 = no end.
     pub sandbox_timeout_sec: u64,
@@ -267,10 +337,20 @@ impl Default for ManagerConfig {
             default_vcpu: 1,
             max_vcpu: 4,
             disk_size_mb: 10 * 1024,
+            max_disk_size_mb: 100 * 1024,
+            disk_free_margin_mb: 1024,
             boot_timeout_sec: 30,
             exec_timeout_sec: 300,
             max_exec_timeout_sec: 3600,
-            idle_timeout_sec: 0,
+            idle_timeout_sec: 3600,
+            auto_resume: false,
+            eviction: Eviction::PauseLru,
+            paused_retention_sec: 0,
+            reaper_interval_sec: 60,
+            cgroups: CgroupMode::Auto,
+            cgroup_memory_overhead_mb: 384,
+            cgroup_cpu_extra_pct: 50,
+            cgroup_pids_max: 512,
             sandbox_timeout_sec: 0,
             max_sandbox_timeout_sec: 7 * 24 * 3600,
             on_timeout: OnTimeout::Destroy,
@@ -373,8 +453,17 @@ impl ManagerConfig {
                 self.base_dir.as_os_str().len()
             ));
         }
-        if self.disk_size_mb < 64 {
-            return bad("disk_size_mb must be at least 64".into());
+        if self.disk_size_mb < 64 || self.disk_size_mb > self.max_disk_size_mb {
+            return bad(format!(
+                "disk sizes must satisfy 64 <= disk_size_mb ({}) <= max_disk_size_mb ({})",
+                self.disk_size_mb, self.max_disk_size_mb
+            ));
+        }
+        if self.reaper_interval_sec == 0 {
+            return bad("reaper_interval_sec must be positive".into());
+        }
+        if self.cgroup_pids_max < 16 {
+            return bad("cgroup_pids_max must be at least 16 (a VMM runs several threads)".into());
         }
         if self.max_frame_bytes < 64 * 1024 {
             return bad("max_frame_bytes must be at least 65536".into());
@@ -416,6 +505,8 @@ pub struct VmmConfig {
     pub jailer_chroot_base: PathBuf,
     /// QEMU binary for the qemu backend.
     pub qemu_bin: PathBuf,
+    /// QEMU's TCG translation cache per VMM, MiB (unused under KVM).
+    pub qemu_tb_size_mb: u32,
 }
 
 impl Default for VmmConfig {
@@ -429,6 +520,7 @@ impl Default for VmmConfig {
             jailer_gid: 65534,
             jailer_chroot_base: PathBuf::from("/srv/jailer"),
             qemu_bin: PathBuf::from("qemu-system-x86_64"),
+            qemu_tb_size_mb: 64,
         }
     }
 }
@@ -528,6 +620,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("ui_dir", "server", Str),
         ("e2b", "server", Bool),
         ("e2b_allow_insecure", "server", Bool),
+        ("metrics_public", "server", Bool),
         ("base_dir", "manager", Str),
         ("cache_dir", "manager", Str),
         ("default_template", "manager", Str),
@@ -540,10 +633,20 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("default_vcpu", "manager", Int),
         ("max_vcpu", "manager", Int),
         ("disk_size_mb", "manager", Int),
+        ("max_disk_size_mb", "manager", Int),
+        ("disk_free_margin_mb", "manager", Int),
         ("boot_timeout_sec", "manager", Int),
         ("exec_timeout_sec", "manager", Int),
         ("max_exec_timeout_sec", "manager", Int),
         ("idle_timeout_sec", "manager", Int),
+        ("auto_resume", "manager", Bool),
+        ("eviction", "manager", Str),
+        ("paused_retention_sec", "manager", Int),
+        ("reaper_interval_sec", "manager", Int),
+        ("cgroups", "manager", Str),
+        ("cgroup_memory_overhead_mb", "manager", Int),
+        ("cgroup_cpu_extra_pct", "manager", Int),
+        ("cgroup_pids_max", "manager", Int),
         ("sandbox_timeout_sec", "manager", Int),
         ("max_sandbox_timeout_sec", "manager", Int),
         ("on_timeout", "manager", Str),
@@ -562,6 +665,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("jailer_gid", "vmm", Int),
         ("jailer_chroot_base", "vmm", Str),
         ("qemu_bin", "vmm", Str),
+        ("qemu_tb_size_mb", "vmm", Int),
     ]
 };
 
@@ -900,6 +1004,8 @@ mod tests {
                     "base_dir" => toml::Value::String("/tmp/x".into()),
                     "default_template" => toml::Value::String("default".into()),
                     "on_timeout" => toml::Value::String("pause".into()),
+                    "eviction" => toml::Value::String("none".into()),
+                    "cgroups" => toml::Value::String("off".into()),
                     _ => toml::Value::String("x".into()),
                 },
                 Kind::Int => toml::Value::Integer(1),

@@ -37,7 +37,9 @@ pub async fn build(
     let report = probe::probe(&probe_config(vmm, manager)).await;
     let built: Arc<dyn Vmm> = match report.chosen {
         VmmKind::Qemu => {
-            let qemu = QemuVmm::new(QemuConfig::new(vmm.qemu_bin.clone(), report.accel))
+            let mut config = QemuConfig::new(vmm.qemu_bin.clone(), report.accel);
+            config.tb_size_mb = vmm.qemu_tb_size_mb;
+            let qemu = QemuVmm::new(config)
                 .map_err(|e| ManagerError::vm("the qemu backend cannot start", e))?;
             Arc::new(qemu)
         }

@@ -76,6 +76,10 @@ pub enum ManagerError {
     /// A request carries more than a limit allows; the message names it.
     #[error("{0}")]
     TooLarge(String),
+    /// The host's disk cannot back the disk a create asks for (free space
+    /// minus the configured margin); the message gives the figures.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// No room for another sandbox now.
     #[error("{reason}")]
     AtCapacity {

@@ -48,6 +48,42 @@ pub fn vmm_processes_under(dir: &Path) -> Vec<u32> {
     out
 }
 
+/// CPU time (user + system, clock ticks) and resident memory (KiB) of
+/// process `pid`, from `/proc/<pid>/stat` and `/proc/<pid>/status`.
+pub fn process_usage(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kb = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Some((ticks, rss_kb))
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+pub fn clock_ticks_per_sec() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(100)
+}
+
+/// Space available to unprivileged users on the filesystem holding
+/// `path`, MiB.
+pub fn free_space_mb(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() * st.fragment_size() / (1024 * 1024))
+}
+
 /// Total host RAM in MiB (`/proc/meminfo`), 4096 when unreadable.
 pub fn host_memory_mb() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -65,6 +101,17 @@ pub fn host_memory_mb() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_usage_is_readable() {
+        let (ticks, rss_kb) = process_usage(std::process::id()).expect("own /proc entries");
+        assert!(rss_kb > 0, "rss {rss_kb} KiB");
+        let again = process_usage(std::process::id())
+            .expect("own /proc entries")
+            .0;
+        assert!(again >= ticks);
+        assert!(free_space_mb(Path::new("/")).is_some());
+    }
 
     #[test]
     fn host_memory_is_plausible() {

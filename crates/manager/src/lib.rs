@@ -15,7 +15,9 @@
 //! | [`store`] | the base directory: layout, typed records, disks, atomic files |
 //! | [`snapshot`] | snapshot manifests, checksums, validation |
 //! | [`image`] | the installed image of a template |
-//! | [`host`] | host processes (kill, orphan scan) and host memory |
+//! | [`host`] | host processes (kill, orphan scan, usage), host memory and disk |
+//! | [`cgroup`] | host limits per VMM (cgroup v2 or v1) |
+//! | [`metrics`] | counters, latency histograms, Prometheus text |
 //! | [`backend`] | building the VMM backend from its configuration |
 //! | [`model`] | the values callers pass and get back |
 //! | [`error`] | [`ManagerError`] |
@@ -23,11 +25,13 @@
 #![deny(unsafe_code)]
 
 pub mod backend;
+pub mod cgroup;
 pub mod error;
 pub mod guest;
 pub mod host;
 pub mod image;
 mod manager;
+pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod sandbox;

@@ -81,6 +81,16 @@ pub struct CreateSandbox {
     /// A secret that clients reaching the guest directly must present (the
     /// E2B surface's envd access token); kept with the sandbox.
     pub access_token: Option<String>,
+    /// Seconds without API activity or an attached stream after which the
+    /// running sandbox is paused; `Some(0)` = never; the configured
+    /// `idle_timeout_sec` when `None`.
+    pub idle_timeout_sec: Option<u64>,
+    /// Whether a call to the sandbox while it is paused resumes it first;
+    /// the configured `auto_resume` when `None`.
+    pub auto_resume: Option<bool>,
+    /// Size of a new workspace's writable disk, MiB; the configured
+    /// `disk_size_mb` when `None`. An existing workspace keeps its size.
+    pub disk_size_mb: Option<u64>,
 }
 
 /// Checks environment variable names (POSIX: letters, digits and `_`, not
@@ -167,6 +177,17 @@ pub struct SandboxInfo {
     pub on_timeout: OnTimeout,
     /// Caller's labels.
     pub metadata: BTreeMap<String, String>,
+    /// Idle timeout in force, seconds (`None`: never idle-paused).
+    pub idle_timeout_sec: Option<u64>,
+    /// Whether a call while paused resumes it first.
+    pub auto_resume: bool,
+    /// When it was paused (RFC 3339), while paused.
+    pub paused_at: Option<String>,
+    /// Why it was last paused (`api`, `timeout`, `idle`, `eviction`), while
+    /// paused.
+    pub paused_by: Option<String>,
+    /// Size of its workspace's writable disk, MiB.
+    pub disk_size_mb: Option<u64>,
     /// See [`CreateSandbox::access_token`]; never serialized.
     #[serde(skip)]
     pub access_token: Option<Secret>,
@@ -193,6 +214,52 @@ pub struct Capacity {
     pub backend: VmmKind,
     /// "kvm" or "tcg" for qemu; "kvm" for firecracker.
     pub accel: String,
+    /// Resident memory of all VMM processes (measured by the health
+    /// check), MiB.
+    pub vmm_rss_mb: u64,
+    /// Host limits per sandbox: `v2`, `v1` or `none`.
+    pub cgroups: String,
+    /// Free space of the host disk holding the workspaces, MiB.
+    pub disk_free_mb: Option<u64>,
+}
+
+/// Figures of one sandbox (`GET /sandboxes/{id}/metrics`). Host figures
+/// come from the health check's last sample of its VMM; guest figures are
+/// read in the guest when it runs (`None` otherwise).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxMetrics {
+    /// The sandbox.
+    pub sandbox_id: SandboxId,
+    /// Its status.
+    pub status: SandboxStatus,
+    /// When the figures were read, RFC 3339.
+    pub timestamp: String,
+    /// vCPUs.
+    pub cpu_count: u8,
+    /// CPU use of its VMM over the last sample, percent of its vCPUs
+    /// (0–100).
+    pub cpu_used_pct: f64,
+    /// Guest RAM, MiB.
+    pub memory_total_mb: u64,
+    /// Guest RAM in use inside the guest (total minus available), MiB.
+    pub memory_used_mb: Option<u64>,
+    /// Resident memory of its VMM on the host, MiB.
+    pub vmm_rss_mb: u64,
+    /// Memory its cgroup is charged, MiB (when host limits are on).
+    pub cgroup_memory_mb: Option<u64>,
+    /// Size of its writable disk, MiB.
+    pub disk_total_mb: Option<u64>,
+    /// Space used on the writable disk inside the guest, MiB.
+    pub disk_used_mb: Option<u64>,
+    /// Host disk space its workspace takes (disk and snapshots), MiB.
+    pub disk_allocated_mb: u64,
+    /// Seconds since its last API activity.
+    pub idle_sec: u64,
+    /// Guest calls running now (eviction and the idle pause leave a
+    /// sandbox with calls or streams alone).
+    pub calls_in_flight: u64,
+    /// Streams attached now (output follows, PTYs, watches, downloads).
+    pub streams_attached: u64,
 }
 
 /// One entry of a workspace's lineage.

@@ -94,13 +94,48 @@ pub struct Sandbox {
     pub lifecycle: tokio::sync::Mutex<Option<Box<dyn VmHandle>>>,
     client: Mutex<Option<AgentClient>>,
     last_used: Mutex<Instant>,
+    usage: Mutex<UsageSample>,
     /// Guest calls running now (see [`Sandbox::begin_call`]).
     calls: tokio::sync::watch::Sender<usize>,
+    /// Streams handed to callers and still open (output follows, file
+    /// watches, downloads): the sandbox is in use while one is.
+    attached: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     /// Bumped, with the reason, when a pause or destroy begins, so a call
     /// that fails afterwards can say why (see [`Sandbox::interrupted_since`]).
     interruptions: Mutex<(u64, &'static str)>,
     /// Set by a destroy that arrives while the sandbox is starting.
     doomed: tokio::sync::watch::Sender<bool>,
+}
+
+/// A sandbox's VMM use, sampled by the health check.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UsageSample {
+    /// When it was taken.
+    pub at: Option<Instant>,
+    /// CPU time of the VMM so far, clock ticks.
+    pub ticks: u64,
+    /// CPU use between the last two samples, percent of one core.
+    pub cpu_pct: f64,
+    /// Resident memory of the VMM, MiB.
+    pub rss_mb: u64,
+}
+
+/// One stream attached to a sandbox; dropping it detaches (and counts as
+/// activity, so the idle timeout runs from the end of the stream).
+#[derive(Debug)]
+pub struct AttachGuard {
+    attached: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    sandbox: std::sync::Weak<Sandbox>,
+}
+
+impl Drop for AttachGuard {
+    fn drop(&mut self) {
+        self.attached
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(sb) = self.sandbox.upgrade() {
+            sb.touch();
+        }
+    }
 }
 
 /// One guest call in flight; dropping it ends the call.
@@ -133,7 +168,9 @@ impl Sandbox {
             lifecycle: tokio::sync::Mutex::new(vm),
             client: Mutex::new(client),
             last_used: Mutex::new(Instant::now()),
+            usage: Mutex::new(UsageSample::default()),
             calls: tokio::sync::watch::Sender::new(0),
+            attached: std::sync::Arc::default(),
             interruptions: Mutex::new((0, "")),
             doomed: tokio::sync::watch::Sender::new(false),
         }
@@ -148,6 +185,31 @@ impl Sandbox {
             calls: self.calls.clone(),
             epoch: lock(&self.interruptions).0,
         }
+    }
+
+    /// Counts a stream as attached until the guard is dropped.
+    pub fn attach(self: &std::sync::Arc<Self>) -> AttachGuard {
+        self.attached
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AttachGuard {
+            attached: self.attached.clone(),
+            sandbox: std::sync::Arc::downgrade(self),
+        }
+    }
+
+    /// Whether a guest call is running or a stream is attached.
+    pub fn in_use(&self) -> bool {
+        *self.calls.borrow() > 0 || self.attached.load(std::sync::atomic::Ordering::SeqCst) > 0
+    }
+
+    /// Guest calls running now.
+    pub fn calls_in_flight(&self) -> usize {
+        *self.calls.borrow()
+    }
+
+    /// Streams attached now.
+    pub fn streams_attached(&self) -> usize {
+        self.attached.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Records that a pause or destroy (`reason`: `"paused"`,
@@ -254,6 +316,11 @@ impl Sandbox {
             timeout_sec: r.timeout_sec,
             on_timeout: r.on_timeout,
             metadata: r.metadata.clone(),
+            idle_timeout_sec: r.idle_timeout_sec.filter(|t| *t > 0),
+            auto_resume: r.auto_resume,
+            paused_at: r.paused_at.clone(),
+            paused_by: r.paused_by.clone(),
+            disk_size_mb: r.disk_size_mb,
             access_token: r.access_token.clone().map(crate::Secret::new),
         }
     }
@@ -281,6 +348,40 @@ impl Sandbox {
     /// Records API activity.
     pub fn touch(&self) {
         *lock(&self.last_used) = Instant::now();
+    }
+
+    /// Records a sample of the VMM's CPU time (`ticks` at `hz` per
+    /// second) and resident memory.
+    pub fn sample_usage(&self, ticks: u64, rss_kb: u64, hz: u64) {
+        let now = Instant::now();
+        let mut u = lock(&self.usage);
+        let cpu_pct = match u.at {
+            Some(at) if ticks >= u.ticks => {
+                let secs = now.duration_since(at).as_secs_f64();
+                if secs > 0.0 {
+                    (ticks - u.ticks) as f64 / hz as f64 / secs * 100.0
+                } else {
+                    u.cpu_pct
+                }
+            }
+            _ => 0.0,
+        };
+        *u = UsageSample {
+            at: Some(now),
+            ticks,
+            cpu_pct,
+            rss_mb: rss_kb / 1024,
+        };
+    }
+
+    /// The latest usage sample.
+    pub fn usage(&self) -> UsageSample {
+        *lock(&self.usage)
+    }
+
+    /// Forgets the usage samples (the VMM is gone).
+    pub fn clear_usage(&self) {
+        *lock(&self.usage) = UsageSample::default();
     }
 
     /// Time of the last API activity.

@@ -40,6 +40,17 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn capacity(&self) -> Capacity;
     /// Limits requests must respect (for documents and early checks).
     fn limits(&self) -> Limits;
+    /// Every metric in the Prometheus text format.
+    fn metrics_text(&self) -> String {
+        String::new()
+    }
+    /// Host and guest figures of one sandbox.
+    async fn sandbox_metrics(&self, id: &SandboxId) -> Result<crate::SandboxMetrics> {
+        Err(crate::ManagerError::NotFound {
+            kind: "sandbox",
+            id: id.to_string(),
+        })
+    }
     /// The guest of sandbox `id`, for one request. Looking it up never
     /// fails: each operation checks its input first, then answers NotFound
     /// for an unknown sandbox and Conflict for one that is not running.

@@ -197,6 +197,7 @@ async fn eight_concurrent_creates_reach_the_right_vm() {
     let mut config = base.config();
     config.manager.max_sandboxes = 8;
     config.manager.boot_timeout_sec = 240;
+    config.manager.eviction = locale2b_config::Eviction::None;
     let m = manager(config).await;
     let mut tasks = Vec::new();
     for _ in 0..8 {

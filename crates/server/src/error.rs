@@ -147,6 +147,9 @@ impl ApiError {
                 // The snapshot cannot be used and retrying will not help;
                 // the sandbox stays paused (destroy it or keep its data).
                 M::SnapshotInvalid(_) => simple(StatusCode::CONFLICT, "snapshot_invalid"),
+                M::InsufficientStorage(_) => {
+                    simple(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+                }
                 M::AtCapacity { retry_after, .. } => {
                     let secs = retry_after.as_secs().max(1);
                     (
@@ -345,6 +348,7 @@ mod tests {
                 404,
             ),
             (ManagerError::Conflict("x".into()), 409),
+            (ManagerError::InsufficientStorage("x".into()), 507),
             (
                 ManagerError::AtCapacity {
                     reason: "full".into(),

@@ -79,6 +79,7 @@ struct Inner {
     ui_dir: Option<PathBuf>,
     e2b_enabled: bool,
     e2b_allow_insecure: bool,
+    metrics_public: bool,
     e2b: e2b::E2bState,
 }
 
@@ -101,6 +102,7 @@ impl AppState {
                 ui_dir: server.ui_dir.clone(),
                 e2b_enabled: server.e2b,
                 e2b_allow_insecure: server.e2b_allow_insecure,
+                metrics_public: server.metrics_public,
                 e2b: e2b::E2bState::default(),
             }),
         }
@@ -131,6 +133,11 @@ impl AppState {
         &self.inner.e2b
     }
 
+    /// Whether `/metrics` is served without an API key.
+    pub fn metrics_public(&self) -> bool {
+        self.inner.metrics_public
+    }
+
     /// Whether E2B clients may create sandboxes without an envd token.
     pub fn e2b_allow_insecure(&self) -> bool {
         self.inner.e2b_allow_insecure
@@ -153,6 +160,8 @@ pub fn router(state: AppState) -> Router {
     let e2b_enabled = state.inner.e2b_enabled;
     let mut app = Router::new()
         .route("/health", get(h::health))
+        .route("/metrics", get(h::metrics))
+        .route("/sandboxes/{id}/metrics", get(h::sandbox_metrics))
         .route("/openapi.json", get(openapi::spec))
         .route("/docs", get(openapi::swagger_page))
         .route("/redoc", get(openapi::redoc_page))

@@ -31,6 +31,8 @@ use utoipa::{Modify, OpenApi};
     ),
     paths(
         handlers::health,
+        handlers::metrics,
+        handlers::sandbox_metrics,
         handlers::create_sandbox,
         handlers::list_sandboxes,
         handlers::get_sandbox,

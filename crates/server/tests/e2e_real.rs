@@ -15,7 +15,10 @@ use reqwest::Method as M;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_endpoint_against_a_real_guest() {
     let Some(image) = image_dir() else { return };
-    let s = Server::start(&image, 1).await;
+    let s = Server::start_with(&image, 1, |c| {
+        c.manager.eviction = locale2b_config::Eviction::None
+    })
+    .await;
 
     // Health is public.
     let health: Value = reqwest::get(format!("{}/health", s.url))

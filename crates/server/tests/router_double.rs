@@ -62,6 +62,11 @@ fn info(id: &str) -> SandboxInfo {
         timeout_sec: None,
         on_timeout: locale2b_manager::OnTimeout::Destroy,
         metadata: Default::default(),
+        idle_timeout_sec: Some(3600),
+        auto_resume: false,
+        paused_at: None,
+        paused_by: None,
+        disk_size_mb: Some(1024),
         access_token: None,
     }
 }
@@ -100,6 +105,9 @@ impl SandboxService for Double {
             memory_budget_mb: 512,
             backend: locale2b_vmm::VmmKind::Qemu,
             accel: "tcg".into(),
+            vmm_rss_mb: 100,
+            cgroups: "none".into(),
+            disk_free_mb: Some(1000),
         }
     }
     fn limits(&self) -> Limits {

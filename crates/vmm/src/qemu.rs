@@ -67,7 +67,14 @@ pub struct QemuConfig {
     /// power-off only halts; [`VmHandle::shutdown`] notices the halt on the
     /// console.
     pub acpi: bool,
+    /// Size of TCG's translation cache, MiB (`-accel tcg,tb-size=`). QEMU's
+    /// default (up to 1 GiB) keeps growing in a running guest; a fixed size
+    /// bounds the host cost of every sandbox. Unused under KVM.
+    pub tb_size_mb: u32,
 }
+
+/// Default [`QemuConfig::tb_size_mb`].
+pub const DEFAULT_TB_SIZE_MB: u32 = 64;
 
 impl QemuConfig {
     /// Defaults for `binary` and `accel`.
@@ -80,6 +87,7 @@ impl QemuConfig {
             migrate_timeout: Duration::from_secs(120),
             tsc_khz: None,
             acpi: true,
+            tb_size_mb: DEFAULT_TB_SIZE_MB,
         }
     }
 }
@@ -610,7 +618,12 @@ fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) ->
     ]);
     match cfg.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        Accel::Tcg => push(&[
+            "-accel",
+            &format!("tcg,tb-size={}", cfg.tb_size_mb.max(1)),
+            "-cpu",
+            "max",
+        ]),
     }
     push(&[
         "-smp",
@@ -961,7 +974,10 @@ mod tests {
         let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
         let args = build_args(&cfg, &s, "console=ttyS0", false);
         let joined = args.join(" ");
-        assert!(joined.contains("-M microvm,acpi=on -accel tcg"), "{joined}");
+        assert!(
+            joined.contains("-M microvm,acpi=on -accel tcg,tb-size=64"),
+            "{joined}"
+        );
         assert!(joined.contains(
             "memory-backend-file,id=mem,size=256M,mem-path=/r/run/memory,share=on -machine memory-backend=mem"
         ));

@@ -87,6 +87,8 @@ impl OwnServer {
                 spec.memory_budget_mb.to_string(),
             )
             .env("LOCALE2B_RATE_LIMIT_PER_SEC", "0")
+            // The density phase fills the budget until the server refuses.
+            .env("LOCALE2B_EVICTION", "none")
             // Room for the 64 MiB JSON transfers (base64: 86 MiB).
             .env("LOCALE2B_MAX_BODY_BYTES", (100u64 << 20).to_string())
             .env_remove("LOCALE2B_API_KEYS_FILE")

@@ -52,9 +52,17 @@ pub fn start(base: &Path, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = cmd.spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    // Every line also goes to <base>/server.log, for tests that read the log.
+    let mut log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(base.join("server.log"))
+        .unwrap();
     std::thread::spawn(move || {
+        use std::io::Write as _;
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = writeln!(log, "{line}");
             if !sent {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     let addr = rest

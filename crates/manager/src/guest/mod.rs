@@ -78,12 +78,89 @@ pub struct Guest {
     id: SandboxId,
     sandbox: Option<Arc<Sandbox>>,
     rules: ExecRules,
+    /// Resumes a paused sandbox whose `auto_resume` is set, before a call.
+    manager: Option<std::sync::Weak<crate::SandboxManager>>,
+    /// Whether calls count as API activity (not for the manager's own
+    /// reads, e.g. metrics).
+    touch: bool,
+}
+
+/// A stream that keeps its sandbox counted as in use until it is dropped.
+struct Attached<S> {
+    inner: S,
+    _guard: Option<crate::sandbox::AttachGuard>,
+}
+
+impl<S: futures::Stream + Unpin> futures::Stream for Attached<S> {
+    type Item = S::Item;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<S::Item>> {
+        std::pin::Pin::new(&mut self.inner).poll_next(cx)
+    }
 }
 
 impl Guest {
     /// The guest of sandbox `id` (`sandbox` is `None` when it is unknown).
     pub fn new(id: SandboxId, sandbox: Option<Arc<Sandbox>>, rules: ExecRules) -> Self {
-        Self { id, sandbox, rules }
+        Self {
+            id,
+            sandbox,
+            rules,
+            manager: None,
+            touch: true,
+        }
+    }
+
+    /// Calls that do not count as activity (the idle timeout keeps running).
+    pub fn quiet(mut self) -> Self {
+        self.touch = false;
+        self
+    }
+
+    /// Lets calls resume the sandbox first when it is paused and its
+    /// `auto_resume` is set.
+    pub fn with_auto_resume(mut self, manager: std::sync::Weak<crate::SandboxManager>) -> Self {
+        self.manager = Some(manager);
+        self
+    }
+
+    /// `stream`, counting the sandbox as in use while it is open (the idle
+    /// timeout and eviction leave it alone).
+    fn attached<S>(&self, stream: S) -> std::pin::Pin<Box<Attached<S>>>
+    where
+        S: futures::Stream + Unpin,
+    {
+        Box::pin(Attached {
+            inner: stream,
+            _guard: self.sandbox.as_ref().map(Sandbox::attach),
+        })
+    }
+
+    /// Resumes the sandbox when it is paused (or being paused) and its
+    /// `auto_resume` is set; otherwise does nothing.
+    async fn auto_resume(&self) -> Result<()> {
+        let (Some(sb), Some(manager)) = (&self.sandbox, &self.manager) else {
+            return Ok(());
+        };
+        if !sb.record().auto_resume {
+            return Ok(());
+        }
+        if matches!(
+            sb.status(),
+            crate::SandboxStatus::Pausing | crate::SandboxStatus::Paused
+        ) {
+            // A pause under way finishes first (its lifecycle lock).
+            drop(sb.lifecycle.lock().await);
+            if sb.status() == crate::SandboxStatus::Paused {
+                if let Some(m) = manager.upgrade() {
+                    tracing::info!(sandbox_id = %self.id, "auto-resuming the paused sandbox for a call");
+                    m.resume(&self.id).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The sandbox.
@@ -101,7 +178,9 @@ impl Guest {
                 id: self.id.to_string(),
             })?;
         sb.check(Intent::Use)?;
-        sb.touch();
+        if self.touch {
+            sb.touch();
+        }
         sb.client().ok_or_else(|| {
             ManagerError::Conflict(format!(
                 "sandbox {} has no agent connection; retry in a moment",
@@ -115,6 +194,7 @@ impl Guest {
     /// was paused or destroyed under it says so, as a conflict, instead of
     /// blaming the guest.
     async fn call<T>(&self, op: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.auto_resume().await?;
         let guard = self.sandbox.as_ref().map(|s| s.begin_call());
         let result = op.await;
         let epoch = guard.as_ref().map(|g| g.epoch);
@@ -211,7 +291,12 @@ pub fn guest_error(body: ErrorBody) -> ManagerError {
 #[async_trait]
 impl GuestOps for Guest {
     async fn exec(&self, spec: ExecSpec) -> Result<ExecOutput> {
-        self.call(Guest::exec(self, spec)).await
+        let started = std::time::Instant::now();
+        let out = self.call(Guest::exec(self, spec)).await?;
+        if let Some(m) = self.manager.as_ref().and_then(std::sync::Weak::upgrade) {
+            m.metrics().exec_seconds.observe(started.elapsed());
+        }
+        Ok(out)
     }
     async fn read_file(
         &self,
@@ -224,7 +309,13 @@ impl GuestOps for Guest {
             .await
     }
     async fn download(&self, path: &str, offset: u64, length: Option<u64>) -> Result<Download> {
-        self.call(Guest::download(self, path, offset, length)).await
+        let d = self
+            .call(Guest::download(self, path, offset, length))
+            .await?;
+        Ok(Download {
+            size: d.size,
+            bytes: self.attached(d.bytes),
+        })
     }
     async fn checksum(&self, path: &str) -> Result<Checksum> {
         self.call(Guest::checksum(self, path)).await
@@ -251,7 +342,8 @@ impl GuestOps for Guest {
         self.call(Guest::upload(self, up, body)).await
     }
     async fn watch_dir(&self, path: &str, recursive: bool) -> Result<FsEvents> {
-        self.call(Guest::watch_dir(self, path, recursive)).await
+        let events = self.call(Guest::watch_dir(self, path, recursive)).await?;
+        Ok(self.attached(events))
     }
     async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
         self.call(Guest::delete(self, path, recursive)).await
@@ -260,7 +352,8 @@ impl GuestOps for Guest {
         self.call(Guest::rename(self, from, to)).await
     }
     async fn exec_stream(&self, spec: ExecSpec) -> Result<OutputEvents> {
-        self.call(Guest::exec_stream(self, spec)).await
+        let events = self.call(Guest::exec_stream(self, spec)).await?;
+        Ok(self.attached(events))
     }
     async fn start_process(&self, spec: ProcessSpec) -> Result<ProcessInfo> {
         self.call(Guest::start_process(self, spec)).await
@@ -281,7 +374,8 @@ impl GuestOps for Guest {
             .await
     }
     async fn follow_output(&self, sel: &ProcessSelector, cursor: u64) -> Result<OutputEvents> {
-        self.call(Guest::follow_output(self, sel, cursor)).await
+        let events = self.call(Guest::follow_output(self, sel, cursor)).await?;
+        Ok(self.attached(events))
     }
     async fn write_stdin(&self, sel: &ProcessSelector, data: Vec<u8>, close: bool) -> Result<()> {
         self.call(Guest::write_stdin(self, sel, data, close)).await

@@ -44,6 +44,13 @@ impl SandboxManager {
             )));
         }
         let timeout_sec = self.lifetime(req.timeout_sec)?;
+        let disk_size_mb = req.disk_size_mb.unwrap_or(cfg.disk_size_mb);
+        if disk_size_mb < 64 || disk_size_mb > cfg.max_disk_size_mb {
+            return Err(ManagerError::InvalidInput(format!(
+                "disk_size_mb must be between 64 and {} (got {disk_size_mb}; max_disk_size_mb)",
+                cfg.max_disk_size_mb
+            )));
+        }
         crate::check_metadata(&req.metadata)?;
         crate::check_env("env", &req.env)?;
         let template = req
@@ -83,7 +90,19 @@ impl SandboxManager {
                     ws.template
                 )));
             }
+            if let (Some(asked), Some(has)) = (req.disk_size_mb, ws.disk_size_mb) {
+                if asked != has {
+                    return Err(ManagerError::InvalidInput(format!(
+                        "workspace {workspace_id} has a {has} MiB disk; a disk's size cannot be changed (asked for {asked} MiB)"
+                    )));
+                }
+            }
+        } else {
+            self.check_disk_space(disk_size_mb)?;
         }
+        let disk_size_mb = existing
+            .as_ref()
+            .map_or(Some(disk_size_mb), |ws| ws.disk_size_mb);
 
         let image = self.image(&template)?;
         let sandbox_id = SandboxId::generate();
@@ -112,10 +131,15 @@ impl SandboxManager {
             metadata: req.metadata.clone(),
             access_token: req.access_token.clone(),
             pending_snapshot: None,
+            idle_timeout_sec: Some(req.idle_timeout_sec.unwrap_or(cfg.idle_timeout_sec)),
+            auto_resume: req.auto_resume.unwrap_or(cfg.auto_resume),
+            paused_at: None,
+            paused_by: None,
+            disk_size_mb,
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;
-        self.registry.admit(&sb, Admission::New)?;
+        self.admit(&sb, Admission::New).await?;
 
         let made_workspace = existing.is_none();
         let started = Instant::now();
@@ -124,7 +148,12 @@ impl SandboxManager {
                 Some(ws) => ws,
                 None => {
                     self.store
-                        .create_workspace(&workspace_id, &template, ephemeral, cfg.disk_size_mb)
+                        .create_workspace(
+                            &workspace_id,
+                            &template,
+                            ephemeral,
+                            disk_size_mb.unwrap_or(cfg.disk_size_mb),
+                        )
                         .await?
                 }
             };
@@ -142,6 +171,7 @@ impl SandboxManager {
                 )
             })?;
             sb.update(|r| r.process = Some(vm.process().clone()));
+            self.confine(&sb, vm.process().pid);
             self.crash_point("create:vm_started");
             let vm = vm_slot.insert(vm);
             tokio::select! {
@@ -165,6 +195,9 @@ impl SandboxManager {
                     r.error = None;
                     r.end_at = super::lifetime::end_after(r.timeout_sec);
                 });
+                sb.touch();
+                crate::metrics::inc(&self.metrics.creates);
+                self.metrics.create_seconds.observe(started.elapsed());
                 self.lifetimes.notify_one();
                 ws.sandbox_id = Some(sandbox_id.clone());
                 ws.push_lineage("created", Some(&sandbox_id), None, None);
@@ -175,6 +208,7 @@ impl SandboxManager {
             }
             Err(err) => {
                 warn!(sandbox_id = %sandbox_id, error = %err, "create failed; cleaning up");
+                crate::metrics::inc(&self.metrics.create_failures);
                 if let Some(vm) = vm_slot.take() {
                     if let Err(e) = vm.kill().await {
                         warn!(sandbox_id = %sandbox_id, error = %e, "kill after failed create");
@@ -182,6 +216,7 @@ impl SandboxManager {
                 }
                 drop(vm_slot);
                 self.registry.remove(&sandbox_id);
+                self.release_cgroup(&sandbox_id);
                 let _ = std::fs::remove_dir_all(self.store.layout().sandbox_dir(&sandbox_id));
                 if made_workspace {
                     let _ =

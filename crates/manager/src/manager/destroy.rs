@@ -87,6 +87,8 @@ impl SandboxManager {
         self.remove_sandbox_dir(id);
         self.registry.remove(id);
         drop(vm_slot);
+        self.release_cgroup(id);
+        crate::metrics::inc(&self.metrics.destroys);
         self.release_workspace(id, &workspace_id);
         info!(sandbox_id = %id, "sandbox destroyed");
         Ok(true)

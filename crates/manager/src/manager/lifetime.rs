@@ -8,6 +8,9 @@
 //! running sandboxes, or until a lifetime changes, so a sandbox ends within
 //! moments of its end time. Ends that passed while the server was down are
 //! acted on at start-up.
+//!
+//! The same task pauses a running sandbox once it has been idle (no guest
+//! call, no attached stream, no API activity) for its idle timeout.
 
 use super::SandboxManager;
 use crate::sandbox::lock;
@@ -95,6 +98,9 @@ impl SandboxManager {
             return;
         };
         let policy = sb.record().on_timeout;
+        if expired(&sb.record(), SystemTime::now()) {
+            crate::metrics::inc(&self.metrics.timeouts);
+        }
         let still_expired = |r: &SandboxRecord| expired(r, SystemTime::now());
         match policy {
             OnTimeout::Destroy => match self.destroy_when(&id, still_expired).await {
@@ -104,7 +110,10 @@ impl SandboxManager {
                     warn!(sandbox_id = %id, error = %e, "destroy at the end of the lifetime failed")
                 }
             },
-            OnTimeout::Pause => match self.pause_when(&id, still_expired).await {
+            OnTimeout::Pause => match self
+                .pause_when(&id, crate::metrics::PauseReason::Timeout, still_expired)
+                .await
+            {
                 Ok(Some(_)) => info!(sandbox_id = %id, "sandbox lifetime ended; paused"),
                 Ok(None) => {}
                 Err(e) => {
@@ -124,29 +133,48 @@ impl SandboxManager {
     }
 }
 
-/// Ends lifetimes as they pass (see the module docs). Holds the manager only
-/// while looking at the table, so it stops when the manager is dropped.
+/// Ends lifetimes as they pass and pauses idle sandboxes (see the module
+/// docs). Holds the manager only while looking at the table, so it stops
+/// when the manager is dropped.
 pub(super) async fn lifetime_loop(manager: Weak<SandboxManager>) {
     loop {
         let Some(m) = manager.upgrade() else { return };
         let now = SystemTime::now();
-        let mut next: Option<SystemTime> = None;
+        let mut nap = MAX_NAP;
         for sb in m.registry.all() {
             let r = sb.record();
             if r.status != SandboxStatus::Running {
                 continue;
             }
-            let Some(end) = end_of(&r) else { continue };
-            if end > now {
-                next = Some(next.map_or(end, |n| n.min(end)));
-            } else if lock(&m.expiring).insert(r.sandbox_id.clone()) {
-                tokio::spawn(m.clone().expire(r.sandbox_id));
+            if let Some(end) = end_of(&r) {
+                match end.duration_since(now) {
+                    Ok(left) if !left.is_zero() => nap = nap.min(left),
+                    _ => {
+                        if lock(&m.expiring).insert(r.sandbox_id.clone()) {
+                            tokio::spawn(m.clone().expire(r.sandbox_id.clone()));
+                        }
+                        continue;
+                    }
+                }
+            }
+            if let Some(idle) = m.idle_timeout_of(&r) {
+                if sb.in_use() {
+                    // Looked at again one idle period later (a stream that
+                    // ends counts as activity then).
+                    nap = nap.min(idle);
+                } else {
+                    let quiet = sb.last_used().elapsed();
+                    if quiet >= idle {
+                        if lock(&m.expiring).insert(r.sandbox_id.clone()) {
+                            tokio::spawn(m.clone().idle_pause(r.sandbox_id.clone()));
+                        }
+                    } else {
+                        nap = nap.min(idle - quiet);
+                    }
+                }
             }
         }
-        let nap = next
-            .and_then(|n| n.duration_since(now).ok())
-            .unwrap_or(MAX_NAP)
-            .min(MAX_NAP);
+        let nap = nap.max(Duration::from_millis(10));
         let wake = m.lifetimes.clone();
         drop(m);
         tokio::select! {

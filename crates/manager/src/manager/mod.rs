@@ -5,7 +5,8 @@
 //! |---|---|
 //! | `create.rs` | create (boot), attaching a named workspace |
 //! | `destroy.rs` | destroy |
-//! | `lifetime.rs` | end times: timeout changes, destroy or pause at the end |
+//! | `lifetime.rs` | end times and idle timeouts: timeout changes, destroy or pause at the end, idle pause |
+//! | `govern.rs` | eviction, disk-space admission, cgroups, usage samples, the reaper, metrics |
 //! | `pause.rs` | pause (snapshot) and resume (restore) |
 //! | `boot.rs` | bringing a guest up: VM spec, agent wait, `init` |
 //! | `recover.rs` | start-up reconciliation, orphan scan, health check |
@@ -26,6 +27,7 @@
 mod boot;
 mod create;
 mod destroy;
+mod govern;
 mod lifetime;
 mod pause;
 mod recover;
@@ -55,6 +57,12 @@ pub struct SandboxManager {
     lifetimes: Arc<tokio::sync::Notify>,
     /// Sandboxes whose ended lifetime is being acted on.
     expiring: std::sync::Mutex<std::collections::HashSet<SandboxId>>,
+    /// This manager, for the tasks and guests it hands out.
+    me: std::sync::Weak<SandboxManager>,
+    /// Counters and histograms behind `/metrics`.
+    metrics: Arc<crate::metrics::Metrics>,
+    /// Where VMM cgroups are made (or why not).
+    cgroups: crate::cgroup::Cgroups,
 }
 
 /// The points where `crash_at` (testing only) kills the server, in the
@@ -121,7 +129,16 @@ impl SandboxManager {
             max_sandboxes: config.max_sandboxes,
             memory_budget_mb,
         });
-        let manager = Arc::new(Self {
+        let cgroups = crate::cgroup::Cgroups::detect(config.cgroups);
+        if cgroups.active() {
+            tracing::info!(cgroups = %cgroups.describe(), "host limits per sandbox");
+        } else {
+            tracing::warn!(cgroups = %cgroups.describe(), "sandboxes run without host limits (memory, CPU, pids)");
+        }
+        let manager = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            metrics: Arc::default(),
+            cgroups,
             config,
             vmm,
             accel,
@@ -136,12 +153,24 @@ impl SandboxManager {
         let period = Duration::from_secs(manager.config.health_check_interval_sec.max(1));
         tokio::spawn(recover::health_loop(Arc::downgrade(&manager), period));
         tokio::spawn(lifetime::lifetime_loop(Arc::downgrade(&manager)));
+        let reap_every = Duration::from_secs(manager.config.reaper_interval_sec.max(1));
+        tokio::spawn(govern::reaper_loop(Arc::downgrade(&manager), reap_every));
         Ok(manager)
     }
 
     /// The configuration in force.
     pub fn config(&self) -> &ManagerConfig {
         &self.config
+    }
+
+    /// Counters and histograms.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// Host limits in force, described.
+    pub fn cgroups(&self) -> &crate::cgroup::Cgroups {
+        &self.cgroups
     }
 
     /// The backend in use.
@@ -218,11 +247,15 @@ impl SandboxManager {
             memory_budget_mb: limits.memory_budget_mb,
             backend: self.vmm.kind(),
             accel: self.accel.clone(),
+            vmm_rss_mb: self.vmm_rss_mb(),
+            cgroups: self.cgroups.version().to_owned(),
+            disk_free_mb: host::free_space_mb(&self.store.layout().workspaces_dir()),
         }
     }
 
     /// The guest of sandbox `id`, for one request (see [`crate::guest::Guest`]).
     pub fn guest(&self, id: &SandboxId) -> crate::guest::Guest {
         crate::guest::Guest::new(id.clone(), self.registry.get(id), self.exec_rules())
+            .with_auto_resume(self.me.clone())
     }
 }

@@ -2,6 +2,7 @@
 
 use super::SandboxManager;
 use crate::image::Image;
+use crate::metrics::{inc, PauseReason};
 use crate::registry::Admission;
 use crate::sandbox::{Intent, Next};
 use crate::snapshot::{self, SnapshotManifest};
@@ -30,7 +31,7 @@ impl SandboxManager {
     /// NotFound; Conflict when starting, stopping or dead; Vm when the
     /// snapshot could not be written.
     pub async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo> {
-        match self.pause_when(id, |_| true).await? {
+        match self.pause_when(id, PauseReason::Api, |_| true).await? {
             Some(info) => Ok(info),
             // The condition always holds; answer the current state anyway.
             None => self.get(id).await,
@@ -38,13 +39,16 @@ impl SandboxManager {
     }
 
     /// [`Self::pause`] if `cond` holds for the record once the lifecycle
-    /// lock is held; `Ok(None)` when it does not (nothing changed).
+    /// lock is held; `Ok(None)` when it does not (nothing changed). `by`
+    /// says why (`api`, `timeout`, `idle`, `eviction`), kept as
+    /// `paused_by`.
     ///
     /// # Errors
     /// As [`Self::pause`].
     pub(super) async fn pause_when(
         &self,
         id: &SandboxId,
+        by: PauseReason,
         cond: impl Fn(&SandboxRecord) -> bool,
     ) -> Result<Option<SandboxInfo>> {
         let sb = self.registry.require(id)?;
@@ -93,9 +97,13 @@ impl SandboxManager {
                     r.pending_snapshot = None;
                     // A paused sandbox has no end; a resume starts a new lifetime.
                     r.end_at = None;
+                    r.paused_at = Some(crate::store::now_rfc3339());
+                    r.paused_by = Some(by.as_str().to_owned());
                 });
                 self.prune_snapshots(&record.workspace_id, &snapshot_id);
-                info!(sandbox_id = %id, snapshot_id, pause_ms = started.elapsed().as_millis() as u64, "sandbox paused");
+                self.release_cgroup(id);
+                self.metrics.paused(by, started.elapsed());
+                info!(sandbox_id = %id, snapshot_id, by = by.as_str(), pause_ms = started.elapsed().as_millis() as u64, "sandbox paused");
                 Ok(Some(sb.info()))
             }
             Err(err) => {
@@ -250,7 +258,7 @@ impl SandboxManager {
                 )));
             }
         };
-        self.registry.admit(&sb, Admission::Resume)?;
+        self.admit(&sb, Admission::Resume).await?;
         sb.persist();
         self.crash_point("resume:resuming");
         let started = Instant::now();
@@ -267,6 +275,7 @@ impl SandboxManager {
                 )
             })?;
             sb.update(|r| r.process = Some(vm.process().clone()));
+            self.confine(&sb, vm.process().pid);
             self.crash_point("resume:restored");
             let vm = vm_slot.insert(vm);
             self.bring_up(&sb, vm.as_ref()).await?;
@@ -282,8 +291,12 @@ impl SandboxManager {
                     r.status = SandboxStatus::Running;
                     r.error = None;
                     r.end_at = super::lifetime::end_after(r.timeout_sec);
+                    r.paused_at = None;
+                    r.paused_by = None;
                 });
                 sb.touch();
+                inc(&self.metrics.resumes);
+                self.metrics.resume_seconds.observe(started.elapsed());
                 self.lifetimes.notify_one();
                 self.store.update_workspace(&record.workspace_id, |ws| {
                     ws.sandbox_id = Some(id.clone());
@@ -294,6 +307,7 @@ impl SandboxManager {
             }
             Err(err) => {
                 warn!(sandbox_id = %id, error = %err, "resume failed; sandbox stays paused");
+                inc(&self.metrics.resume_failures);
                 if let Some(vm) = vm_slot.take() {
                     let _ = vm.kill().await;
                 }

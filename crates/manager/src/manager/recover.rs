@@ -283,6 +283,7 @@ impl SandboxManager {
 
     /// Marks running sandboxes whose VM exited as dead, with the console tail.
     async fn health_check(&self) {
+        self.sample_usage();
         for sb in self.registry.all() {
             if sb.status() != SandboxStatus::Running {
                 continue;
@@ -305,6 +306,7 @@ impl SandboxManager {
                     ));
                 });
                 remove_sockets(&self.store.layout().sandbox_dir(&sb.id));
+                self.release_cgroup(&sb.id);
             }
         }
     }

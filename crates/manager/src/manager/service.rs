@@ -36,6 +36,12 @@ impl SandboxService for SandboxManager {
     fn limits(&self) -> Limits {
         SandboxManager::limits(self)
     }
+    fn metrics_text(&self) -> String {
+        SandboxManager::metrics_text(self)
+    }
+    async fn sandbox_metrics(&self, id: &SandboxId) -> Result<crate::SandboxMetrics> {
+        SandboxManager::sandbox_metrics(self, id).await
+    }
     fn guest(&self, id: &SandboxId) -> Arc<dyn GuestOps> {
         Arc::new(SandboxManager::guest(self, id))
     }

@@ -128,7 +128,7 @@ impl Store {
         create_private_dir(&self.layout.workspace_dir(id))?;
         create_private_dir(&self.layout.snapshots_dir(id))?;
         make_disk(&self.layout.workspace_disk(id), disk_size_mb).await?;
-        let ws = WorkspaceRecord::new(id.clone(), template, ephemeral);
+        let ws = WorkspaceRecord::new(id.clone(), template, ephemeral, disk_size_mb);
         self.write_workspace(&ws)
             .map_err(|e| crate::ManagerError::io("cannot write workspace.json", e))?;
         Ok(ws)
@@ -179,7 +179,7 @@ mod tests {
         store.create_dirs().unwrap();
         let id: WorkspaceId = "w1".parse().unwrap();
         create_private_dir(&store.layout().workspace_dir(&id)).unwrap();
-        let ws = WorkspaceRecord::new(id.clone(), "default", true);
+        let ws = WorkspaceRecord::new(id.clone(), "default", true, 64);
         store.write_workspace(&ws).unwrap();
         assert_eq!(store.read_workspace(&id), Some(ws));
         store.update_workspace(&id, |w| w.push_lineage("created", None, None, None));

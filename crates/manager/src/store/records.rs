@@ -71,6 +71,24 @@ pub struct SandboxRecord {
     /// VMM gone completes the pause from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_snapshot: Option<String>,
+    /// Idle timeout the create asked for (`Some(0)` = never idle-paused);
+    /// the configured `idle_timeout_sec` when `None`.
+    #[serde(default)]
+    pub idle_timeout_sec: Option<u64>,
+    /// Whether a call to the paused sandbox resumes it first.
+    #[serde(default)]
+    pub auto_resume: bool,
+    /// When it was last paused (RFC 3339), while paused: the start of its
+    /// retention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_at: Option<String>,
+    /// Why it was last paused: `api`, `timeout`, `idle` or `eviction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_by: Option<String>,
+    /// Size of its workspace's writable disk, MiB (a copy of the
+    /// workspace's).
+    #[serde(default)]
+    pub disk_size_mb: Option<u64>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.
@@ -92,6 +110,10 @@ pub struct WorkspaceRecord {
     /// Latest complete snapshot, if any.
     #[serde(default)]
     pub snapshot_id: Option<String>,
+    /// Size of its writable disk, MiB (`None` in records written before
+    /// sizes were chosen per workspace).
+    #[serde(default)]
+    pub disk_size_mb: Option<u64>,
     /// History, oldest first, at most [`MAX_LINEAGE`] entries.
     #[serde(default)]
     pub lineage: Vec<LineageEvent>,
@@ -99,7 +121,12 @@ pub struct WorkspaceRecord {
 
 impl WorkspaceRecord {
     /// A new workspace with no sandbox, snapshot or history.
-    pub fn new(workspace_id: WorkspaceId, template: &str, ephemeral: bool) -> Self {
+    pub fn new(
+        workspace_id: WorkspaceId,
+        template: &str,
+        ephemeral: bool,
+        disk_size_mb: u64,
+    ) -> Self {
         Self {
             format: RECORD_FORMAT,
             workspace_id,
@@ -108,6 +135,7 @@ impl WorkspaceRecord {
             ephemeral,
             sandbox_id: None,
             snapshot_id: None,
+            disk_size_mb: Some(disk_size_mb),
             lineage: Vec::new(),
         }
     }
@@ -141,7 +169,7 @@ mod tests {
 
     #[test]
     fn lineage_is_bounded() {
-        let mut ws = WorkspaceRecord::new("w".parse().unwrap(), "default", false);
+        let mut ws = WorkspaceRecord::new("w".parse().unwrap(), "default", false, 64);
         for i in 0..MAX_LINEAGE + 5 {
             ws.push_lineage("paused", None, Some(&format!("s{i}")), None);
         }

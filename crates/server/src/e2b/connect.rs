@@ -127,7 +127,9 @@ impl From<ManagerError> for RpcError {
                 Code::FailedPrecondition
             }
             ManagerError::Unsupported(_) => Code::Unimplemented,
-            ManagerError::TooLarge(_) | ManagerError::AtCapacity { .. } => Code::ResourceExhausted,
+            ManagerError::TooLarge(_)
+            | ManagerError::AtCapacity { .. }
+            | ManagerError::InsufficientStorage(_) => Code::ResourceExhausted,
             ManagerError::Guest { kind, .. } => match kind {
                 GuestErrorKind::NotFound => Code::NotFound,
                 GuestErrorKind::PermissionDenied => Code::PermissionDenied,

@@ -64,6 +64,7 @@ impl From<ManagerError> for E2bError {
             ManagerError::Conflict(_) | ManagerError::SnapshotInvalid(_) => StatusCode::CONFLICT,
             ManagerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
             ManagerError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ManagerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ManagerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ManagerError::Vm { .. } => StatusCode::BAD_GATEWAY,
             ManagerError::Guest { .. } | ManagerError::Internal { .. } => {

@@ -16,6 +16,21 @@ pub async fn health(State(s): State<AppState>) -> Json<HealthResponse> {
     ))
 }
 
+/// Every metric in the Prometheus text exposition format (0.0.4):
+/// sandboxes by state, lifecycle counters, latency histograms, capacity
+/// and VMM memory gauges. Needs the API key unless `metrics_public` is set.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain; version=0.0.4")))]
+pub async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.sandboxes().metrics_text(),
+    )
+}
+
 /// Fallback for unknown paths.
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {
     ApiError::NoRoute {

@@ -19,7 +19,8 @@ use locale2b_protocol::{SandboxId, WorkspaceId};
         (status = 400, description = "Invalid sizes, template or workspace id", body = ErrorResponse),
         (status = 409, description = "The workspace's sandbox is dead (destroy it first)", body = ErrorResponse),
         (status = 502, description = "The VM failed to start", body = ErrorResponse),
-        (status = 503, description = "At capacity (Retry-After header)", body = ErrorResponse),
+        (status = 503, description = "At capacity and nothing could be evicted (Retry-After header)", body = ErrorResponse),
+        (status = 507, description = "The host disk cannot hold the workspace disk asked for", body = ErrorResponse),
         (status = 504, description = "The guest agent did not come up in time", body = ErrorResponse),
     ))]
 pub async fn create_sandbox(
@@ -41,6 +42,9 @@ pub async fn create_sandbox(
         on_timeout: body.on_timeout,
         metadata: body.metadata,
         access_token: None,
+        idle_timeout_sec: body.idle_timeout_sec,
+        auto_resume: body.auto_resume,
+        disk_size_mb: body.disk_size_mb,
     };
     let m = s.sandboxes().clone();
     let info = detached(async move { m.create(req).await }).await?;
@@ -74,6 +78,24 @@ pub async fn get_sandbox(
     ApiPath(id): ApiPath<SandboxId>,
 ) -> ApiResult<SandboxResponse> {
     Ok(Json(s.sandboxes().get(&id).await?.into()))
+}
+
+/// Host and guest figures of one sandbox: CPU use of its VMM, guest
+/// memory and disk use, VMM memory, host disk taken. Reading them is not
+/// activity (the idle timeout keeps running, a paused sandbox stays
+/// paused).
+#[utoipa::path(get, path = "/sandboxes/{id}/metrics", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    responses(
+        (status = 200, description = "The figures", body = SandboxMetricsResponse),
+        (status = 400, description = "Malformed sandbox id", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+    ))]
+pub async fn sandbox_metrics(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+) -> ApiResult<SandboxMetricsResponse> {
+    Ok(Json(s.sandboxes().sandbox_metrics(&id).await?.into()))
 }
 
 /// Destroys a sandbox (its workspace's data is kept). 404 means it is

@@ -29,6 +29,13 @@ pub struct HealthResponse {
     /// Acceleration: `kvm` or `tcg`.
     #[schema(example = "tcg")]
     pub accel: String,
+    /// Resident memory of all VMM processes, measured, MiB.
+    pub vmm_rss_mb: u64,
+    /// Host limits per sandbox: `v2`, `v1` (cgroups) or `none`.
+    #[schema(example = "v2")]
+    pub cgroups: String,
+    /// Free space of the host disk holding the workspaces, MiB.
+    pub disk_free_mb: Option<u64>,
     /// Server version.
     pub version: String,
 }
@@ -51,6 +58,9 @@ impl HealthResponse {
             memory_budget_mb: c.memory_budget_mb,
             backend: c.backend.to_string(),
             accel: c.accel,
+            vmm_rss_mb: c.vmm_rss_mb,
+            cgroups: c.cgroups,
+            disk_free_mb: c.disk_free_mb,
             version: env!("CARGO_PKG_VERSION").to_owned(),
         }
     }

@@ -39,6 +39,19 @@ pub struct CreateSandboxBody {
     /// entries; keys 1–128 bytes, values up to 1024 bytes).
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Seconds without API activity (guest calls, timeout changes) and
+    /// without an attached stream after which the sandbox is paused;
+    /// `0` = never. The server's `idle_timeout_sec` when absent.
+    #[schema(example = 3600)]
+    pub idle_timeout_sec: Option<u64>,
+    /// Resume the sandbox transparently when a call reaches it while it is
+    /// paused. The server's `auto_resume` (default false) when absent.
+    pub auto_resume: Option<bool>,
+    /// Size of a new workspace's writable disk, MiB (64 to the server's
+    /// `max_disk_size_mb`). The server's `disk_size_mb` when absent; an
+    /// existing workspace keeps its size.
+    #[schema(example = 2048)]
+    pub disk_size_mb: Option<u64>,
 }
 
 /// `POST /sandboxes/{id}/timeout`.
@@ -89,6 +102,18 @@ pub struct SandboxResponse {
     pub on_timeout: String,
     /// Labels given at create.
     pub metadata: BTreeMap<String, String>,
+    /// Idle timeout in force, seconds; `null` = never idle-paused.
+    pub idle_timeout_sec: Option<u64>,
+    /// Whether a call while paused resumes it first.
+    pub auto_resume: bool,
+    /// When it was paused (RFC 3339), while paused.
+    pub paused_at: Option<String>,
+    /// Why it was paused, while paused: `api`, `timeout`, `idle` or
+    /// `eviction`.
+    #[schema(example = "idle")]
+    pub paused_by: Option<String>,
+    /// Size of its writable disk, MiB.
+    pub disk_size_mb: Option<u64>,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -109,6 +134,70 @@ impl From<SandboxInfo> for SandboxResponse {
             timeout_sec: s.timeout_sec,
             on_timeout: s.on_timeout.as_str().to_owned(),
             metadata: s.metadata,
+            idle_timeout_sec: s.idle_timeout_sec,
+            auto_resume: s.auto_resume,
+            paused_at: s.paused_at,
+            paused_by: s.paused_by,
+            disk_size_mb: s.disk_size_mb,
+        }
+    }
+}
+
+/// `GET /sandboxes/{id}/metrics`: host and guest figures of one sandbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SandboxMetricsResponse {
+    /// The sandbox.
+    pub sandbox_id: String,
+    /// Its status.
+    pub status: String,
+    /// When the figures were read, RFC 3339.
+    pub timestamp: String,
+    /// vCPUs.
+    pub cpu_count: u8,
+    /// CPU use of its VMM over the health check's last interval, percent
+    /// of its vCPUs (0–100).
+    pub cpu_used_pct: f64,
+    /// Guest RAM, MiB.
+    pub memory_total_mb: u64,
+    /// Guest RAM in use inside the guest (total minus available), MiB;
+    /// `null` when the guest is not running.
+    pub memory_used_mb: Option<u64>,
+    /// Resident memory of its VMM on the host, MiB.
+    pub vmm_rss_mb: u64,
+    /// Memory its cgroup is charged, MiB; `null` without host limits.
+    pub cgroup_memory_mb: Option<u64>,
+    /// Size of its writable disk, MiB.
+    pub disk_total_mb: Option<u64>,
+    /// Space used on the writable disk inside the guest, MiB.
+    pub disk_used_mb: Option<u64>,
+    /// Host disk its workspace takes (disk and snapshots), MiB.
+    pub disk_allocated_mb: u64,
+    /// Seconds since its last API activity.
+    pub idle_sec: u64,
+    /// Guest calls running now.
+    pub calls_in_flight: u64,
+    /// Streams attached now (output follows, PTYs, watches, downloads).
+    pub streams_attached: u64,
+}
+
+impl From<locale2b_manager::SandboxMetrics> for SandboxMetricsResponse {
+    fn from(m: locale2b_manager::SandboxMetrics) -> Self {
+        Self {
+            sandbox_id: m.sandbox_id.into(),
+            status: m.status.as_str().to_owned(),
+            timestamp: m.timestamp,
+            cpu_count: m.cpu_count,
+            cpu_used_pct: m.cpu_used_pct,
+            memory_total_mb: m.memory_total_mb,
+            memory_used_mb: m.memory_used_mb,
+            vmm_rss_mb: m.vmm_rss_mb,
+            cgroup_memory_mb: m.cgroup_memory_mb,
+            disk_total_mb: m.disk_total_mb,
+            disk_used_mb: m.disk_used_mb,
+            disk_allocated_mb: m.disk_allocated_mb,
+            idle_sec: m.idle_sec,
+            calls_in_flight: m.calls_in_flight,
+            streams_attached: m.streams_attached,
         }
     }
 }
