@@ -29,5 +29,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             image.display()
         );
     }
+    let cgroups = locale2b_manager::cgroup::Cgroups::detect(config.manager.cgroups);
+    println!("host limits per sandbox: {}", cgroups.describe());
+    if !cgroups.active() {
+        println!("  - sandboxes will run without memory, CPU and pids limits on their VMMs");
+    }
+    let workspaces = config.manager.base_dir.join("workspaces");
+    let probe_dir = if workspaces.exists() {
+        workspaces
+    } else {
+        config.manager.base_dir.clone()
+    };
+    match locale2b_manager::host::free_space_mb(&probe_dir) {
+        Some(free) => println!(
+            "disk: {free} MiB free under {} (a new {} MiB workspace disk needs {} MiB with the margin)",
+            probe_dir.display(),
+            config.manager.disk_size_mb,
+            config.manager.disk_size_mb + config.manager.disk_free_margin_mb
+        ),
+        None => println!("disk: {} is not readable yet", probe_dir.display()),
+    }
     Ok(())
 }
