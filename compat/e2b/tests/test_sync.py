@@ -279,6 +279,24 @@ def test_pause_then_connect_keeps_files_and_a_running_process(meta):
         Sandbox.kill(sandbox.sandbox_id)
 
 
+def test_lifecycle_auto_resume_wakes_a_paused_sandbox_on_its_next_call(meta):
+    sandbox = Sandbox.create(
+        metadata=meta,
+        timeout=600,
+        lifecycle={"on_timeout": "pause", "auto_resume": True},
+    )
+    try:
+        sandbox.files.write("/home/user/kept.txt", "still here")
+        sandbox.pause()
+        assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.PAUSED
+        # No connect: the next envd call resumes the sandbox by itself.
+        assert sandbox.files.read("/home/user/kept.txt") == "still here"
+        assert sandbox.commands.run("echo awake").stdout == "awake\n"
+        assert Sandbox.get_info(sandbox.sandbox_id).state == SandboxState.RUNNING
+    finally:
+        Sandbox.kill(sandbox.sandbox_id)
+
+
 def test_list_filters_by_metadata_and_kill(meta):
     tag = uuid.uuid4().hex[:8]
     a = Sandbox.create(metadata={**meta, "pick": f"a-{tag}"}, timeout=300)

@@ -223,9 +223,6 @@ impl NewSandbox {
         if self.iam.is_some() {
             return Some("IAM tokens (iam) are not supported by this server".into());
         }
-        if self.auto_resume.as_ref().is_some_and(|a| a.enabled) {
-            return Some("auto-resume (lifecycle.auto_resume) is not supported yet: connect to a paused sandbox to resume it".into());
-        }
         None
     }
 }
@@ -286,7 +283,7 @@ fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
         "endAt": end_at(info),
         "cpuCount": info.vcpu_count,
         "memoryMB": info.memory_mb,
-        "diskSizeMB": state.sandboxes().limits().disk_size_mb,
+        "diskSizeMB": info.disk_size_mb.unwrap_or(state.sandboxes().limits().disk_size_mb),
         "metadata": info.metadata,
         "state": state_of(info.status).unwrap_or("running"),
         "envdVersion": ENVD_VERSION,
@@ -299,7 +296,7 @@ fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
         v["domain"] = Value::Null;
         v["allowInternetAccess"] = Value::Bool(false);
         v["lifecycle"] = json!({
-            "autoResume": false,
+            "autoResume": info.auto_resume,
             "onTimeout": match info.on_timeout { OnTimeout::Pause => "pause", OnTimeout::Destroy => "kill" },
         });
     }
@@ -356,6 +353,7 @@ async fn create(state: AppState, headers: HeaderMap, bytes: Bytes, v2: bool) -> 
         }),
         metadata: req.metadata.clone().unwrap_or_default(),
         access_token: secure.then(random_token),
+        auto_resume: req.auto_resume.as_ref().map(|a| a.enabled),
         ..CreateSandbox::default()
     };
     let idem = headers

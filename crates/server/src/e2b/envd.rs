@@ -175,6 +175,8 @@ impl Envd {
     pub fn for_sandbox(state: &AppState, info: SandboxInfo, user: String) -> Result<Self, Refusal> {
         match info.status {
             SandboxStatus::Running => {}
+            // Its first guest call resumes it (lifecycle.auto_resume).
+            SandboxStatus::Paused | SandboxStatus::Pausing if info.auto_resume => {}
             SandboxStatus::Paused => {
                 return Err(Refusal::NotRunning(format!(
                     "sandbox {} is paused; connect to it (Sandbox.connect) to resume it",
