@@ -1416,7 +1416,7 @@ async fn run_async(args: SoakArgs) -> anyhow::Result<()> {
         }
     };
 
-    let outcome = soak_against(
+    let mut outcome = soak_against(
         &args,
         &url,
         &key,
@@ -1427,6 +1427,12 @@ async fn run_async(args: SoakArgs) -> anyhow::Result<()> {
         manifest,
     )
     .await;
+    // The verdict so far decides whether the server log is shown; the
+    // server's stop can still add to it.
+    if let Ok(r) = outcome.as_mut() {
+        r.failures = failures(r);
+        r.passed = r.failures.is_empty();
+    }
 
     // Stop the own server whatever happened; keep its log when asked.
     let mut killed_at_stop = Vec::new();
