@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: host setup, build, guest image (cached), Rust unit and
-# end-to-end tests (real guests under QEMU), a short fuzz run, and the Python
-# client tests against a real server. Prints one closing summary line and
-# exits non-zero if anything failed or if the end-to-end tests could not run.
+# end-to-end tests (real guests under QEMU), a 1-minute soak, a short fuzz
+# run, and the Python client tests against a real server. Prints one closing
+# summary line and exits non-zero if anything failed or if the end-to-end
+# tests could not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -58,6 +59,18 @@ if [ "$n_selfskip" -gt 0 ]; then
   echo "skipped (could not run here): $n_selfskip"
   sed 's/^/  /' "$LOCALE2B_SKIP_LOG"
 fi
+
+step "soak (1 minute, 2 clients, then leak checks)"
+# Its own server on the guest image above; fails on any failed request, a
+# leaked VMM, open-file growth, disk not returned or server RSS not flat.
+set +e
+./target/release/locale2b bench soak --minutes 1 --clients 2 --json "$LOG_DIR/soak.json" \
+  --server-log "$LOG_DIR/soak-server.log" >"$LOG_DIR/soak.txt" 2>"$LOG_DIR/soak.log"
+rc=$?
+set -e
+cat "$LOG_DIR/soak.txt"
+[ "$rc" -eq 0 ] || tail -20 "$LOG_DIR/soak.log"
+record "soak 1 min" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
 
 step "doc tests"
 set +e; cargo test --workspace --doc -q >"$LOG_DIR/doctest.log" 2>&1; rc=$?; set -e

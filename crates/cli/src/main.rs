@@ -26,7 +26,8 @@ enum Command {
     Image(image::ImageCommand),
     /// Explain which VMM backend this host can run, and why.
     Doctor,
-    /// Measure boot, exec, file, pause/resume, API latency and density against a real server.
+    /// Measure boot, exec, file, pause/resume, API latency and density against a real server
+    /// (`bench soak`: a long mixed load, then leak checks).
     Bench(bench::BenchArgs),
 }
 

@@ -12,11 +12,15 @@
 //! then density (fill a guest-RAM budget with small sandboxes). Output: a
 //! table on stdout and, with `--json PATH`, the document described in
 //! `docs/performance.md`. Progress goes to stderr.
+//!
+//! `locale2b bench soak` is a different run: a long mixed load, then leak
+//! checks (see [`soak`]).
 
 mod api;
 mod console;
 mod report;
 mod server;
+mod soak;
 mod stats;
 mod streams;
 mod transfer;
@@ -44,6 +48,7 @@ const OP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Flags of `locale2b bench`.
 #[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct BenchArgs {
     /// Benchmark this running server (e.g. http://127.0.0.1:8080) instead of
     /// starting one. Needs --api-key. Console logs, state files and snapshot
@@ -99,6 +104,18 @@ pub struct BenchArgs {
     /// Seconds to wait for the bench's own server to answer /health.
     #[arg(long, default_value_t = 60)]
     pub server_timeout_sec: u64,
+    /// Another run instead of the measurements (none: the bench).
+    #[command(subcommand)]
+    pub mode: Option<BenchMode>,
+}
+
+/// Runs of `locale2b bench` other than the measurements.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchMode {
+    /// Mixed load from concurrent clients for a while (create, exec, files,
+    /// processes, pause, resume, destroy), then leak checks: server RSS and
+    /// open files, VMM processes, disk use. Fails on any failed request or leak.
+    Soak(Box<soak::SoakArgs>),
 }
 
 /// Counts after applying `--quick` and defaults.
@@ -158,12 +175,17 @@ impl BenchArgs {
     }
 }
 
-/// Runs the benchmark (blocking: it builds its own Tokio runtime).
+/// Runs the benchmark, or the run `args.mode` names (blocking: it builds
+/// its own Tokio runtime).
 ///
 /// # Errors
 /// When the server cannot be started or reached, or the JSON file cannot be
-/// written. Failures of single operations are reported in the table instead.
-pub fn run(args: BenchArgs, config: &locale2b_config::Config) -> anyhow::Result<()> {
+/// written. Failures of single operations are reported in the table instead
+/// (the soak fails on them: see [`soak::run`]).
+pub fn run(mut args: BenchArgs, config: &locale2b_config::Config) -> anyhow::Result<()> {
+    if let Some(BenchMode::Soak(soak)) = args.mode.take() {
+        return soak::run(*soak, config);
+    }
     let args = args.resolve(config);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -1225,5 +1247,44 @@ mod tests {
             .counts();
         assert_eq!(explicit.iterations, 7);
         assert!(T::try_parse_from(["t", "--url", "http://x"]).is_err());
+    }
+
+    #[test]
+    fn soak_is_an_optional_subcommand() {
+        use clap::Parser;
+        #[derive(Debug, clap::Parser)]
+        struct T {
+            #[command(flatten)]
+            b: BenchArgs,
+        }
+        let plain = T::try_parse_from(["t", "--quick", "--json", "x.json"])
+            .unwrap()
+            .b;
+        assert!(plain.mode.is_none() && plain.quick);
+        let Some(BenchMode::Soak(s)) = T::try_parse_from([
+            "t",
+            "soak",
+            "--minutes",
+            "0.5",
+            "--clients",
+            "2",
+            "--json",
+            "s.json",
+        ])
+        .unwrap()
+        .b
+        .mode
+        else {
+            panic!("no soak");
+        };
+        assert_eq!((s.minutes, s.clients), (0.5, 2));
+        assert_eq!(s.json.as_deref(), Some(Path::new("s.json")));
+        let Some(BenchMode::Soak(d)) = T::try_parse_from(["t", "soak"]).unwrap().b.mode else {
+            panic!("no soak");
+        };
+        assert_eq!((d.minutes, d.clients, d.fd_tolerance), (10.0, 3, 8));
+        // Bench flags do not mix with the soak, and --server-pid needs --url.
+        assert!(T::try_parse_from(["t", "--quick", "soak"]).is_err());
+        assert!(T::try_parse_from(["t", "soak", "--server-pid", "1"]).is_err());
     }
 }

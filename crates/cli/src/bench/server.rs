@@ -145,6 +145,11 @@ impl OwnServer {
         self.child.id()
     }
 
+    /// The server's log file (inside the base directory).
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
     /// Last `n` lines of the server's log.
     pub fn log_tail(&self, n: usize) -> String {
         let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
