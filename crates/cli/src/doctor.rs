@@ -29,7 +29,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             image.display()
         );
     }
-    let cgroups = locale2b_manager::cgroup::Cgroups::detect(config.manager.cgroups);
+    let cgroups =
+        locale2b_manager::cgroup::Cgroups::detect(config.manager.cgroups, &config.manager.base_dir);
     println!("host limits per sandbox: {}", cgroups.describe());
     if !cgroups.active() {
         println!("  - sandboxes will run without memory, CPU and pids limits on their VMMs");

@@ -1,5 +1,7 @@
 //! Host limits per sandbox: every VMM process goes into its own cgroup
-//! `locale2b/<sandbox_id>` below the server's own cgroup, with a memory
+//! `locale2b-<base dir hash>/<sandbox_id>` below the server's own cgroup
+//! (one parent per base directory, so servers of different base
+//! directories never touch each other's cgroups), with a memory
 //! limit (guest RAM plus an overhead), a CPU quota (one core per vCPU plus
 //! a margin for the VMM's other threads) and a task limit.
 //!
@@ -13,8 +15,13 @@ use locale2b_config::CgroupMode;
 use locale2b_protocol::SandboxId;
 use std::path::{Path, PathBuf};
 
-/// Name of the directory holding the sandboxes' cgroups.
-const PARENT: &str = "locale2b";
+/// Name of the directory holding the sandboxes' cgroups of `base_dir`.
+pub fn parent_name(base_dir: &Path) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(base_dir.as_os_str().as_encoded_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("locale2b-{hex}")
+}
 /// CPU period, microseconds.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -115,14 +122,15 @@ fn make_dir(path: &Path) -> Result<(), String> {
 
 impl Cgroups {
     /// Finds a usable hierarchy (see the module docs).
-    pub fn detect(mode: CgroupMode) -> Self {
+    pub fn detect(mode: CgroupMode, base_dir: &Path) -> Self {
+        let parent = parent_name(base_dir);
         if mode == CgroupMode::Off {
             return Self::Unavailable("cgroups are off (LOCALE2B_CGROUPS=off)".into());
         }
         let mounts = mounts();
         let mut why = Vec::new();
         if let Some((point, _, _)) = mounts.iter().find(|(_, t, _)| t == "cgroup2") {
-            match Self::try_v2(point) {
+            match Self::try_v2(point, &parent) {
                 Ok(me) => return me,
                 Err(e) => why.push(format!("cgroup v2 at {}: {e}", point.display())),
             }
@@ -131,7 +139,7 @@ impl Cgroups {
             mounts
                 .iter()
                 .find(|(_, t, o)| t == "cgroup" && o.split(',').any(|x| x == c))
-                .map(|(p, _, _)| p.join(own_path(Some(c))).join(PARENT))
+                .map(|(p, _, _)| p.join(own_path(Some(c))).join(&parent))
         };
         match (v1("memory"), v1("cpu"), v1("pids")) {
             (Some(memory), Some(cpu), Some(pids)) => {
@@ -146,7 +154,7 @@ impl Cgroups {
         Self::Unavailable(why.join("; "))
     }
 
-    fn try_v2(point: &Path) -> Result<Self, String> {
+    fn try_v2(point: &Path, parent: &str) -> Result<Self, String> {
         let own = point.join(own_path(None));
         let available = std::fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
         let missing: Vec<&str> = ["memory", "cpu", "pids"]
@@ -160,7 +168,7 @@ impl Cgroups {
                 own.display()
             ));
         }
-        let dir = own.join(PARENT);
+        let dir = own.join(parent);
         make_dir(&dir)?;
         // Controllers must be enabled on the way down; a cgroup that holds
         // processes itself (other than the root) cannot delegate them.
@@ -317,7 +325,9 @@ mod tests {
 
     #[test]
     fn off_means_unavailable() {
-        let c = Cgroups::detect(CgroupMode::Off);
+        let c = Cgroups::detect(CgroupMode::Off, Path::new("/tmp/x"));
+        assert_ne!(parent_name(Path::new("/a")), parent_name(Path::new("/b")));
+        assert!(parent_name(Path::new("/a")).starts_with("locale2b-"));
         assert!(!c.active());
         assert!(
             c.describe().contains("LOCALE2B_CGROUPS=off"),

@@ -333,7 +333,8 @@ async fn a_fork_bomb_and_a_memory_hog_stay_inside_their_cgroup() {
         .copied()
         .expect("the hog's VMM");
     let cg = std::fs::read_to_string(format!("/proc/{qemu}/cgroup")).unwrap();
-    assert!(cg.contains(&format!("locale2b/{hog}")), "{cg}");
+    let parent = locale2b_manager::cgroup::parent_name(s._base.path());
+    assert!(cg.contains(&format!("{parent}/{hog}")), "{cg}");
 
     // Inside the guest: a memory hog and a fork bomb, left running.
     let (st, body) = s

@@ -129,7 +129,7 @@ impl SandboxManager {
             max_sandboxes: config.max_sandboxes,
             memory_budget_mb,
         });
-        let cgroups = crate::cgroup::Cgroups::detect(config.cgroups);
+        let cgroups = crate::cgroup::Cgroups::detect(config.cgroups, &config.base_dir);
         if cgroups.active() {
             tracing::info!(cgroups = %cgroups.describe(), "host limits per sandbox");
         } else {
