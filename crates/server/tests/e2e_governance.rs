@@ -387,3 +387,68 @@ async fn a_fork_bomb_and_a_memory_hog_stay_inside_their_cgroup() {
         "the hog's VMM survived its destroy"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_ends_paused_retention_and_removes_unnamed_snapshots() {
+    let Some(image) = image_dir() else { return };
+    let s = Server::start_with(&image, 2, |c| {
+        c.manager.paused_retention_sec = 2;
+        c.manager.reaper_interval_sec = 1;
+    })
+    .await;
+    let id = create(&s, json!({"memory_mb": 256, "workspace_id": "kept-disk"})).await;
+    exec(&s, &id, "echo on-disk > /workspace/note").await;
+    // A snapshot directory no workspace names (as a crash mid-pause leaves).
+    let snaps = s._base.path().join("workspaces/kept-disk/snapshots");
+    let junk = snaps.join("snap-junk000000");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("memory"), b"stale").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while junk.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the unnamed snapshot was not reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let (st, paused) = s
+        .call(M::POST, &format!("/sandboxes/{id}/pause"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{paused}");
+    // The sandbox's own snapshot is named by its workspace: kept while paused.
+    let named = info(&s, &id).await;
+    assert_eq!(named["status"], "paused", "{named}");
+    // Its retention of 2 s ends in a destroy by the reaper.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (st, body) = s.call(M::GET, &format!("/sandboxes/{id}"), None).await;
+        if st == StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(body["status"], "paused", "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "still there after its retention: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The named workspace's disk is kept: a new sandbox on it sees the file.
+    let again = create(&s, json!({"memory_mb": 256, "workspace_id": "kept-disk"})).await;
+    assert_eq!(
+        exec(&s, &again, "cat /workspace/note").await["stdout"],
+        "on-disk\n"
+    );
+    let text = s
+        .req(M::GET, "/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("locale2b_retention_destroys_total 1\n"),
+        "{text}"
+    );
+}
