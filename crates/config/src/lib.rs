@@ -91,6 +91,9 @@ impl OnTimeout {
     }
 }
 
+/// Smallest writable disk a workspace may have, MiB.
+pub const MIN_DISK_SIZE_MB: u64 = 64;
+
 /// What a create or resume does when capacity is exhausted
 /// (`LOCALE2B_EVICTION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
@@ -453,9 +456,9 @@ impl ManagerConfig {
                 self.base_dir.as_os_str().len()
             ));
         }
-        if self.disk_size_mb < 64 || self.disk_size_mb > self.max_disk_size_mb {
+        if self.disk_size_mb < MIN_DISK_SIZE_MB || self.disk_size_mb > self.max_disk_size_mb {
             return bad(format!(
-                "disk sizes must satisfy 64 <= disk_size_mb ({}) <= max_disk_size_mb ({})",
+                "disk sizes must satisfy {MIN_DISK_SIZE_MB} <= disk_size_mb ({}) <= max_disk_size_mb ({})",
                 self.disk_size_mb, self.max_disk_size_mb
             ));
         }

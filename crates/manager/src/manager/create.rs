@@ -45,9 +45,10 @@ impl SandboxManager {
         }
         let timeout_sec = self.lifetime(req.timeout_sec)?;
         let disk_size_mb = req.disk_size_mb.unwrap_or(cfg.disk_size_mb);
-        if disk_size_mb < 64 || disk_size_mb > cfg.max_disk_size_mb {
+        let min_disk = locale2b_config::MIN_DISK_SIZE_MB;
+        if disk_size_mb < min_disk || disk_size_mb > cfg.max_disk_size_mb {
             return Err(ManagerError::InvalidInput(format!(
-                "disk_size_mb must be between 64 and {} (got {disk_size_mb}; max_disk_size_mb)",
+                "disk_size_mb must be between {min_disk} and {} (got {disk_size_mb}; max_disk_size_mb)",
                 cfg.max_disk_size_mb
             )));
         }

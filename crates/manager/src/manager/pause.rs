@@ -311,6 +311,7 @@ impl SandboxManager {
                 if let Some(vm) = vm_slot.take() {
                     let _ = vm.kill().await;
                 }
+                self.release_cgroup(id);
                 sb.update(|r| {
                     r.process = None;
                     r.status = SandboxStatus::Paused;
