@@ -96,9 +96,41 @@ pub fn set_clock(unix_time_ms: u64) -> std::io::Result<()> {
     nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, ts).map_err(std::io::Error::from)
 }
 
+/// `RNDRESEEDCRNG` (`_IO('R', 0x07)`): reseed the kernel CRNG from the
+/// input pool now. Needs CAP_SYS_ADMIN; a failure is logged (the bytes are
+/// mixed in either way and the kernel reseeds on its own schedule).
+fn reseed_crng(urandom: &std::fs::File) {
+    use std::os::fd::AsRawFd as _;
+    const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+    // SAFETY: an argument-less ioctl on a descriptor we own.
+    let rc = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if rc != 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "RNDRESEEDCRNG failed");
+    }
+}
+
+/// The machine id of a sandbox: 32 hex digits derived from its id, so it
+/// is stable across pause and resume and differs between clones.
+pub fn machine_id_of(sandbox_id: &str) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("locale2b machine-id {sandbox_id}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `/etc/machine-id` for `sandbox_id` (only when it changes).
+fn set_machine_id(sandbox_id: &str) -> std::io::Result<()> {
+    let id = format!("{}\n", machine_id_of(sandbox_id));
+    if std::fs::read_to_string("/etc/machine-id").is_ok_and(|cur| cur == id) {
+        return Ok(());
+    }
+    let tmp = "/etc/.machine-id.tmp";
+    std::fs::write(tmp, &id)?;
+    std::fs::rename(tmp, "/etc/machine-id")
+}
+
 /// `init`: records identity and environment defaults, mixes entropy into
-/// the kernel pool, and (when the agent manages the system) sets the
-/// hostname and wall clock.
+/// the kernel pool, and (when the agent manages the system) reseeds the
+/// CRNG and sets the machine id, hostname and wall clock.
 ///
 /// # Errors
 /// `invalid_request` for bad base64 or an unusable hostname, or the OS error.
@@ -127,15 +159,25 @@ pub async fn init(ctx: &Arc<AgentContext>, req: InitRequest) -> Result<Response,
         ));
     }
     if let Some(bytes) = entropy {
-        // Writing to /dev/urandom mixes the bytes into the pool (without
-        // crediting entropy), which is what clones need.
+        // Writing to /dev/urandom mixes the bytes into the input pool
+        // (without crediting entropy); the reseed makes the CRNG draw from
+        // it now, so clones restored from one snapshot part ways at once.
         let res = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/urandom")
-            .and_then(|mut f| f.write_all(&bytes));
+            .and_then(|mut f| {
+                f.write_all(&bytes)?;
+                if ctx.config.manage_system {
+                    reseed_crng(&f);
+                }
+                Ok(())
+            });
         res.map_err(|e| ErrorBody::io("/dev/urandom", &e))?;
     }
     if ctx.config.manage_system {
+        if let Err(e) = set_machine_id(&req.sandbox_id) {
+            tracing::warn!(error = %e, "cannot write /etc/machine-id");
+        }
         set_hostname(&hostname).map_err(|e| ErrorBody::io("sethostname", &e))?;
         if let Err(e) = set_hosts_entry(&hostname) {
             tracing::warn!(error = %e, "cannot update /etc/hosts");
@@ -199,6 +241,15 @@ pub fn power_off() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn machine_ids_are_stable_per_sandbox_and_differ_between_sandboxes() {
+        let a = machine_id_of("sb-a");
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(a, machine_id_of("sb-a"));
+        assert_ne!(a, machine_id_of("sb-b"));
+    }
 
     #[test]
     fn the_hosts_file_names_the_sandbox() {

@@ -52,6 +52,10 @@ pub struct SnapshotManifest {
     pub state: FileDigest,
     /// Guest memory file.
     pub memory: FileDigest,
+    /// The guest RAM is in the state file and the memory file is empty (a
+    /// snapshot of a sandbox created from a template snapshot).
+    #[serde(default)]
+    pub ram_in_state: bool,
     /// Creation time, RFC 3339.
     pub created_at: String,
 }
@@ -204,6 +208,7 @@ mod tests {
             vcpu_count: 1,
             state: digest(dir, "state").unwrap(),
             memory: digest(dir, "memory").unwrap(),
+            ram_in_state: false,
             created_at: "now".into(),
         };
         crate::store::write_json_atomic(&dir.join(MANIFEST), &m).unwrap();

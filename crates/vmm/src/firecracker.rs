@@ -510,6 +510,7 @@ impl Starting {
             vsock_path: self.layout.host_path(VSOCK_SOCKET),
             control_path: self.api.socket().to_owned(),
             console_log: self.run_dir.join(CONSOLE_LOG),
+            memory_template: None,
         };
         FirecrackerVm {
             sandbox_id: self.sandbox_id,
@@ -622,6 +623,7 @@ impl VmHandle for FirecrackerVm {
         let files = SnapshotFiles {
             state: dir.join(SNAPSHOT_STATE),
             memory: dir.join(SNAPSHOT_MEMORY),
+            ram_in_state: false,
         };
         let (state, memory) = match (
             self.layout.outside_path(&files.state),

@@ -100,6 +100,10 @@ pub struct VmProcess {
     pub control_path: PathBuf,
     /// Serial console log.
     pub console_log: PathBuf,
+    /// The template memory file the VM maps copy-on-write (a clone made by
+    /// [`Vmm::clone_from`]); `None` when the VM owns its memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_template: Option<PathBuf>,
 }
 
 /// Observed state of a VM.
@@ -125,6 +129,11 @@ pub struct SnapshotFiles {
     pub state: PathBuf,
     /// Guest memory file.
     pub memory: PathBuf,
+    /// The guest RAM travels in `state` and `memory` is empty: a snapshot
+    /// of a clone, whose RAM is a private copy-on-write mapping of its
+    /// template's file and so in no file of its own.
+    #[serde(default)]
+    pub ram_in_state: bool,
 }
 
 /// Errors of the VMM drivers.
@@ -228,6 +237,32 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
     /// restart). Fails with [`VmmError::ExitedEarly`]-like errors when the
     /// process is gone or its PID now belongs to another process.
     async fn attach(&self, spec: &VmSpec, process: &VmProcess) -> Result<Box<dyn VmHandle>>;
+
+    /// Starts a new VM from a template snapshot (made by
+    /// [`VmHandle::snapshot`] of a VM with the same memory size, vCPUs and
+    /// device layout), mapping the template's memory file copy-on-write and
+    /// shared with every other clone of it; the file itself is never
+    /// written. `spec` names the clone's own run directory and disks.
+    ///
+    /// # Errors
+    /// [`VmmError::Unsupported`] for a backend without it; otherwise as
+    /// [`Vmm::restore`]. On error nothing is left running.
+    async fn clone_from(
+        &self,
+        spec: &VmSpec,
+        template: &SnapshotFiles,
+    ) -> Result<Box<dyn VmHandle>> {
+        let _ = (spec, template);
+        Err(VmmError::Unsupported(
+            "creating a VM from a template snapshot",
+        ))
+    }
+
+    /// What identifies this VMM build and its settings, for keying template
+    /// snapshots: a snapshot taken by one VMM may not load in another.
+    fn identity(&self) -> String {
+        self.kind().to_string()
+    }
 }
 
 /// A running (or paused) VM.

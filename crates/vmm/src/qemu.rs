@@ -23,6 +23,15 @@
 //! a linked file. Restore copies the snapshot's memory back into the new run
 //! directory before QEMU maps it, so the snapshot files are never written
 //! and a failed restore leaves the snapshot usable.
+//!
+//! # Clones of a template
+//! [`Vmm::clone_from`] starts QEMU with the template's memory file mapped
+//! `share=off` (MAP_PRIVATE): pages the clone only reads stay shared with
+//! every other clone through the host page cache, pages it writes become
+//! its own, and the file is never written. Such a VM has no memory file of
+//! its own, so its snapshot carries the RAM in the migration stream
+//! (`x-ignore-shared` off, [`SnapshotFiles::ram_in_state`]) and an empty
+//! `memory`; restoring that gives an ordinary VM with its own memory file.
 
 mod qmp;
 
@@ -127,12 +136,23 @@ impl QemuVmm {
         kernel_cmdline(self.tsc_khz, &spec.extra_boot_args)
     }
 
-    /// QEMU's arguments for `spec` (`incoming` adds `-S -incoming defer`).
+    /// QEMU's arguments for `spec` (`incoming` adds `-S -incoming defer`),
+    /// with guest RAM in the run directory's own memory file.
     pub fn args(&self, spec: &VmSpec, incoming: bool) -> Vec<String> {
-        build_args(&self.config, spec, &self.kernel_cmdline(spec), incoming)
+        self.args_with(spec, incoming, &Ram::Own)
     }
 
-    async fn launch(&self, spec: &VmSpec, incoming: bool) -> Result<Launched> {
+    fn args_with(&self, spec: &VmSpec, incoming: bool, ram: &Ram) -> Vec<String> {
+        build_args(
+            &self.config,
+            spec,
+            &self.kernel_cmdline(spec),
+            incoming,
+            ram,
+        )
+    }
+
+    async fn launch(&self, spec: &VmSpec, incoming: bool, ram: &Ram) -> Result<Launched> {
         check_spec(spec)?;
         let paths = RunPaths::new(&spec.run_dir);
         paths.remove_sockets();
@@ -145,7 +165,9 @@ impl QemuVmm {
             .try_clone()
             .map_err(|e| io_err("duplicate log file handle", e))?;
         let mut cmd = tokio::process::Command::new(&self.config.binary);
-        cmd.args(self.args(spec, incoming)).stdout(log).stderr(log2);
+        cmd.args(self.args_with(spec, incoming, ram))
+            .stdout(log)
+            .stderr(log2);
         let process = VmmProcess::spawn(cmd).map_err(|source| VmmError::Spawn {
             what: "qemu",
             source,
@@ -156,6 +178,7 @@ impl QemuVmm {
                 process,
                 qmp,
                 paths,
+                ram: ram.clone(),
             }),
             Err(e) => {
                 let _ = process.kill(Duration::from_secs(5)).await;
@@ -206,6 +229,10 @@ impl QemuVmm {
                 vsock_path: l.paths.vsock.clone(),
                 control_path: l.paths.qmp.clone(),
                 console_log: l.paths.console.clone(),
+                memory_template: match &l.ram {
+                    Ram::Own => None,
+                    Ram::Private(p) => Some(p.clone()),
+                },
             },
             sandbox_id: spec.sandbox_id.to_string(),
             process: l.process,
@@ -213,6 +240,7 @@ impl QemuVmm {
             paths: l.paths,
             bridge: std::sync::Mutex::new(Some(bridge)),
             migrate_timeout: self.config.migrate_timeout,
+            ram_private: matches!(l.ram, Ram::Private(_)),
         }))
     }
 }
@@ -221,6 +249,54 @@ struct Launched {
     process: VmmProcess,
     qmp: Qmp,
     paths: RunPaths,
+    ram: Ram,
+}
+
+/// Where guest RAM lives.
+#[derive(Debug, Clone)]
+enum Ram {
+    /// `<run_dir>/memory`, mapped shared (the VM owns the file).
+    Own,
+    /// A template's memory file, mapped private (copy-on-write).
+    Private(PathBuf),
+}
+
+impl QemuVmm {
+    /// Loads the migration stream `state` into a just launched `-incoming
+    /// defer` QEMU and lets it run.
+    async fn load_incoming(&self, l: &Launched, state: &Path, ignore_shared: bool) -> Result<()> {
+        set_migration_caps(&l.qmp, ignore_shared).await?;
+        let uri = format!("exec:cat {}", shell_quote(state));
+        l.qmp
+            .execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await
+            .map_err(|e| qmp_err("migrate-incoming", e))?;
+        wait_migration(&l.qmp, &l.process, &l.paths, self.config.migrate_timeout).await?;
+        // After the stream is loaded the VM leaves `inmigrate`.
+        let deadline = Instant::now() + self.config.qmp_timeout;
+        loop {
+            let state = l
+                .qmp
+                .run_state()
+                .await
+                .map_err(|e| qmp_err("query-status", e))?;
+            if state != "inmigrate" {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(VmmError::Timeout {
+                    what: "restored VM to leave inmigrate".into(),
+                    after: self.config.qmp_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        l.qmp
+            .execute("cont", None)
+            .await
+            .map_err(|e| qmp_err("cont", e))?;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -232,7 +308,7 @@ impl Vmm for QemuVmm {
     async fn start(&self, spec: &VmSpec) -> Result<Box<dyn VmHandle>> {
         let paths = RunPaths::new(&spec.run_dir);
         remove_if_exists(&paths.memory)?;
-        let l = self.launch(spec, false).await?;
+        let l = self.launch(spec, false, &Ram::Own).await?;
         let status = l.qmp.run_state().await;
         if let Err(e) = status {
             let _ = l.process.kill(Duration::from_secs(5)).await;
@@ -256,43 +332,17 @@ impl Vmm for QemuVmm {
         }
         let t0 = Instant::now();
         let paths = RunPaths::new(&spec.run_dir);
-        copy_file(&snapshot.memory, &paths.memory).await?;
-        let copied = t0.elapsed();
-        let l = self.launch(spec, true).await?;
-        let result = async {
-            set_migration_caps(&l.qmp).await?;
-            let uri = format!("exec:cat {}", shell_quote(&snapshot.state));
-            l.qmp
-                .execute("migrate-incoming", Some(json!({ "uri": uri })))
-                .await
-                .map_err(|e| qmp_err("migrate-incoming", e))?;
-            wait_migration(&l.qmp, &l.process, &l.paths, self.config.migrate_timeout).await?;
-            // After the stream is loaded the VM leaves `inmigrate`.
-            let deadline = Instant::now() + self.config.qmp_timeout;
-            loop {
-                let state = l
-                    .qmp
-                    .run_state()
-                    .await
-                    .map_err(|e| qmp_err("query-status", e))?;
-                if state != "inmigrate" {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    return Err(VmmError::Timeout {
-                        what: "restored VM to leave inmigrate".into(),
-                        after: self.config.qmp_timeout,
-                    });
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            l.qmp
-                .execute("cont", None)
-                .await
-                .map_err(|e| qmp_err("cont", e))?;
-            Ok(())
+        if snapshot.ram_in_state {
+            // QEMU creates a fresh memory file and fills it from the stream.
+            remove_if_exists(&paths.memory)?;
+        } else {
+            copy_file(&snapshot.memory, &paths.memory).await?;
         }
-        .await;
+        let copied = t0.elapsed();
+        let l = self.launch(spec, true, &Ram::Own).await?;
+        let result = self
+            .load_incoming(&l, &snapshot.state, !snapshot.ram_in_state)
+            .await;
         if let Err(e) = result {
             let _ = l.process.kill(Duration::from_secs(5)).await;
             l.paths.remove_sockets();
@@ -320,13 +370,75 @@ impl Vmm for QemuVmm {
             .await
             .map_err(|e| qmp_err("connect", e))?;
         info!(sandbox_id = %spec.sandbox_id, pid = process.pid, "re-attached to qemu");
+        let ram = match &process.memory_template {
+            Some(p) => Ram::Private(p.clone()),
+            None => Ram::Own,
+        };
         self.handle(
             spec,
             Launched {
                 process: proc,
                 qmp,
                 paths,
+                ram,
             },
+        )
+    }
+
+    async fn clone_from(
+        &self,
+        spec: &VmSpec,
+        template: &SnapshotFiles,
+    ) -> Result<Box<dyn VmHandle>> {
+        for (what, p) in [
+            ("template state", &template.state),
+            ("template memory", &template.memory),
+        ] {
+            if !p.is_file() {
+                return Err(VmmError::MissingFile {
+                    what,
+                    path: p.clone(),
+                });
+            }
+        }
+        if template.ram_in_state {
+            return Err(VmmError::Unsupported(
+                "a template snapshot whose RAM is in its state stream",
+            ));
+        }
+        let t0 = Instant::now();
+        let l = self
+            .launch(spec, true, &Ram::Private(template.memory.clone()))
+            .await?;
+        if let Err(e) = self.load_incoming(&l, &template.state, true).await {
+            let _ = l.process.kill(Duration::from_secs(5)).await;
+            l.paths.remove_sockets();
+            return Err(e);
+        }
+        info!(
+            sandbox_id = %spec.sandbox_id,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "qemu clone started from a template snapshot"
+        );
+        self.handle(spec, l)
+    }
+
+    fn identity(&self) -> String {
+        let binary =
+            resolve_binary(&self.config.binary).unwrap_or_else(|_| self.config.binary.clone());
+        let stamp = std::fs::metadata(&binary)
+            .map(|m| {
+                use std::os::unix::fs::MetadataExt as _;
+                format!("{}:{}", m.len(), m.mtime())
+            })
+            .unwrap_or_default();
+        format!(
+            "qemu {} {stamp} accel={:?} tb={} acpi={} tsc={:?}",
+            binary.display(),
+            self.config.accel,
+            self.config.tb_size_mb,
+            self.config.acpi,
+            self.tsc_khz
         )
     }
 }
@@ -341,6 +453,8 @@ pub struct QemuVm {
     paths: RunPaths,
     bridge: std::sync::Mutex<Option<Bridge>>,
     migrate_timeout: Duration,
+    /// RAM is a private mapping of a template's file (see the module docs).
+    ram_private: bool,
 }
 
 impl QemuVm {
@@ -424,8 +538,9 @@ impl VmHandle for QemuVm {
         let files = SnapshotFiles {
             state: dir.join("state"),
             memory: dir.join("memory"),
+            ram_in_state: self.ram_private,
         };
-        set_migration_caps(&self.qmp).await?;
+        set_migration_caps(&self.qmp, !self.ram_private).await?;
         // `completed` can be reported before QEMU has closed the pipe and
         // `cat` has written the last bytes: the shell renames the file only
         // after `cat` succeeded, so its appearance means it is whole.
@@ -451,7 +566,12 @@ impl VmHandle for QemuVm {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let saved = t0.elapsed();
-        copy_file(&self.paths.memory, &files.memory).await?;
+        if self.ram_private {
+            std::fs::File::create(&files.memory)
+                .map_err(|e| io_err(format!("create {}", files.memory.display()), e))?;
+        } else {
+            copy_file(&self.paths.memory, &files.memory).await?;
+        }
         for f in [&files.state, &files.memory] {
             fsync(f)?;
         }
@@ -602,7 +722,13 @@ fn opt_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
-fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) -> Vec<String> {
+fn build_args(
+    cfg: &QemuConfig,
+    spec: &VmSpec,
+    cmdline: &str,
+    incoming: bool,
+    ram: &Ram,
+) -> Vec<String> {
     let paths = RunPaths::new(&spec.run_dir);
     let mem = spec.memory.0;
     let mut a: Vec<String> = Vec::new();
@@ -631,11 +757,15 @@ fn build_args(cfg: &QemuConfig, spec: &VmSpec, cmdline: &str, incoming: bool) ->
         "-m",
         &format!("{mem}M"),
     ]);
+    let (mem_path, share) = match ram {
+        Ram::Own => (paths.memory.as_path(), "on"),
+        Ram::Private(p) => (p.as_path(), "off"),
+    };
     push(&[
         "-object",
         &format!(
-            "memory-backend-file,id=mem,size={mem}M,mem-path={},share=on",
-            opt_escape(&paths.memory)
+            "memory-backend-file,id=mem,size={mem}M,mem-path={},share={share}",
+            opt_escape(mem_path)
         ),
         "-machine",
         "memory-backend=mem",
@@ -702,10 +832,12 @@ fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
-async fn set_migration_caps(qmp: &Qmp) -> Result<()> {
+/// `ignore_shared`: leave file-backed shared RAM out of the stream (the
+/// memory file is the snapshot); source and destination must agree.
+async fn set_migration_caps(qmp: &Qmp, ignore_shared: bool) -> Result<()> {
     qmp.execute(
         "migrate-set-capabilities",
-        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})),
+        Some(json!({"capabilities": [{"capability": "x-ignore-shared", "state": ignore_shared}]})),
     )
     .await
     .map_err(|e| qmp_err("migrate-set-capabilities", e))?;
@@ -972,7 +1104,7 @@ mod tests {
         let dir = Path::new("/r");
         let s = spec(dir);
         let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
-        let args = build_args(&cfg, &s, "console=ttyS0", false);
+        let args = build_args(&cfg, &s, "console=ttyS0", false, &Ram::Own);
         let joined = args.join(" ");
         assert!(
             joined.contains("-M microvm,acpi=on -accel tcg,tb-size=64"),
@@ -999,11 +1131,17 @@ mod tests {
             .expect("disk1");
         assert!(disk0 < disk1, "root disk first");
         assert!(!joined.contains("-incoming"));
-        let inc = build_args(&cfg, &s, "x", true).join(" ");
+        let inc = build_args(&cfg, &s, "x", true, &Ram::Own).join(" ");
         assert!(inc.ends_with("-S -incoming defer"));
+        assert!(inc.contains("share=on"), "own RAM is mapped shared");
+        let clone = build_args(&cfg, &s, "x", true, &Ram::Private("/t/memory".into())).join(" ");
+        assert!(
+            clone.contains("mem-path=/t/memory,share=off"),
+            "a clone maps the template file private: {clone}"
+        );
         let mut no_acpi = QemuConfig::new("q", Accel::Kvm);
         no_acpi.acpi = false;
-        let kvm = build_args(&no_acpi, &s, "x", false).join(" ");
+        let kvm = build_args(&no_acpi, &s, "x", false, &Ram::Own).join(" ");
         assert!(kvm.contains("-M microvm,acpi=off"));
         assert!(kvm.contains("-accel kvm -cpu host"));
     }

@@ -498,6 +498,7 @@ async fn restore_failure(h: Harness) {
     let missing = SnapshotFiles {
         state: h.dir.path().join("nope/state"),
         memory: files.memory.clone(),
+        ram_in_state: false,
     };
     let err = h
         .vmm()

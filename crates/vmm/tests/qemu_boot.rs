@@ -315,6 +315,7 @@ async fn qemu_attach_to_a_dead_process_fails() {
         vsock_path: spec.run_dir.join("vsock.sock"),
         control_path: spec.run_dir.join("qmp.sock"),
         console_log: spec.run_dir.join("console.log"),
+        memory_template: None,
     };
     let err = vmm().attach(&spec, &process).await.expect_err("stale pid");
     assert!(matches!(err, VmmError::ExitedEarly { .. }), "{err}");
@@ -459,4 +460,144 @@ async fn qemu_guest_poweroff_then_shutdown_is_quick() {
         );
         assert_cleaned_up(vm.as_ref());
     }
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .expect("sha256sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn copy_sparse(from: &Path, to: &Path) {
+    let st = std::process::Command::new("cp")
+        .args(["--sparse=always", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(st.success(), "cp {} failed", from.display());
+}
+
+/// Proportional set size of a process, KiB (`/proc/<pid>/smaps_rollup`).
+fn pss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qemu_clones_of_a_template_snapshot_share_its_memory_and_diverge() {
+    let Some(image) = image_dir() else { return };
+    init_tracing();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let vmm = vmm();
+
+    // The template: booted once, marked, snapshotted, stopped.
+    let tpl_disk = tmp.path().join("tpl.ext4");
+    make_disk(&tpl_disk);
+    let tpl_spec = spec(&image, &tpl_disk, &tmp.path().join("tpl-run"));
+    let tpl = vmm.start(&tpl_spec).await.expect("start template");
+    let _reap_tpl = Reap::of(tpl.as_ref());
+    let mut agent = Agent::connect(tpl.vsock_path(), Duration::from_secs(90)).await;
+    let (code, _) = agent
+        .exec("mkdir -p /root && echo from-template > /tmp/tpl && echo disk-template > /root/tpl && sync")
+        .await;
+    assert_eq!(code, 0);
+    drop(agent);
+    tpl.pause().await.expect("pause template");
+    let tpl_dir = tmp.path().join("tpl");
+    std::fs::create_dir_all(&tpl_dir).expect("template dir");
+    let files = tpl.snapshot(&tpl_dir).await.expect("template snapshot");
+    assert!(!files.ram_in_state);
+    tpl.kill().await.expect("kill template");
+    let tpl_sha = sha256_of(&files.memory);
+
+    // Two clones, each on its own copy of the template's disk.
+    let mut clones = Vec::new();
+    let mut reaps = Vec::new();
+    for n in 1..=2 {
+        let disk = tmp.path().join(format!("c{n}.ext4"));
+        copy_sparse(&tpl_disk, &disk);
+        let s = spec(&image, &disk, &tmp.path().join(format!("c{n}-run")));
+        let t = Instant::now();
+        let vm = vmm.clone_from(&s, &files).await.expect("clone");
+        reaps.push(Reap::of(vm.as_ref()));
+        let mut agent = Agent::connect(vm.vsock_path(), Duration::from_secs(30)).await;
+        agent.ping().await;
+        println!("TIMING clone {n} to ping {:?}", t.elapsed());
+        assert_eq!(
+            vm.process().memory_template.as_deref(),
+            Some(files.memory.as_path())
+        );
+        let (code, out) = agent.exec("cat /tmp/tpl /root/tpl").await;
+        assert_eq!((code, out.as_str()), (0, "from-template\ndisk-template\n"));
+        let (code, _) = agent
+            .exec(&format!(
+                "echo clone-{n} > /tmp/mine && echo disk-{n} > /root/mine && sync"
+            ))
+            .await;
+        assert_eq!(code, 0);
+        clones.push((vm, agent, s));
+    }
+    for (n, (vm, agent, _)) in clones.iter_mut().enumerate() {
+        let (code, out) = agent.exec("cat /tmp/mine /root/mine").await;
+        assert_eq!(code, 0);
+        assert_eq!(
+            out,
+            format!("clone-{0}\ndisk-{0}\n", n + 1),
+            "clones do not see each other's writes"
+        );
+        println!(
+            "TIMING clone {} PSS {} KiB",
+            n + 1,
+            pss_kib(vm.process().pid)
+        );
+    }
+
+    // A clone's snapshot carries its RAM; restored, it is an ordinary VM.
+    let (vm1, agent1, spec1) = clones.remove(0);
+    drop(agent1);
+    vm1.pause().await.expect("pause clone");
+    let snap = tmp.path().join("c1-snap");
+    std::fs::create_dir_all(&snap).expect("snap dir");
+    let t = Instant::now();
+    let cs = vm1.snapshot(&snap).await.expect("snapshot of a clone");
+    println!("TIMING clone snapshot {:?}", t.elapsed());
+    assert!(cs.ram_in_state);
+    assert_eq!(std::fs::metadata(&cs.memory).expect("memory").len(), 0);
+    vm1.kill().await.expect("kill clone");
+    let spec1b = VmSpec {
+        run_dir: tmp.path().join("c1-run2"),
+        ..spec1
+    };
+    std::fs::create_dir_all(&spec1b.run_dir).expect("run dir");
+    let vm1b = vmm
+        .restore(&spec1b, &cs)
+        .await
+        .expect("restore a clone's snapshot");
+    let _reap1b = Reap::of(vm1b.as_ref());
+    assert_eq!(vm1b.process().memory_template, None);
+    let mut agent = Agent::connect(vm1b.vsock_path(), Duration::from_secs(30)).await;
+    let (code, out) = agent.exec("cat /tmp/tpl /tmp/mine /root/mine").await;
+    assert_eq!(code, 0);
+    assert_eq!(out, "from-template\nclone-1\ndisk-1\n");
+    drop(agent);
+    vm1b.kill().await.expect("kill");
+    for (vm, _, _) in &clones {
+        vm.kill().await.expect("kill clone");
+        assert_cleaned_up(vm.as_ref());
+    }
+    assert_eq!(
+        sha256_of(&files.memory),
+        tpl_sha,
+        "the template memory file was written"
+    );
 }

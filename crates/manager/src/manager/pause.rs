@@ -164,6 +164,7 @@ impl SandboxManager {
                 vcpu_count: r.vcpu_count,
                 state: digests.0,
                 memory: digests.1,
+                ram_in_state: files.ram_in_state,
                 created_at: crate::store::now_rfc3339(),
             };
             write_json_atomic(&tmp.join(snapshot::MANIFEST), &manifest)
@@ -265,6 +266,7 @@ impl SandboxManager {
         let files = SnapshotFiles {
             state: snap_dir.join(&manifest.state.name),
             memory: snap_dir.join(&manifest.memory.name),
+            ram_in_state: manifest.ram_in_state,
         };
         let spec = self.vm_spec(&record, &image);
         let result = async {
