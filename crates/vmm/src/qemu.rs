@@ -319,17 +319,7 @@ impl Vmm for QemuVmm {
     }
 
     async fn restore(&self, spec: &VmSpec, snapshot: &SnapshotFiles) -> Result<Box<dyn VmHandle>> {
-        for (what, p) in [
-            ("snapshot state", &snapshot.state),
-            ("snapshot memory", &snapshot.memory),
-        ] {
-            if !p.is_file() {
-                return Err(VmmError::MissingFile {
-                    what,
-                    path: p.clone(),
-                });
-            }
-        }
+        require_files(snapshot, ["snapshot state", "snapshot memory"])?;
         let t0 = Instant::now();
         let paths = RunPaths::new(&spec.run_dir);
         if snapshot.ram_in_state {
@@ -390,17 +380,7 @@ impl Vmm for QemuVmm {
         spec: &VmSpec,
         template: &SnapshotFiles,
     ) -> Result<Box<dyn VmHandle>> {
-        for (what, p) in [
-            ("template state", &template.state),
-            ("template memory", &template.memory),
-        ] {
-            if !p.is_file() {
-                return Err(VmmError::MissingFile {
-                    what,
-                    path: p.clone(),
-                });
-            }
-        }
+        require_files(template, ["template state", "template memory"])?;
         if template.ram_in_state {
             return Err(VmmError::Unsupported(
                 "a template snapshot whose RAM is in its state stream",
@@ -825,6 +805,20 @@ fn build_args(
         push(&["-S", "-incoming", "defer"]);
     }
     a
+}
+
+/// Fails with [`VmmError::MissingFile`] when the state or memory file of
+/// `files` is not a file (`what` names them in the error).
+fn require_files(files: &SnapshotFiles, what: [&'static str; 2]) -> Result<()> {
+    for (what, p) in what.into_iter().zip([&files.state, &files.memory]) {
+        if !p.is_file() {
+            return Err(VmmError::MissingFile {
+                what,
+                path: p.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Quotes `p` for `/bin/sh` (used in `exec:` migration URIs).
