@@ -39,6 +39,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod drain;
 pub mod e2b;
 pub mod error;
 pub mod extract;

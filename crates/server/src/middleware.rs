@@ -61,8 +61,10 @@ fn new_request_id() -> String {
 
 /// Outermost layer: gives every request an id (`X-Request-Id` response
 /// header), a span with method, path and sandbox id, and logs its status
-/// and latency when done.
+/// and latency when done. Its body drains itself if a handler answers
+/// before reading it ([`crate::drain`]).
 pub async fn trace(req: Request, next: Next) -> Response {
+    let req = req.map(|b| axum::body::Body::new(crate::drain::DrainOnDrop::new(b)));
     let id = new_request_id();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

@@ -596,3 +596,69 @@ async fn serve_answers_on_a_socket_and_shuts_down() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_client_still_sending_an_over_limit_body_receives_the_413() {
+    // The server answers 413 as soon as it knows the body is too big; a
+    // client that writes the whole body before reading (most HTTP clients)
+    // must still get that answer, not a reset connection.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.manager.base_dir = dir.path().to_owned();
+    config.server.max_body_bytes = 1 << 20;
+    let manager = SandboxManager::open(Arc::new(config.manager), Arc::new(NoVmm), "tcg".into())
+        .await
+        .unwrap();
+    let state = AppState::new(
+        manager,
+        ApiKeys::new(vec![("t".into(), Secret::new(KEY))]),
+        &config.server,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(locale2b_server::serve(listener, state, async move {
+        let _ = stop_rx.await;
+    }));
+
+    let body = format!(r#"{{"path":"/a","content":"{}"}}"#, "A".repeat(24 << 20));
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /sandboxes/sb-x/files/write HTTP/1.1\r\nHost: test\r\nX-API-Key: {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        conn.write_all(head.as_bytes()).await?;
+        conn.write_all(body.as_bytes()).await
+    })
+    .await
+    .expect("the body is taken within 30 s");
+    sent.expect("the whole body could be sent");
+    let mut buf = vec![0u8; 64 << 10];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), conn.read(&mut buf))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap();
+    let reply = String::from_utf8_lossy(&buf[..n]);
+    assert!(reply.starts_with("HTTP/1.1 413"), "{reply}");
+    assert!(reply.contains("files/content"), "{reply}");
+
+    // The connection is still good for the next request.
+    conn.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = String::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conn.read_to_string(&mut rest),
+    )
+    .await
+    .expect("reply within 10 s")
+    .unwrap();
+    assert!(rest.contains("HTTP/1.1 200"), "{rest}");
+
+    stop_tx.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
