@@ -91,6 +91,41 @@ impl OnTimeout {
     }
 }
 
+/// How a new sandbox's guest is started (`LOCALE2B_BOOT`, or `boot` in a
+/// create request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Boot {
+    /// Boot the kernel from scratch.
+    #[default]
+    Cold,
+    /// Clone a snapshot of a guest booted once for this image and size
+    /// (built on first use); falls back to a cold boot, with a logged
+    /// reason, when the VMM cannot clone or the snapshot is unusable.
+    Template,
+}
+
+impl Boot {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cold => "cold",
+            Self::Template => "template",
+        }
+    }
+}
+
+impl std::str::FromStr for Boot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cold" => Ok(Self::Cold),
+            "template" => Ok(Self::Template),
+            other => Err(format!("unknown boot {other:?}: expected cold or template")),
+        }
+    }
+}
+
 /// Smallest writable disk a workspace may have, MiB.
 pub const MIN_DISK_SIZE_MB: u64 = 64;
 
@@ -303,6 +338,8 @@ pub struct ManagerConfig {
     pub max_sandbox_timeout_sec: u64,
     /// What happens at the end of a lifetime when the create does not say.
     pub on_timeout: OnTimeout,
+    /// How a new sandbox starts when the create does not say.
+    pub boot: Boot,
     /// Grace period between asking a guest to power off and killing it.
     pub shutdown_grace_sec: u64,
     /// How long pause and destroy wait for calls already running in the
@@ -357,6 +394,7 @@ impl Default for ManagerConfig {
             sandbox_timeout_sec: 0,
             max_sandbox_timeout_sec: 7 * 24 * 3600,
             on_timeout: OnTimeout::Destroy,
+            boot: Boot::Cold,
             shutdown_grace_sec: 5,
             settle_timeout_sec: 5,
             crash_at: None,
@@ -653,6 +691,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("sandbox_timeout_sec", "manager", Int),
         ("max_sandbox_timeout_sec", "manager", Int),
         ("on_timeout", "manager", Str),
+        ("boot", "manager", Str),
         ("shutdown_grace_sec", "manager", Int),
         ("settle_timeout_sec", "manager", Int),
         ("crash_at", "manager", Str),
@@ -1007,6 +1046,7 @@ mod tests {
                     "base_dir" => toml::Value::String("/tmp/x".into()),
                     "default_template" => toml::Value::String("default".into()),
                     "on_timeout" => toml::Value::String("pause".into()),
+                    "boot" => toml::Value::String("template".into()),
                     "eviction" => toml::Value::String("none".into()),
                     "cgroups" => toml::Value::String("off".into()),
                     _ => toml::Value::String("x".into()),

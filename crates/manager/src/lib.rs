@@ -40,7 +40,7 @@ pub mod snapshot;
 pub mod store;
 
 pub use error::{GuestErrorKind, ManagerError, Result};
-pub use locale2b_config::{ManagerConfig, VmmConfig};
+pub use locale2b_config::{Boot, ManagerConfig, VmmConfig};
 pub use manager::{SandboxManager, CRASH_POINTS};
 pub use model::*;
 pub use service::{GuestOps, SandboxService};

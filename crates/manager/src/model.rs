@@ -91,6 +91,11 @@ pub struct CreateSandbox {
     /// Size of a new workspace's writable disk, MiB; the configured
     /// `disk_size_mb` when `None`. An existing workspace keeps its size.
     pub disk_size_mb: Option<u64>,
+    /// How the guest starts; the configured `boot` when `None`. A create
+    /// that attaches an existing workspace always boots cold (its disk is
+    /// its own), and `template` falls back to cold when no template
+    /// snapshot can be used.
+    pub boot: Option<locale2b_config::Boot>,
 }
 
 /// Checks environment variable names (POSIX: letters, digits and `_`, not
@@ -188,6 +193,9 @@ pub struct SandboxInfo {
     pub paused_by: Option<String>,
     /// Size of its workspace's writable disk, MiB.
     pub disk_size_mb: Option<u64>,
+    /// How its guest was started at create (`None` while starting, and for
+    /// sandboxes created before this was recorded).
+    pub boot: Option<locale2b_config::Boot>,
     /// See [`CreateSandbox::access_token`]; never serialized.
     #[serde(skip)]
     pub access_token: Option<Secret>,

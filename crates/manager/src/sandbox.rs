@@ -321,6 +321,7 @@ impl Sandbox {
             paused_at: r.paused_at.clone(),
             paused_by: r.paused_by.clone(),
             disk_size_mb: r.disk_size_mb,
+            boot: r.boot,
             access_token: r.access_token.clone().map(crate::Secret::new),
         }
     }

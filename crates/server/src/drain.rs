@@ -91,7 +91,10 @@ async fn drain(body: Body) {
         }
     })
     .await;
-    tracing::debug!(bytes = read, "drained the rest of a request body answered early");
+    tracing::debug!(
+        bytes = read,
+        "drained the rest of a request body answered early"
+    );
 }
 
 #[cfg(test)]

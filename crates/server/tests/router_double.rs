@@ -67,6 +67,7 @@ fn info(id: &str) -> SandboxInfo {
         paused_at: None,
         paused_by: None,
         disk_size_mb: Some(1024),
+        boot: None,
         access_token: None,
     }
 }

@@ -258,6 +258,12 @@ pub trait Vmm: Send + Sync + std::fmt::Debug {
         ))
     }
 
+    /// Whether [`Vmm::clone_from`] is implemented (callers skip building a
+    /// template they could not use).
+    fn can_clone(&self) -> bool {
+        false
+    }
+
     /// What identifies this VMM build and its settings, for keying template
     /// snapshots: a snapshot taken by one VMM may not load in another.
     fn identity(&self) -> String {

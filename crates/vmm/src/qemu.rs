@@ -403,6 +403,10 @@ impl Vmm for QemuVmm {
         self.handle(spec, l)
     }
 
+    fn can_clone(&self) -> bool {
+        true
+    }
+
     fn identity(&self) -> String {
         let binary =
             resolve_binary(&self.config.binary).unwrap_or_else(|_| self.config.binary.clone());
@@ -890,7 +894,10 @@ async fn wait_migration(
 
 /// Copies `from` to `to` (reflink where possible, holes preserved) via a
 /// temporary name, so `to` is either absent or complete.
-async fn copy_file(from: &Path, to: &Path) -> Result<()> {
+///
+/// # Errors
+/// When `cp` fails or cannot run.
+pub async fn copy_file(from: &Path, to: &Path) -> Result<()> {
     let tmp = to.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let out = tokio::process::Command::new("cp")

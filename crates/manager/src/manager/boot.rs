@@ -31,10 +31,7 @@ impl SandboxManager {
             ],
             memory: MemMib(r.memory_mb),
             vcpus: r.vcpu_count,
-            extra_boot_args: format!(
-                "init=/usr/local/bin/locale2b-agent locale2b.sandbox_id={}",
-                r.sandbox_id
-            ),
+            extra_boot_args: super::template::boot_args(r.sandbox_id.as_str()),
             run_dir: layout.sandbox_dir(&r.sandbox_id),
             guest_cid: r.guest_cid,
         }

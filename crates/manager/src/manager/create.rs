@@ -5,7 +5,7 @@ use super::SandboxManager;
 use crate::registry::Admission;
 use crate::sandbox::{Intent, Next, Sandbox};
 use crate::store::{create_private_dir, SandboxRecord, RECORD_FORMAT};
-use crate::{CreateSandbox, ManagerError, Result, SandboxInfo, SandboxStatus};
+use crate::{Boot, CreateSandbox, ManagerError, Result, SandboxInfo, SandboxStatus};
 use locale2b_protocol::{SandboxId, WorkspaceId};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,6 +19,39 @@ fn destroyed_while_starting(id: &SandboxId) -> ManagerError {
 }
 
 impl SandboxManager {
+    /// Starts the sandbox's VM as a clone of template `t` and brings its
+    /// agent up (`init` gives the clone its own identity).
+    async fn clone_up(
+        &self,
+        sb: &Sandbox,
+        spec: &locale2b_vmm::VmSpec,
+        t: &super::template::Template,
+        vm_slot: &mut Option<Box<dyn locale2b_vmm::VmHandle>>,
+    ) -> Result<()> {
+        let spec = locale2b_vmm::VmSpec {
+            extra_boot_args: t.extra_boot_args.clone(),
+            ..spec.clone()
+        };
+        let vm = locale2b_vmm::Vmm::clone_from(self.vmm.as_ref(), &spec, &t.files)
+            .await
+            .map_err(|e| {
+                ManagerError::vm(
+                    format!(
+                        "failed to clone the template snapshot for sandbox {}",
+                        sb.id
+                    ),
+                    e,
+                )
+            })?;
+        sb.update(|r| r.process = Some(vm.process().clone()));
+        self.confine(sb, vm.process().pid);
+        let vm = vm_slot.insert(vm);
+        tokio::select! {
+            up = self.bring_up(sb, vm.as_ref()) => up,
+            () = sb.doomed() => Err(destroyed_while_starting(&sb.id)),
+        }
+    }
+
     /// Creates (boots) a sandbox. When `workspace_id` names a workspace whose
     /// sandbox is paused, that sandbox is resumed instead; when it is already
     /// running, the running sandbox is returned (so a retried create with a
@@ -107,6 +140,26 @@ impl SandboxManager {
 
         let image = self.image(&template)?;
         let sandbox_id = SandboxId::generate();
+        // A template snapshot only for a new workspace: an existing one's
+        // disk is its own, not the template's.
+        let boot = req.boot.unwrap_or(cfg.boot);
+        // Boot time includes building the template on first use.
+        let started = Instant::now();
+        let from_template = if boot == Boot::Template && existing.is_none() {
+            let disk_mb = disk_size_mb.unwrap_or(cfg.disk_size_mb);
+            match self
+                .template_for(&template, &image, memory_mb, vcpus, disk_mb)
+                .await
+            {
+                Ok(t) => Some(t),
+                Err(why) => {
+                    info!(sandbox_id = %sandbox_id, reason = %why, "no template snapshot to clone; booting cold");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let now = crate::store::now_rfc3339();
         let mut env = cfg.sandbox_env.clone();
         env.extend(req.env.clone());
@@ -137,13 +190,13 @@ impl SandboxManager {
             paused_at: None,
             paused_by: None,
             disk_size_mb,
+            boot: None,
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;
         self.admit(&sb, Admission::New).await?;
 
         let made_workspace = existing.is_none();
-        let started = Instant::now();
         let result = async {
             let ws = match existing {
                 Some(ws) => ws,
@@ -154,6 +207,7 @@ impl SandboxManager {
                             &template,
                             ephemeral,
                             disk_size_mb.unwrap_or(cfg.disk_size_mb),
+                            from_template.as_ref().map(|t| t.disk.as_path()),
                         )
                         .await?
                 }
@@ -165,6 +219,35 @@ impl SandboxManager {
                 return Err(destroyed_while_starting(&sandbox_id));
             }
             let spec = self.vm_spec(&sb.record(), &image);
+            if let Some(t) = &from_template {
+                match self.clone_up(&sb, &spec, t, &mut vm_slot).await {
+                    Ok(()) => {
+                        if sb.is_doomed() {
+                            return Err(destroyed_while_starting(&sandbox_id));
+                        }
+                        sb.update(|r| r.boot = Some(Boot::Template));
+                        self.crash_point("create:agent_ready");
+                        return Ok(ws);
+                    }
+                    Err(e) if sb.is_doomed() => return Err(e),
+                    Err(e) => {
+                        warn!(sandbox_id = %sandbox_id, template_dir = %t.dir.display(), reason = %e, "cloning the template snapshot failed; removing it and booting cold");
+                        self.templates.failed(&t.key, &e.to_string());
+                        self.templates.forget_checked(&t.dir);
+                        let _ = std::fs::remove_dir_all(&t.dir);
+                        if let Some(vm) = vm_slot.take() {
+                            let _ = vm.kill().await;
+                        }
+                        self.release_cgroup(&sandbox_id);
+                        sb.update(|r| r.process = None);
+                        // The disk the template's memory knew is no use to
+                        // a cold boot: start from an empty one.
+                        let size = disk_size_mb.unwrap_or(cfg.disk_size_mb);
+                        crate::store::make_disk(&self.store.layout().workspace_disk(&workspace_id), size).await?;
+                    }
+                }
+            }
+            sb.update(|r| r.boot = Some(Boot::Cold));
             let vm = self.vmm.start(&spec).await.map_err(|e| {
                 ManagerError::vm(
                     format!("failed to start the VM for sandbox {sandbox_id}"),

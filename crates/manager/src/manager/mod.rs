@@ -9,6 +9,7 @@
 //! | `govern.rs` | eviction, disk-space admission, cgroups, usage samples, the reaper, metrics |
 //! | `pause.rs` | pause (snapshot) and resume (restore) |
 //! | `boot.rs` | bringing a guest up: VM spec, agent wait, `init` |
+//! | `template.rs` | template snapshots that creates clone instead of booting |
 //! | `recover.rs` | start-up reconciliation, orphan scan, health check |
 //! | `workspaces.rs` | workspace queries and deletion |
 //! | `service.rs` | the [`SandboxService`](crate::SandboxService) implementation |
@@ -32,6 +33,7 @@ mod lifetime;
 mod pause;
 mod recover;
 mod service;
+mod template;
 mod workspaces;
 
 use crate::guest::ExecRules;
@@ -63,6 +65,8 @@ pub struct SandboxManager {
     metrics: Arc<crate::metrics::Metrics>,
     /// Where VMM cgroups are made (or why not).
     cgroups: crate::cgroup::Cgroups,
+    /// Template snapshots: build locks, failures, checked files.
+    templates: template::Templates,
 }
 
 /// The points where `crash_at` (testing only) kills the server, in the
@@ -139,6 +143,7 @@ impl SandboxManager {
             me: me.clone(),
             metrics: Arc::default(),
             cgroups,
+            templates: template::Templates::default(),
             config,
             vmm,
             accel,

@@ -263,8 +263,9 @@ impl SandboxManager {
         }
     }
 
-    /// Kills VMM processes that run from our sandboxes directory but belong
-    /// to no sandbox we track (left behind by a crash).
+    /// Kills VMM processes that run from our sandboxes or templates
+    /// directory but belong to no sandbox we track (left behind by a
+    /// crash).
     pub(super) fn kill_orphans(&self) {
         let known: Vec<u32> = self
             .registry
@@ -272,7 +273,12 @@ impl SandboxManager {
             .iter()
             .filter_map(|sb| sb.record().process.map(|p| p.pid))
             .collect();
-        for pid in host::vmm_processes_under(&self.store.layout().sandboxes_dir()) {
+        let layout = self.store.layout();
+        // Template VMs live only while a build runs; at start none does.
+        let found = host::vmm_processes_under(&layout.sandboxes_dir())
+            .into_iter()
+            .chain(host::vmm_processes_under(&layout.templates_dir()));
+        for pid in found {
             if known.contains(&pid) || pid == std::process::id() {
                 continue;
             }

@@ -4,6 +4,7 @@
 //! <base>/images/<template>/{vmlinux,rootfs.ext4,manifest.json}
 //! <base>/sandboxes/<sandbox_id>/{state.json, vsock.sock, console.log, ...}
 //! <base>/workspaces/<workspace_id>/{workspace.json, disk.ext4, snapshots/<snapshot_id>/}
+//! <base>/templates/<template>-<key16>/{state, memory, disk.ext4, template.json}
 //! ```
 //! Every path is built from a typed id ([`SandboxId`], [`WorkspaceId`]) or a
 //! validated template name, never from a raw caller string.
@@ -66,6 +67,11 @@ impl Layout {
     /// Snapshots of a workspace.
     pub fn snapshots_dir(&self, id: &WorkspaceId) -> PathBuf {
         self.workspace_dir(id).join("snapshots")
+    }
+
+    /// Template snapshots (see `manager/template.rs`).
+    pub fn templates_dir(&self) -> PathBuf {
+        self.base.join("templates")
     }
 
     /// Installed images of a template (name validated by the caller).

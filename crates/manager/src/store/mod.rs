@@ -114,7 +114,8 @@ impl Store {
     }
 
     /// Makes a new workspace: its directories, a sparse formatted disk of
-    /// `disk_size_mb` and its record.
+    /// `disk_size_mb` (or a copy of `disk_from`, a template's disk) and its
+    /// record.
     ///
     /// # Errors
     /// Internal when a directory, the disk or the record cannot be made.
@@ -124,10 +125,17 @@ impl Store {
         template: &str,
         ephemeral: bool,
         disk_size_mb: u64,
+        disk_from: Option<&Path>,
     ) -> Result<WorkspaceRecord> {
         create_private_dir(&self.layout.workspace_dir(id))?;
         create_private_dir(&self.layout.snapshots_dir(id))?;
-        make_disk(&self.layout.workspace_disk(id), disk_size_mb).await?;
+        let disk = self.layout.workspace_disk(id);
+        match disk_from {
+            Some(from) => locale2b_vmm::qemu::copy_file(from, &disk)
+                .await
+                .map_err(|e| crate::ManagerError::vm("cannot copy the template's disk", e))?,
+            None => make_disk(&disk, disk_size_mb).await?,
+        }
         let ws = WorkspaceRecord::new(id.clone(), template, ephemeral, disk_size_mb);
         self.write_workspace(&ws)
             .map_err(|e| crate::ManagerError::io("cannot write workspace.json", e))?;

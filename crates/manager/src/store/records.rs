@@ -89,6 +89,10 @@ pub struct SandboxRecord {
     /// workspace's).
     #[serde(default)]
     pub disk_size_mb: Option<u64>,
+    /// How its guest was started at create: `cold` or `template` (cloned
+    /// from a template snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<locale2b_config::Boot>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.

@@ -45,6 +45,7 @@ pub async fn create_sandbox(
         idle_timeout_sec: body.idle_timeout_sec,
         auto_resume: body.auto_resume,
         disk_size_mb: body.disk_size_mb,
+        boot: body.boot,
     };
     let m = s.sandboxes().clone();
     let info = detached(async move { m.create(req).await }).await?;

@@ -1,6 +1,6 @@
 //! Bodies of the sandbox lifecycle routes.
 
-use locale2b_manager::{OnTimeout, SandboxInfo};
+use locale2b_manager::{Boot, OnTimeout, SandboxInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::ToSchema;
@@ -52,6 +52,14 @@ pub struct CreateSandboxBody {
     /// existing workspace keeps its size.
     #[schema(example = 2048)]
     pub disk_size_mb: Option<u64>,
+    /// How the guest starts: `cold` (boot the kernel) or `template` (clone
+    /// a snapshot of a guest booted once for this image and size, built on
+    /// first use; much faster). The server's `boot` when absent. A create
+    /// that attaches an existing workspace boots cold, and `template` falls
+    /// back to cold (with a logged reason) when no template snapshot can be
+    /// used; the answer's `boot` says which happened.
+    #[schema(value_type = Option<String>, example = "template")]
+    pub boot: Option<Boot>,
 }
 
 /// `POST /sandboxes/{id}/timeout`.
@@ -114,6 +122,10 @@ pub struct SandboxResponse {
     pub paused_by: Option<String>,
     /// Size of its writable disk, MiB.
     pub disk_size_mb: Option<u64>,
+    /// How its guest was started at create: `cold` or `template`; `null`
+    /// while starting.
+    #[schema(example = "template")]
+    pub boot: Option<String>,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -138,6 +150,7 @@ impl From<SandboxInfo> for SandboxResponse {
             auto_resume: s.auto_resume,
             paused_at: s.paused_at,
             paused_by: s.paused_by,
+            boot: s.boot.map(|b| b.as_str().to_owned()),
             disk_size_mb: s.disk_size_mb,
         }
     }
