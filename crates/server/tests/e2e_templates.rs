@@ -32,15 +32,20 @@ impl std::io::Write for Logs {
 }
 
 impl Logs {
+    /// The process's log (installed by the first caller).
     fn capture() -> Self {
-        let logs = Self::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("locale2b_manager=info")
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        logs
+        static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = Self::default();
+            let writer = logs.clone();
+            tracing_subscriber::fmt()
+                .with_env_filter("locale2b_manager=info")
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .init();
+            logs
+        })
+        .clone()
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
@@ -245,4 +250,109 @@ async fn a_stale_template_is_not_used_and_a_damaged_one_gives_a_cold_boot_and_a_
     let fourth = create(&s, json!({"memory_mb": 256})).await;
     assert_eq!(fourth["boot"], "template", "{fourth}");
     assert_eq!(exec(&s, &id_of(&fourth), "echo ok").await, "ok\n");
+}
+
+/// PSS of a process, KiB: the whole process, and only its mappings of
+/// `file` (the template's memory).
+fn pss_kib(pid: u32, file: &Path) -> (u64, u64) {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
+    let (mut total, mut of_file, mut in_file) = (0, 0, false);
+    let file = file.to_string_lossy();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if first.contains('-') && !first.ends_with(':') {
+            in_file = line.ends_with(file.as_ref());
+        } else if let Some(v) = line.strip_prefix("Pss:") {
+            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap();
+            total += kib;
+            if in_file {
+                of_file += kib;
+            }
+        }
+    }
+    (total, of_file)
+}
+
+fn vmm_pid(base: &Path, id: &str) -> u32 {
+    let state: Value = serde_json::from_slice(
+        &std::fs::read(base.join("sandboxes").join(id).join("state.json")).unwrap(),
+    )
+    .unwrap();
+    u32::try_from(state["process"]["pid"].as_u64().unwrap()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_clones_of_256_mib_run_at_once_and_share_the_template_memory() {
+    const N: usize = 40;
+    let Some(image) = image_dir() else { return };
+    let logs = Logs::capture();
+    let s = Server::start_with(&image, 41, |c| {
+        c.manager.boot = Boot::Template;
+        c.manager.memory_budget_mb = 41 * 256;
+        // Forty idle TCG guests share two cores: give slow answers time.
+        c.manager.health_check_interval_sec = 30;
+    })
+    .await;
+    let base = s._base.path().to_path_buf();
+
+    // Four creates at once on a server with no template: one build.
+    let first: Vec<Value> =
+        futures::future::join_all((0..4).map(|_| create(&s, json!({"memory_mb": 256})))).await;
+    let built = logs.text().matches("template snapshot built").count();
+    assert_eq!(
+        built, 1,
+        "concurrent first creates built the template {built} times"
+    );
+    let mut ids: Vec<String> = first.iter().map(id_of).collect();
+    let mut ms = Vec::new();
+    for _ in 4..N {
+        let info = create(&s, json!({"memory_mb": 256})).await;
+        assert_eq!(info["boot"], "template", "{info}");
+        ms.push(info["boot_ms"].as_u64().unwrap());
+        ids.push(id_of(&info));
+    }
+    ms.sort_unstable();
+    println!(
+        "TIMING {} clones: create p50 {} ms, p95 {} ms, max {} ms",
+        ms.len(),
+        ms[ms.len() / 2],
+        ms[ms.len() * 95 / 100],
+        ms[ms.len() - 1]
+    );
+
+    // All forty answer, each as itself.
+    for id in &ids {
+        let out = exec(&s, id, "cat /proc/sys/kernel/hostname").await;
+        assert_eq!(out.trim(), id);
+    }
+
+    let templates = templates(&base);
+    assert_eq!(templates.len(), 1, "{templates:?}");
+    let memory = templates[0].join("memory");
+    let (mut total, mut guest) = (0u64, 0u64);
+    for id in &ids {
+        let (t, g) = pss_kib(vmm_pid(&base, id), &memory);
+        total += t;
+        guest += g;
+    }
+    let nominal = (N as u64) * 256 * 1024;
+    println!(
+        "MEMORY {N} clones of 256 MiB: PSS {} MiB in all ({} MiB per clone), of it the template's memory {} MiB ({} MiB per clone); nominal {} MiB",
+        total / 1024,
+        total / 1024 / N as u64,
+        guest / 1024,
+        guest / 1024 / N as u64,
+        nominal / 1024
+    );
+    assert!(guest > 0, "no clone maps the template's memory file");
+    assert!(
+        total < nominal / 2,
+        "{N} clones use {} MiB, not far below the nominal {} MiB",
+        total / 1024,
+        nominal / 1024
+    );
+    for id in &ids {
+        let (st, _) = s.call(M::DELETE, &format!("/sandboxes/{id}"), None).await;
+        assert_eq!(st, StatusCode::OK);
+    }
 }
