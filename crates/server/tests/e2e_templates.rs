@@ -252,27 +252,6 @@ async fn a_stale_template_is_not_used_and_a_damaged_one_gives_a_cold_boot_and_a_
     assert_eq!(exec(&s, &id_of(&fourth), "echo ok").await, "ok\n");
 }
 
-/// PSS of a process, KiB: the whole process, and only its mappings of
-/// `file` (the template's memory).
-fn pss_kib(pid: u32, file: &Path) -> (u64, u64) {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap();
-    let (mut total, mut of_file, mut in_file) = (0, 0, false);
-    let file = file.to_string_lossy();
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if first.contains('-') && !first.ends_with(':') {
-            in_file = line.ends_with(file.as_ref());
-        } else if let Some(v) = line.strip_prefix("Pss:") {
-            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap();
-            total += kib;
-            if in_file {
-                of_file += kib;
-            }
-        }
-    }
-    (total, of_file)
-}
-
 fn vmm_pid(base: &Path, id: &str) -> u32 {
     let state: Value = serde_json::from_slice(
         &std::fs::read(base.join("sandboxes").join(id).join("state.json")).unwrap(),
@@ -331,7 +310,7 @@ async fn forty_clones_of_256_mib_run_at_once_and_share_the_template_memory() {
     let memory = templates[0].join("memory");
     let (mut total, mut guest) = (0u64, 0u64);
     for id in &ids {
-        let (t, g) = pss_kib(vmm_pid(&base, id), &memory);
+        let (t, g) = locale2b_vmm::process::pss_kib(vmm_pid(&base, id), &memory).unwrap();
         total += t;
         guest += g;
     }

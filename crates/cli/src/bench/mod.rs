@@ -23,6 +23,7 @@ mod server;
 mod soak;
 mod stats;
 mod streams;
+mod templates;
 mod transfer;
 
 use anyhow::Context;
@@ -257,7 +258,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         _ => {
             let budget = counts
                 .density_budget_mb
-                .max(u64::from(args.memory_mb) * 2)
+                .max(u64::from(args.memory_mb) * (templates::IDLE_CLONES as u64 + 1))
                 .max(512);
             let per = u64::from(args.density_memory_mb.max(1));
             let max_sandboxes = u32::try_from(budget / per + 2).unwrap_or(u32::MAX).max(4);
@@ -513,6 +514,7 @@ impl Bench {
             self.counts.pause_cycles
         );
         let mut metrics = self.cold_boots().await;
+        metrics.extend(self.template_creates().await);
         metrics.extend(self.working_sandbox().await);
         let density = if self.counts.density_budget_mb > 0 {
             let (m, d) = self.density(args).await;
