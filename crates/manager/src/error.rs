@@ -73,6 +73,9 @@ pub enum ManagerError {
     /// built before it); the message says to rebuild the image.
     #[error("{0}")]
     Unsupported(String),
+    /// The VMM backend in use cannot do this (e.g. fork with firecracker).
+    #[error("{0}")]
+    BackendUnsupported(String),
     /// A request carries more than a limit allows; the message names it.
     #[error("{0}")]
     TooLarge(String),

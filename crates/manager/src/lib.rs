@@ -41,6 +41,6 @@ pub mod store;
 
 pub use error::{GuestErrorKind, ManagerError, Result};
 pub use locale2b_config::{Boot, ManagerConfig, VmmConfig};
-pub use manager::{SandboxManager, CRASH_POINTS};
+pub use manager::{SandboxManager, CRASH_POINTS, MAX_FORK_CHILDREN};
 pub use model::*;
 pub use service::{GuestOps, SandboxService};

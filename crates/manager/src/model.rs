@@ -147,6 +147,29 @@ pub fn check_metadata(metadata: &BTreeMap<String, String>) -> crate::Result<()> 
     Ok(())
 }
 
+/// How a sandbox's guest was started at create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootSource {
+    /// The kernel booted.
+    Cold,
+    /// A clone of a template snapshot.
+    Template,
+    /// A child of `POST /sandboxes/{id}/fork`: a clone of its parent.
+    Fork,
+}
+
+impl BootSource {
+    /// The lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cold => "cold",
+            Self::Template => "template",
+            Self::Fork => "fork",
+        }
+    }
+}
+
 /// Public view of one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxInfo {
@@ -195,7 +218,9 @@ pub struct SandboxInfo {
     pub disk_size_mb: Option<u64>,
     /// How its guest was started at create (`None` while starting, and for
     /// sandboxes created before this was recorded).
-    pub boot: Option<locale2b_config::Boot>,
+    pub boot: Option<BootSource>,
+    /// The sandbox it was forked from, for a fork child.
+    pub forked_from: Option<SandboxId>,
     /// See [`CreateSandbox::access_token`]; never serialized.
     #[serde(skip)]
     pub access_token: Option<Secret>,

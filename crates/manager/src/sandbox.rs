@@ -322,6 +322,7 @@ impl Sandbox {
             paused_by: r.paused_by.clone(),
             disk_size_mb: r.disk_size_mb,
             boot: r.boot,
+            forked_from: r.forked_from.clone(),
             access_token: r.access_token.clone().map(crate::Secret::new),
         }
     }

@@ -33,6 +33,15 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn pause(&self, id: &SandboxId) -> Result<SandboxInfo>;
     /// Restores a paused sandbox.
     async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo>;
+    /// Forks a running sandbox into `count` children that continue from
+    /// its memory and disk; the parent keeps running.
+    async fn fork(&self, id: &SandboxId, count: u32) -> Result<Vec<SandboxInfo>> {
+        let _ = count;
+        Err(crate::ManagerError::NotFound {
+            kind: "sandbox",
+            id: id.to_string(),
+        })
+    }
     /// Sets the sandbox's lifetime to `timeout_sec` from now (0 = no end);
     /// on a paused sandbox, the lifetime its next resume starts.
     async fn set_timeout(&self, id: &SandboxId, timeout_sec: u64) -> Result<SandboxInfo>;

@@ -144,6 +144,7 @@ impl ApiError {
                 M::Conflict(_) => simple(StatusCode::CONFLICT, "conflict"),
                 M::TooLarge(_) => simple(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
                 M::Unsupported(_) => simple(StatusCode::NOT_IMPLEMENTED, "guest_too_old"),
+                M::BackendUnsupported(_) => simple(StatusCode::NOT_IMPLEMENTED, "not_implemented"),
                 // The snapshot cannot be used and retrying will not help;
                 // the sandbox stays paused (destroy it or keep its data).
                 M::SnapshotInvalid(_) => simple(StatusCode::CONFLICT, "snapshot_invalid"),

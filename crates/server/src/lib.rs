@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
             get(h::get_sandbox).delete(h::destroy_sandbox),
         )
         .route("/sandboxes/{id}/pause", post(h::pause_sandbox))
+        .route("/sandboxes/{id}/fork", post(h::fork_sandbox))
         .route("/sandboxes/{id}/resume", post(h::resume_sandbox))
         .route("/sandboxes/{id}/timeout", post(h::set_timeout))
         .route("/sandboxes/{id}/exec", post(h::exec))

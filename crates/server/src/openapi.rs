@@ -38,6 +38,7 @@ use utoipa::{Modify, OpenApi};
         handlers::get_sandbox,
         handlers::destroy_sandbox,
         handlers::pause_sandbox,
+        handlers::fork_sandbox,
         handlers::resume_sandbox,
         handlers::set_timeout,
         handlers::exec,

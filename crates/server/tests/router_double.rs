@@ -68,6 +68,7 @@ fn info(id: &str) -> SandboxInfo {
         paused_by: None,
         disk_size_mb: Some(1024),
         boot: None,
+        forked_from: None,
         access_token: None,
     }
 }

@@ -274,6 +274,35 @@ impl VmmProcess {
     }
 }
 
+/// Proportional set size of a process, KiB: all of it, and the part that
+/// maps `file` (e.g. a template's memory file, shared between its clones:
+/// each page counts 1/n for n sharers).
+///
+/// # Errors
+/// When `/proc/<pid>/smaps` cannot be read (the process is gone).
+pub fn pss_kib(pid: u32, file: &Path) -> io::Result<(u64, u64)> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let file = file.to_string_lossy();
+    let (mut total, mut of_file, mut in_file) = (0, 0, false);
+    for line in smaps.lines() {
+        if let Some(v) = line.strip_prefix("Pss:") {
+            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+            total += kib;
+            if in_file {
+                of_file += kib;
+            }
+        } else if line
+            .split_whitespace()
+            .next()
+            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
+        {
+            // A mapping's header: "start-end perms offset dev inode path".
+            in_file = line.ends_with(file.as_ref());
+        }
+    }
+    Ok((total, of_file))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,33 +421,4 @@ mod tests {
             .signal_group(nix::sys::signal::Signal::SIGKILL)
             .expect("signal exited group");
     }
-}
-
-/// Proportional set size of a process, KiB: all of it, and the part that
-/// maps `file` (e.g. a template's memory file, shared between its clones:
-/// each page counts 1/n for n sharers).
-///
-/// # Errors
-/// When `/proc/<pid>/smaps` cannot be read (the process is gone).
-pub fn pss_kib(pid: u32, file: &Path) -> io::Result<(u64, u64)> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
-    let file = file.to_string_lossy();
-    let (mut total, mut of_file, mut in_file) = (0, 0, false);
-    for line in smaps.lines() {
-        if let Some(v) = line.strip_prefix("Pss:") {
-            let kib: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
-            total += kib;
-            if in_file {
-                of_file += kib;
-            }
-        } else if line
-            .split_whitespace()
-            .next()
-            .is_some_and(|f| f.contains('-') && !f.ends_with(':'))
-        {
-            // A mapping's header: "start-end perms offset dev inode path".
-            in_file = line.ends_with(file.as_ref());
-        }
-    }
-    Ok((total, of_file))
 }

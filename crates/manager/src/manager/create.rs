@@ -5,7 +5,7 @@ use super::SandboxManager;
 use crate::registry::Admission;
 use crate::sandbox::{Intent, Next, Sandbox};
 use crate::store::{create_private_dir, SandboxRecord, RECORD_FORMAT};
-use crate::{Boot, CreateSandbox, ManagerError, Result, SandboxInfo, SandboxStatus};
+use crate::{Boot, BootSource, CreateSandbox, ManagerError, Result, SandboxInfo, SandboxStatus};
 use locale2b_protocol::{SandboxId, WorkspaceId};
 use std::sync::Arc;
 use std::time::Instant;
@@ -19,30 +19,29 @@ fn destroyed_while_starting(id: &SandboxId) -> ManagerError {
 }
 
 impl SandboxManager {
-    /// Starts the sandbox's VM as a clone of template `t` and brings its
-    /// agent up (`init` gives the clone its own identity).
+    /// Starts the sandbox's VM as a clone of the snapshot `files` (a
+    /// template's, or a fork parent's) and brings its agent up (`init`
+    /// gives the clone its own identity). A snapshot whose RAM is in its
+    /// state stream (taken of a clone) is restored into a private copy
+    /// instead of being mapped.
     async fn clone_up(
         &self,
         sb: &Sandbox,
         spec: &locale2b_vmm::VmSpec,
-        t: &super::template::Template,
+        files: &locale2b_vmm::SnapshotFiles,
         vm_slot: &mut Option<Box<dyn locale2b_vmm::VmHandle>>,
     ) -> Result<()> {
-        let spec = locale2b_vmm::VmSpec {
-            extra_boot_args: t.extra_boot_args.clone(),
-            ..spec.clone()
+        let started = if files.ram_in_state {
+            self.vmm.restore(spec, files).await
+        } else {
+            locale2b_vmm::Vmm::clone_from(self.vmm.as_ref(), spec, files).await
         };
-        let vm = locale2b_vmm::Vmm::clone_from(self.vmm.as_ref(), &spec, &t.files)
-            .await
-            .map_err(|e| {
-                ManagerError::vm(
-                    format!(
-                        "failed to clone the template snapshot for sandbox {}",
-                        sb.id
-                    ),
-                    e,
-                )
-            })?;
+        let vm = started.map_err(|e| {
+            ManagerError::vm(
+                format!("failed to clone a snapshot for sandbox {}", sb.id),
+                e,
+            )
+        })?;
         sb.update(|r| r.process = Some(vm.process().clone()));
         self.confine(sb, vm.process().pid);
         let vm = vm_slot.insert(vm);
@@ -61,6 +60,17 @@ impl SandboxManager {
     /// InvalidInput for bad sizes/template, AtCapacity, Vm/Timeout when the
     /// VM fails to come up (everything made for it is removed again).
     pub async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo> {
+        self.create_from(req, None).await
+    }
+
+    /// [`Self::create`], or with `fork` a fork child: a clone of the
+    /// parent's snapshot on a copy of its disk, in a new workspace, with no
+    /// fallback to a cold boot.
+    pub(super) async fn create_from(
+        &self,
+        req: CreateSandbox,
+        fork: Option<&super::fork::ForkSource>,
+    ) -> Result<SandboxInfo> {
         let cfg = &self.config;
         let memory_mb = req.memory_mb.unwrap_or(cfg.default_memory_mb);
         if memory_mb < cfg.min_memory_mb || memory_mb > cfg.max_memory_mb {
@@ -145,7 +155,7 @@ impl SandboxManager {
         let boot = req.boot.unwrap_or(cfg.boot);
         // Boot time includes building the template on first use.
         let started = Instant::now();
-        let from_template = if boot == Boot::Template && existing.is_none() {
+        let from_template = if fork.is_none() && boot == Boot::Template && existing.is_none() {
             let disk_mb = disk_size_mb.unwrap_or(cfg.disk_size_mb);
             match self
                 .template_for(&template, &image, memory_mb, vcpus, disk_mb)
@@ -191,6 +201,7 @@ impl SandboxManager {
             paused_by: None,
             disk_size_mb,
             boot: None,
+            forked_from: None,
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;
@@ -207,7 +218,8 @@ impl SandboxManager {
                             &template,
                             ephemeral,
                             disk_size_mb.unwrap_or(cfg.disk_size_mb),
-                            from_template.as_ref().map(|t| t.disk.as_path()),
+                            fork.map(|f| f.disk.as_path())
+                                .or(from_template.as_ref().map(|t| t.disk.as_path())),
                         )
                         .await?
                 }
@@ -219,13 +231,29 @@ impl SandboxManager {
                 return Err(destroyed_while_starting(&sandbox_id));
             }
             let spec = self.vm_spec(&sb.record(), &image);
+            if let Some(f) = fork {
+                self.clone_up(&sb, &spec, &f.files, &mut vm_slot).await?;
+                if sb.is_doomed() {
+                    return Err(destroyed_while_starting(&sandbox_id));
+                }
+                sb.update(|r| {
+                    r.boot = Some(BootSource::Fork);
+                    r.forked_from = Some(f.parent.clone());
+                });
+                self.crash_point("create:agent_ready");
+                return Ok(ws);
+            }
             if let Some(t) = &from_template {
-                match self.clone_up(&sb, &spec, t, &mut vm_slot).await {
+                let spec = locale2b_vmm::VmSpec {
+                    extra_boot_args: t.extra_boot_args.clone(),
+                    ..spec.clone()
+                };
+                match self.clone_up(&sb, &spec, &t.files, &mut vm_slot).await {
                     Ok(()) => {
                         if sb.is_doomed() {
                             return Err(destroyed_while_starting(&sandbox_id));
                         }
-                        sb.update(|r| r.boot = Some(Boot::Template));
+                        sb.update(|r| r.boot = Some(BootSource::Template));
                         self.crash_point("create:agent_ready");
                         return Ok(ws);
                     }
@@ -247,7 +275,7 @@ impl SandboxManager {
                     }
                 }
             }
-            sb.update(|r| r.boot = Some(Boot::Cold));
+            sb.update(|r| r.boot = Some(BootSource::Cold));
             let vm = self.vmm.start(&spec).await.map_err(|e| {
                 ManagerError::vm(
                     format!("failed to start the VM for sandbox {sandbox_id}"),
@@ -284,7 +312,15 @@ impl SandboxManager {
                 self.metrics.create_seconds.observe(started.elapsed());
                 self.lifetimes.notify_one();
                 ws.sandbox_id = Some(sandbox_id.clone());
-                ws.push_lineage("created", Some(&sandbox_id), None, None);
+                match fork {
+                    Some(f) => ws.push_lineage(
+                        "forked",
+                        Some(&sandbox_id),
+                        Some(&f.snapshot_id),
+                        Some(format!("from sandbox {} at {}", f.parent, f.taken_at)),
+                    ),
+                    None => ws.push_lineage("created", Some(&sandbox_id), None, None),
+                }
                 let _ = self.store.write_workspace(&ws);
                 info!(sandbox_id = %sandbox_id, workspace_id = %workspace_id, boot_ms, "sandbox running");
                 drop(vm_slot);

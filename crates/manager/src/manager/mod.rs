@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `create.rs` | create (boot), attaching a named workspace |
 //! | `destroy.rs` | destroy |
+//! | `fork.rs` | fork: children that continue from a running sandbox |
 //! | `lifetime.rs` | end times and idle timeouts: timeout changes, destroy or pause at the end, idle pause |
 //! | `govern.rs` | eviction, disk-space admission, cgroups, usage samples, the reaper, metrics |
 //! | `pause.rs` | pause (snapshot) and resume (restore) |
@@ -28,6 +29,7 @@
 mod boot;
 mod create;
 mod destroy;
+mod fork;
 mod govern;
 mod lifetime;
 mod pause;
@@ -35,6 +37,8 @@ mod recover;
 mod service;
 mod template;
 mod workspaces;
+
+pub use fork::MAX_FORK_CHILDREN;
 
 use crate::guest::ExecRules;
 use crate::host;
@@ -152,6 +156,8 @@ impl SandboxManager {
             lifetimes: Arc::new(tokio::sync::Notify::new()),
             expiring: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
+        // Left by a fork that a crash interrupted; no child needs it.
+        let _ = std::fs::remove_dir_all(manager.store.layout().forks_dir());
         manager.recover().await;
         manager.kill_orphans();
         manager.check_workspaces();

@@ -27,6 +27,9 @@ impl SandboxService for SandboxManager {
     async fn resume(&self, id: &SandboxId) -> Result<SandboxInfo> {
         SandboxManager::resume(self, id).await
     }
+    async fn fork(&self, id: &SandboxId, count: u32) -> Result<Vec<SandboxInfo>> {
+        SandboxManager::fork(self, id, count).await
+    }
     async fn set_timeout(&self, id: &SandboxId, timeout_sec: u64) -> Result<SandboxInfo> {
         SandboxManager::set_timeout(self, id, timeout_sec).await
     }

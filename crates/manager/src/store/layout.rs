@@ -69,6 +69,11 @@ impl Layout {
         self.workspace_dir(id).join("snapshots")
     }
 
+    /// Snapshots of fork parents, while their children start.
+    pub fn forks_dir(&self) -> PathBuf {
+        self.base.join("forks")
+    }
+
     /// Template snapshots (see `manager/template.rs`).
     pub fn templates_dir(&self) -> PathBuf {
         self.base.join("templates")

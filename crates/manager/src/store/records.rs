@@ -92,7 +92,10 @@ pub struct SandboxRecord {
     /// How its guest was started at create: `cold` or `template` (cloned
     /// from a template snapshot).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub boot: Option<locale2b_config::Boot>,
+    pub boot: Option<crate::BootSource>,
+    /// The sandbox it was forked from, for a fork child.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<SandboxId>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.

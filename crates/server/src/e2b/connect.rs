@@ -126,7 +126,9 @@ impl From<ManagerError> for RpcError {
             ManagerError::Conflict(_) | ManagerError::SnapshotInvalid(_) => {
                 Code::FailedPrecondition
             }
-            ManagerError::Unsupported(_) => Code::Unimplemented,
+            ManagerError::Unsupported(_) | ManagerError::BackendUnsupported(_) => {
+                Code::Unimplemented
+            }
             ManagerError::TooLarge(_)
             | ManagerError::AtCapacity { .. }
             | ManagerError::InsufficientStorage(_) => Code::ResourceExhausted,

@@ -62,7 +62,9 @@ impl From<ManagerError> for E2bError {
             ManagerError::InvalidInput(_) | ManagerError::TooLarge(_) => StatusCode::BAD_REQUEST,
             ManagerError::NotFound { .. } => StatusCode::NOT_FOUND,
             ManagerError::Conflict(_) | ManagerError::SnapshotInvalid(_) => StatusCode::CONFLICT,
-            ManagerError::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
+            ManagerError::Unsupported(_) | ManagerError::BackendUnsupported(_) => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             ManagerError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ManagerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ManagerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,

@@ -138,6 +138,40 @@ pub async fn pause_sandbox(
     ))
 }
 
+/// Forks a running sandbox into children that continue from its memory and
+/// disk (each in a new workspace); the parent keeps running.
+#[utoipa::path(post, path = "/sandboxes/{id}/fork", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id of the parent")),
+    request_body = ForkBody,
+    responses(
+        (status = 200, description = "Every child runs", body = ForkResponse),
+        (status = 400, description = "count outside 1–64", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "The parent is not running", body = ErrorResponse),
+        (status = 501, description = "The VMM backend cannot fork (firecracker)", body = ErrorResponse),
+        (status = 503, description = "Not enough capacity for the children (none is left running)", body = ErrorResponse),
+    ))]
+pub async fn fork_sandbox(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+    body: axum::body::Bytes,
+) -> ApiResult<ForkResponse> {
+    // The body is optional: none (or `{}`) makes one child.
+    let body: ForkBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ForkBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid(format!("invalid fork body ({e}): send {{\"count\": N}}"))
+        })?
+    };
+    let count = body.count.unwrap_or(1);
+    let m = s.sandboxes().clone();
+    let children = detached(async move { m.fork(&id, count).await }).await?;
+    Ok(Json(ForkResponse {
+        sandboxes: children.into_iter().map(Into::into).collect(),
+    }))
+}
+
 /// Resumes a paused sandbox (it keeps its id).
 #[utoipa::path(post, path = "/sandboxes/{id}/resume", tag = "sandboxes",
     params(("id" = String, Path, description = "Sandbox id")),

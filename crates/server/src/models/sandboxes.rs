@@ -62,6 +62,21 @@ pub struct CreateSandboxBody {
     pub boot: Option<Boot>,
 }
 
+/// `POST /sandboxes/{id}/fork`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct ForkBody {
+    /// Children to make (1–64; default 1).
+    #[schema(example = 5)]
+    pub count: Option<u32>,
+}
+
+/// `POST /sandboxes/{id}/fork`: the children, in the order they were made.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ForkResponse {
+    /// The new sandboxes (`boot` = `fork`, `forked_from` = the parent).
+    pub sandboxes: Vec<SandboxResponse>,
+}
+
 /// `POST /sandboxes/{id}/timeout`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SetTimeoutBody {
@@ -122,10 +137,12 @@ pub struct SandboxResponse {
     pub paused_by: Option<String>,
     /// Size of its writable disk, MiB.
     pub disk_size_mb: Option<u64>,
-    /// How its guest was started at create: `cold` or `template`; `null`
-    /// while starting.
+    /// How its guest was started at create: `cold`, `template` or `fork`;
+    /// `null` while starting.
     #[schema(example = "template")]
     pub boot: Option<String>,
+    /// For a fork child: the sandbox it was forked from.
+    pub forked_from: Option<String>,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -151,6 +168,7 @@ impl From<SandboxInfo> for SandboxResponse {
             paused_at: s.paused_at,
             paused_by: s.paused_by,
             boot: s.boot.map(|b| b.as_str().to_owned()),
+            forked_from: s.forked_from.map(Into::into),
             disk_size_mb: s.disk_size_mb,
         }
     }
