@@ -258,7 +258,7 @@ async fn run_async(args: BenchArgs) -> anyhow::Result<()> {
         _ => {
             let budget = counts
                 .density_budget_mb
-                .max(u64::from(args.memory_mb) * (templates::IDLE_CLONES as u64 + 1))
+                .max(u64::from(args.memory_mb) * (u64::from(templates::FORK_WIDE) + 2))
                 .max(512);
             let per = u64::from(args.density_memory_mb.max(1));
             let max_sandboxes = u32::try_from(budget / per + 2).unwrap_or(u32::MAX).max(4);
@@ -515,6 +515,7 @@ impl Bench {
         );
         let mut metrics = self.cold_boots().await;
         metrics.extend(self.template_creates().await);
+        metrics.extend(self.forks().await);
         metrics.extend(self.working_sandbox().await);
         let density = if self.counts.density_budget_mb > 0 {
             let (m, d) = self.density(args).await;

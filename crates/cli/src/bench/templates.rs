@@ -1,7 +1,8 @@
-//! Creates from a template snapshot (`"boot": "template"`): the first one
-//! (which builds the template), the following ones, and the memory idle
-//! clones take (PSS: the template's pages count once, split between its
-//! clones).
+//! Clones: creates from a template snapshot (`"boot": "template"`: the
+//! first one, which builds the template, the following ones, and the
+//! memory idle clones take, PSS: the template's pages count once, split
+//! between its clones), and forks of a running sandbox into 1 and into
+//! [`FORK_WIDE`] children.
 
 use super::{err_note, join_notes, kib_to_mib, Bench, Metric};
 use serde_json::{json, Value};
@@ -9,6 +10,8 @@ use std::path::PathBuf;
 
 /// Clones alive while their memory is measured.
 pub(super) const IDLE_CLONES: usize = 5;
+/// Children of the wide fork.
+pub(super) const FORK_WIDE: u32 = 10;
 
 impl Bench {
     /// The template's memory file under the base directory (the newest,
@@ -104,5 +107,68 @@ impl Bench {
                 )),
             ),
         ]
+    }
+}
+
+impl Bench {
+    /// Forks one running sandbox into 1 and into [`FORK_WIDE`] children,
+    /// `--pause-cycles` times each (at least once); the children are
+    /// destroyed after each fork.
+    pub(super) async fn forks(&self) -> Vec<Metric> {
+        let names = ["fork.1.wall", "fork.10.wall"];
+        // A cold-booted parent: its snapshot's memory is a file the children
+        // map (a clone's snapshot carries its RAM in the stream instead,
+        // and each child would copy it).
+        let body = json!({ "memory_mb": self.memory_mb, "boot": "cold" });
+        let parent = match self.create(body).await {
+            Ok((id, _)) => id,
+            Err(e) => {
+                let note = Some(format!("no parent: {}", err_note(&e)));
+                return names
+                    .iter()
+                    .map(|n| Metric::new(n, "ms", &[], note.clone()))
+                    .collect();
+            }
+        };
+        let rounds = self.counts.pause_cycles.max(1);
+        let mut out = Vec::new();
+        for (name, count) in names.iter().zip([1, FORK_WIDE]) {
+            let (mut ms, mut errs) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let r = self
+                    .api
+                    .post(
+                        &format!("/sandboxes/{parent}/fork"),
+                        &json!({ "count": count }),
+                        super::CREATE_TIMEOUT,
+                    )
+                    .await;
+                match r {
+                    Ok(t) => {
+                        ms.push(t.ms);
+                        eprintln!("bench: fork into {count}: {:.0} ms", t.ms);
+                        let children = t.body["sandboxes"].as_array().cloned().unwrap_or_default();
+                        for c in &children {
+                            if let Some(id) = c["sandbox_id"].as_str() {
+                                self.tracker.add(id);
+                                let _ = self.destroy(id).await;
+                            }
+                        }
+                    }
+                    Err(e) => errs.push(err_note(&e)),
+                }
+            }
+            errs.dedup();
+            let mut note = vec![format!(
+                "POST /sandboxes/{{id}}/fork {{\"count\":{count}}} of a running {} MiB sandbox until every child answered",
+                self.memory_mb
+            )];
+            if !errs.is_empty() {
+                note.push(format!("{} failed: {}", errs.len(), errs.join(" | ")));
+            }
+            out.push(Metric::new(name, "ms", &ms, join_notes(&note)));
+        }
+        let _ = self.destroy(&parent).await;
+        out
     }
 }

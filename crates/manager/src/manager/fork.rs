@@ -13,6 +13,7 @@ use super::SandboxManager;
 use crate::sandbox::{Intent, Sandbox};
 use crate::store::{create_private_dir, SandboxRecord};
 use crate::{CreateSandbox, ManagerError, Result, SandboxInfo};
+use futures::StreamExt;
 use locale2b_protocol::SandboxId;
 use locale2b_vmm::{SnapshotFiles, VmHandle};
 use std::path::PathBuf;
@@ -21,6 +22,8 @@ use tracing::{info, warn};
 
 /// Most children of one fork call.
 pub const MAX_FORK_CHILDREN: u32 = 64;
+/// Children started at the same time.
+const FORK_PARALLEL: usize = 2;
 
 /// What a fork child is made from.
 #[derive(Debug, Clone)]
@@ -71,17 +74,20 @@ impl SandboxManager {
             (record, source)
         };
         let dir = self.store.layout().forks_dir().join(&source.snapshot_id);
+        // Two at a time: a restore keeps about one core busy.
+        let request = child_request(&record);
+        let made: Vec<Result<SandboxInfo>> = futures::stream::iter(0..count)
+            .map(|_| self.create_from(request.clone(), Some(&source)))
+            .buffered(FORK_PARALLEL)
+            .collect()
+            .await;
         let mut children: Vec<SandboxInfo> = Vec::new();
         let mut failure = None;
-        for _ in 0..count {
-            match self
-                .create_from(child_request(&record), Some(&source))
-                .await
-            {
+        for r in made {
+            match r {
                 Ok(info) => children.push(info),
                 Err(e) => {
-                    failure = Some(e);
-                    break;
+                    failure.get_or_insert(e);
                 }
             }
         }
