@@ -280,6 +280,12 @@ pub struct ManagerConfig {
     pub memory_budget_mb: u64,
     /// RAM kept for the host when the budget is derived from host memory.
     pub host_reserve_mb: u64,
+    /// Admit against what active sandboxes measurably cost the host (the
+    /// PSS of their VMMs: memory shared between clones counted once)
+    /// instead of the sum of their nominal guest RAM. Off by default: the
+    /// budget then caps the nominal sum, which is safe whatever the guests
+    /// do later.
+    pub memory_overcommit: bool,
     /// Default guest RAM.
     pub default_memory_mb: u32,
     /// Smallest guest RAM a request may ask for.
@@ -370,6 +376,7 @@ impl Default for ManagerConfig {
             default_template: "default".into(),
             max_sandboxes: 20,
             memory_budget_mb: 0,
+            memory_overcommit: false,
             host_reserve_mb: 3072,
             default_memory_mb: 512,
             min_memory_mb: 256,
@@ -667,6 +674,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("default_template", "manager", Str),
         ("max_sandboxes", "manager", Int),
         ("memory_budget_mb", "manager", Int),
+        ("memory_overcommit", "manager", Bool),
         ("host_reserve_mb", "manager", Int),
         ("default_memory_mb", "manager", Int),
         ("min_memory_mb", "manager", Int),

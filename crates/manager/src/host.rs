@@ -67,6 +67,18 @@ pub fn process_usage(pid: u32) -> Option<(u64, u64)> {
     Some((ticks, rss_kb))
 }
 
+/// Proportional set size of process `pid`, KiB (`/proc/<pid>/smaps_rollup`):
+/// its resident memory with every page shared by n processes counted 1/n,
+/// so summing it over processes counts shared pages once.
+pub fn process_pss_kb(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` times.
 pub fn clock_ticks_per_sec() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

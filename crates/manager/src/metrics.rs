@@ -125,6 +125,8 @@ pub struct Gauges {
     pub memory_budget_mb: u64,
     /// Resident memory of every VMM process (measured), MiB.
     pub vmm_rss_mb: u64,
+    /// PSS of all VMM processes, MiB.
+    pub vmm_pss_mb: u64,
     /// Per sandbox: id, VMM RSS MiB, CPU percent of one core.
     pub per_sandbox: Vec<(String, u64, f64)>,
 }
@@ -280,6 +282,12 @@ impl Metrics {
             "locale2b_vmm_rss_mb",
             "Resident memory of all VMM processes (measured), MiB.",
             gauges.vmm_rss_mb,
+        );
+        gauge(
+            &mut out,
+            "locale2b_vmm_pss_mb",
+            "PSS of all VMM processes (measured; memory shared between clones counted once), MiB.",
+            gauges.vmm_pss_mb,
         );
         let _ = writeln!(
             out,

@@ -237,10 +237,17 @@ pub struct Capacity {
     pub max_sandboxes: u32,
     /// Whether a sandbox of the default size could be admitted now.
     pub can_create_default: bool,
-    /// Guest RAM held by active sandboxes.
+    /// Guest RAM held by active sandboxes (nominal).
     pub memory_used_mb: u64,
-    /// Budget left.
+    /// What active sandboxes measurably cost the host: the PSS of their
+    /// VMMs (memory shared between clones counted once), nominal for one
+    /// not sampled yet.
+    pub memory_measured_mb: u64,
+    /// Budget left: against `memory_measured_mb` with `memory_overcommit`,
+    /// else against `memory_used_mb`.
     pub memory_available_mb: u64,
+    /// Whether admission counts measured memory instead of nominal.
+    pub memory_overcommit: bool,
     /// Total budget.
     pub memory_budget_mb: u64,
     /// Backend in use.
@@ -248,8 +255,10 @@ pub struct Capacity {
     /// "kvm" or "tcg" for qemu; "kvm" for firecracker.
     pub accel: String,
     /// Resident memory of all VMM processes (measured by the health
-    /// check), MiB.
+    /// check), MiB. Pages shared between VMMs count once per VMM.
     pub vmm_rss_mb: u64,
+    /// PSS of all VMM processes, MiB: shared pages counted once.
+    pub vmm_pss_mb: u64,
     /// Host limits per sandbox: `v2`, `v1` or `none`.
     pub cgroups: String,
     /// Free space of the host disk holding the workspaces, MiB.
@@ -278,6 +287,9 @@ pub struct SandboxMetrics {
     pub memory_used_mb: Option<u64>,
     /// Resident memory of its VMM on the host, MiB.
     pub vmm_rss_mb: u64,
+    /// PSS of its VMM on the host, MiB: pages shared with other VMMs (a
+    /// template's or fork parent's memory) split between them.
+    pub vmm_pss_mb: u64,
     /// Memory its cgroup is charged, MiB (when host limits are on).
     pub cgroup_memory_mb: Option<u64>,
     /// Size of its writable disk, MiB.

@@ -33,6 +33,8 @@ pub struct CapacityLimits {
     pub max_sandboxes: u32,
     /// Guest RAM budget over all of them, MiB.
     pub memory_budget_mb: u64,
+    /// Admit against [`Usage::measured_mb`] instead of the nominal sum.
+    pub overcommit: bool,
 }
 
 /// Counts over the table.
@@ -44,6 +46,22 @@ pub struct Usage {
     pub paused: u32,
     /// Guest RAM of the active ones, MiB.
     pub memory_mb: u64,
+    /// What the active ones measurably cost the host, MiB: each VMM's last
+    /// PSS sample (shared pages counted once over all), or its nominal
+    /// guest RAM until it has been sampled.
+    pub measured_mb: u64,
+}
+
+impl Usage {
+    /// The memory admission counts: measured with `overcommit`, else
+    /// nominal.
+    pub fn counted_mb(&self, overcommit: bool) -> u64 {
+        if overcommit {
+            self.measured_mb
+        } else {
+            self.memory_mb
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -153,11 +171,17 @@ impl Registry {
                 retry_after: RETRY_AFTER,
             });
         }
-        if used.memory_mb + u64::from(memory_mb) > self.limits.memory_budget_mb {
+        let counted = used.counted_mb(self.limits.overcommit);
+        if counted + u64::from(memory_mb) > self.limits.memory_budget_mb {
+            let what = if self.limits.overcommit {
+                "measured (PSS of the running VMMs)"
+            } else {
+                "of guest RAM"
+            };
             return Err(ManagerError::AtCapacity {
                 reason: format!(
-                    "memory budget exhausted: {} MiB of {} MiB in use, {memory_mb} MiB requested",
-                    used.memory_mb, self.limits.memory_budget_mb
+                    "memory budget exhausted: {counted} MiB {what} of {} MiB in use, {memory_mb} MiB requested",
+                    self.limits.memory_budget_mb
                 ),
                 retry_after: RETRY_AFTER,
             });
@@ -198,6 +222,12 @@ fn usage_of<'a>(all: impl Iterator<Item = &'a Sandbox>, except: Option<&SandboxI
         if holds_vm(r.status) {
             u.active += 1;
             u.memory_mb += u64::from(r.memory_mb);
+            let sample = sb.usage();
+            u.measured_mb += if sample.at.is_some() {
+                sample.pss_mb
+            } else {
+                u64::from(r.memory_mb)
+            };
         } else if r.status == SandboxStatus::Paused {
             u.paused += 1;
         }

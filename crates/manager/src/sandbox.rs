@@ -118,6 +118,9 @@ pub struct UsageSample {
     pub cpu_pct: f64,
     /// Resident memory of the VMM, MiB.
     pub rss_mb: u64,
+    /// Proportional set size of the VMM, MiB (pages shared with other
+    /// VMMs, such as a template's memory, split between them).
+    pub pss_mb: u64,
 }
 
 /// One stream attached to a sandbox; dropping it detaches (and counts as
@@ -353,8 +356,8 @@ impl Sandbox {
     }
 
     /// Records a sample of the VMM's CPU time (`ticks` at `hz` per
-    /// second) and resident memory.
-    pub fn sample_usage(&self, ticks: u64, rss_kb: u64, hz: u64) {
+    /// second), resident memory and PSS.
+    pub fn sample_usage(&self, ticks: u64, rss_kb: u64, pss_kb: u64, hz: u64) {
         let now = Instant::now();
         let mut u = lock(&self.usage);
         let cpu_pct = match u.at {
@@ -373,6 +376,7 @@ impl Sandbox {
             ticks,
             cpu_pct,
             rss_mb: rss_kb / 1024,
+            pss_mb: pss_kb / 1024,
         };
     }
 

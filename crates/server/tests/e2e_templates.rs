@@ -335,3 +335,79 @@ async fn forty_clones_of_256_mib_run_at_once_and_share_the_template_memory() {
         assert_eq!(st, StatusCode::OK);
     }
 }
+
+/// Waits (up to 30 s) until the health check has sampled sandbox `id`'s VMM.
+async fn sampled(s: &Server, id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (st, m) = s
+            .call(M::GET, &format!("/sandboxes/{id}/metrics"), None)
+            .await;
+        assert_eq!(st, StatusCode::OK, "{m}");
+        if m["vmm_pss_mb"].as_u64().unwrap() > 0 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "not sampled: {m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_reports_measured_memory_and_overcommit_admits_by_it() {
+    let Some(image) = image_dir() else { return };
+    // A budget of four 256 MiB guests, nominally.
+    let configure = |overcommit: bool| {
+        move |c: &mut locale2b_config::Config| {
+            c.manager.boot = Boot::Template;
+            c.manager.memory_budget_mb = 1024;
+            c.manager.memory_overcommit = overcommit;
+            c.manager.eviction = locale2b_config::Eviction::None;
+            c.manager.health_check_interval_sec = 1;
+        }
+    };
+
+    // Without overcommit the nominal sum caps admission.
+    let s = Server::start_with(&image, 10, configure(false)).await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(id_of(&create(&s, json!({"memory_mb": 256})).await));
+    }
+    let (st, e) = s
+        .call(M::POST, "/sandboxes", Some(json!({"memory_mb": 256})))
+        .await;
+    assert_eq!(st, StatusCode::SERVICE_UNAVAILABLE, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("of guest RAM"),
+        "{e}"
+    );
+    // /health reports what the clones really cost, once sampled.
+    for id in &ids {
+        sampled(&s, id).await;
+    }
+    let (_, health) = s.call(M::GET, "/health", None).await;
+    println!("HEALTH {health}");
+    assert_eq!(health["memory_used_mb"], 1024);
+    assert_eq!(health["memory_overcommit"], false);
+    assert_eq!(health["memory_available_mb"], 0);
+    assert!(
+        health["vmm_pss_mb"].as_u64().unwrap() < health["vmm_rss_mb"].as_u64().unwrap(),
+        "shared template pages are counted once in PSS: {health}"
+    );
+    drop(s);
+
+    // With overcommit, admission counts the measured memory: more clones
+    // than the nominal budget holds are admitted.
+    let s = Server::start_with(&image, 10, configure(true)).await;
+    for _ in 0..6 {
+        let id = id_of(&create(&s, json!({"memory_mb": 256})).await);
+        // Sampled: the next admission sees its measured cost.
+        sampled(&s, &id).await;
+    }
+    let (_, h) = s.call(M::GET, "/health", None).await;
+    println!("HEALTH overcommit {h}");
+    assert_eq!(h["memory_overcommit"], true);
+    assert_eq!(h["memory_used_mb"], 6 * 256, "{h}");
+    assert!(h["memory_measured_mb"].as_u64().unwrap() < 1024, "{h}");
+}

@@ -201,7 +201,8 @@ impl SandboxManager {
             match sb.record().process {
                 Some(p) if holds_vm(sb.status()) => {
                     if let Some((ticks, rss_kb)) = host::process_usage(p.pid) {
-                        sb.sample_usage(ticks, rss_kb, hz);
+                        let pss_kb = host::process_pss_kb(p.pid).unwrap_or(rss_kb);
+                        sb.sample_usage(ticks, rss_kb, pss_kb, hz);
                     }
                 }
                 _ => sb.clear_usage(),
@@ -365,7 +366,7 @@ impl SandboxManager {
         .map(|s| (s.as_str(), 0))
         .collect();
         let mut per_sandbox = Vec::new();
-        let mut vmm_rss_mb = 0;
+        let (mut vmm_rss_mb, mut vmm_pss_mb) = (0, 0);
         for sb in self.registry.all() {
             let status = sb.status();
             if let Some(slot) = by_status.iter_mut().find(|(n, _)| *n == status.as_str()) {
@@ -374,6 +375,7 @@ impl SandboxManager {
             if holds_vm(status) {
                 let u = sb.usage();
                 vmm_rss_mb += u.rss_mb;
+                vmm_pss_mb += u.pss_mb;
                 per_sandbox.push((sb.id.to_string(), u.rss_mb, u.cpu_pct));
             }
         }
@@ -386,18 +388,19 @@ impl SandboxManager {
             memory_nominal_mb: usage.memory_mb,
             memory_budget_mb: limits.memory_budget_mb,
             vmm_rss_mb,
+            vmm_pss_mb,
             per_sandbox,
         })
     }
 
-    /// Resident memory of all VMMs (last samples), MiB.
-    pub(super) fn vmm_rss_mb(&self) -> u64 {
+    /// Resident memory and PSS of all VMMs (last samples), MiB.
+    pub(super) fn vmm_memory_mb(&self) -> (u64, u64) {
         self.registry
             .all()
             .iter()
             .filter(|s| holds_vm(s.status()))
-            .map(|s| s.usage().rss_mb)
-            .sum()
+            .map(|s| s.usage())
+            .fold((0, 0), |(r, p), u| (r + u.rss_mb, p + u.pss_mb))
     }
 
     /// Figures of one sandbox (see [`SandboxMetrics`]). Reading them is
@@ -419,6 +422,7 @@ impl SandboxManager {
             memory_total_mb: u64::from(r.memory_mb),
             memory_used_mb: None,
             vmm_rss_mb: u.rss_mb,
+            vmm_pss_mb: u.pss_mb,
             cgroup_memory_mb: self.cgroups.memory_current(id).map(|b| b / (1024 * 1024)),
             disk_total_mb: r.disk_size_mb,
             disk_used_mb: None,

@@ -136,6 +136,7 @@ impl SandboxManager {
         let registry = Registry::new(CapacityLimits {
             max_sandboxes: config.max_sandboxes,
             memory_budget_mb,
+            overcommit: config.memory_overcommit,
         });
         let cgroups = crate::cgroup::Cgroups::detect(config.cgroups, &config.base_dir);
         if cgroups.active() {
@@ -246,7 +247,9 @@ impl SandboxManager {
     pub async fn capacity(&self) -> Capacity {
         let usage = self.registry.usage();
         let limits = self.registry.limits();
-        let available = limits.memory_budget_mb.saturating_sub(usage.memory_mb);
+        let counted = usage.counted_mb(limits.overcommit);
+        let available = limits.memory_budget_mb.saturating_sub(counted);
+        let (vmm_rss_mb, vmm_pss_mb) = self.vmm_memory_mb();
         Capacity {
             active_sandboxes: usage.active,
             paused_sandboxes: usage.paused,
@@ -258,7 +261,10 @@ impl SandboxManager {
             memory_budget_mb: limits.memory_budget_mb,
             backend: self.vmm.kind(),
             accel: self.accel.clone(),
-            vmm_rss_mb: self.vmm_rss_mb(),
+            vmm_rss_mb,
+            vmm_pss_mb,
+            memory_measured_mb: usage.measured_mb,
+            memory_overcommit: limits.overcommit,
             cgroups: self.cgroups.version().to_owned(),
             disk_free_mb: host::free_space_mb(&self.store.layout().workspaces_dir()),
         }

@@ -195,6 +195,9 @@ pub struct SandboxMetricsResponse {
     pub memory_used_mb: Option<u64>,
     /// Resident memory of its VMM on the host, MiB.
     pub vmm_rss_mb: u64,
+    /// PSS of its VMM on the host, MiB (pages shared with other VMMs split
+    /// between them).
+    pub vmm_pss_mb: u64,
     /// Memory its cgroup is charged, MiB; `null` without host limits.
     pub cgroup_memory_mb: Option<u64>,
     /// Size of its writable disk, MiB.
@@ -222,6 +225,7 @@ impl From<locale2b_manager::SandboxMetrics> for SandboxMetricsResponse {
             memory_total_mb: m.memory_total_mb,
             memory_used_mb: m.memory_used_mb,
             vmm_rss_mb: m.vmm_rss_mb,
+            vmm_pss_mb: m.vmm_pss_mb,
             cgroup_memory_mb: m.cgroup_memory_mb,
             disk_total_mb: m.disk_total_mb,
             disk_used_mb: m.disk_used_mb,
