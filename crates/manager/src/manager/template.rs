@@ -219,6 +219,7 @@ fn digest_with(dir: &Path, name: &str, sum: SumFn) -> std::io::Result<FileDigest
         name: name.to_owned(),
         size: std::fs::metadata(&path)?.len(),
         sha256: sum(&path)?,
+        xxh3_128: None,
     })
 }
 
