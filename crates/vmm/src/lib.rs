@@ -296,6 +296,14 @@ pub trait VmHandle: Send + Sync + std::fmt::Debug {
     /// is empty). The VM must be paused. The VM stays paused afterwards.
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotFiles>;
 
+    /// [`VmHandle::snapshot`] for a VM that will not run again (it is
+    /// stopped next, or resumed only if the snapshot is thrown away): the
+    /// driver may hand over files instead of copying them (qemu hard-links
+    /// its RAM file).
+    async fn snapshot_final(&self, dir: &Path) -> Result<SnapshotFiles> {
+        self.snapshot(dir).await
+    }
+
     /// Asks the guest to power off (ACPI/Ctrl-Alt-Del), waits up to `grace`,
     /// then kills. Always leaves the process reaped and sockets removed.
     /// Idempotent.

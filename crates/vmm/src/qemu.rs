@@ -442,6 +442,74 @@ pub struct QemuVm {
 }
 
 impl QemuVm {
+    /// Writes a snapshot into `dir` (see [`VmHandle::snapshot`]); with
+    /// `hand_over` the RAM file is hard-linked into it rather than copied
+    /// ([`VmHandle::snapshot_final`]).
+    async fn write_snapshot(&self, dir: &Path, hand_over: bool) -> Result<SnapshotFiles> {
+        let t0 = Instant::now();
+        let state = self
+            .qmp
+            .run_state()
+            .await
+            .map_err(|e| qmp_err("query-status", e))?;
+        if state == "running" {
+            return Err(VmmError::InvalidState {
+                op: "snapshot",
+                state: "running".into(),
+            });
+        }
+        let files = SnapshotFiles {
+            state: dir.join("state"),
+            memory: dir.join("memory"),
+            ram_in_state: self.ram_private,
+        };
+        set_migration_caps(&self.qmp, !self.ram_private).await?;
+        // `completed` can be reported before QEMU has closed the pipe and
+        // `cat` has written the last bytes: the shell renames the file only
+        // after `cat` succeeded, so its appearance means it is whole.
+        let part = dir.join("state.part");
+        let uri = format!(
+            "exec:cat > {part} && mv -f {part} {state}",
+            part = shell_quote(&part),
+            state = shell_quote(&files.state)
+        );
+        self.qmp
+            .execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map_err(|e| qmp_err("migrate", e))?;
+        wait_migration(&self.qmp, &self.process, &self.paths, self.migrate_timeout).await?;
+        let deadline = Instant::now() + self.migrate_timeout;
+        while !files.state.is_file() {
+            if Instant::now() >= deadline {
+                return Err(VmmError::Timeout {
+                    what: format!("{} to be written", files.state.display()),
+                    after: self.migrate_timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let saved = t0.elapsed();
+        if self.ram_private {
+            std::fs::File::create(&files.memory)
+                .map_err(|e| io_err(format!("create {}", files.memory.display()), e))?;
+        } else if hand_over && std::fs::hard_link(&self.paths.memory, &files.memory).is_ok() {
+            // The VM will not run again: its RAM file is the snapshot.
+        } else {
+            copy_file(&self.paths.memory, &files.memory).await?;
+        }
+        for f in [&files.state, &files.memory] {
+            fsync(f)?;
+        }
+        fsync(dir)?;
+        info!(
+            sandbox_id = %self.sandbox_id,
+            state_ms = saved.as_millis() as u64,
+            total_ms = t0.elapsed().as_millis() as u64,
+            "qemu snapshot written"
+        );
+        Ok(files)
+    }
+
     /// Number of agent-channel sessions the bridge has established.
     pub fn bridge_sessions(&self) -> u64 {
         self.bridge
@@ -507,66 +575,11 @@ impl VmHandle for QemuVm {
     }
 
     async fn snapshot(&self, dir: &Path) -> Result<SnapshotFiles> {
-        let t0 = Instant::now();
-        let state = self
-            .qmp
-            .run_state()
-            .await
-            .map_err(|e| qmp_err("query-status", e))?;
-        if state == "running" {
-            return Err(VmmError::InvalidState {
-                op: "snapshot",
-                state: "running".into(),
-            });
-        }
-        let files = SnapshotFiles {
-            state: dir.join("state"),
-            memory: dir.join("memory"),
-            ram_in_state: self.ram_private,
-        };
-        set_migration_caps(&self.qmp, !self.ram_private).await?;
-        // `completed` can be reported before QEMU has closed the pipe and
-        // `cat` has written the last bytes: the shell renames the file only
-        // after `cat` succeeded, so its appearance means it is whole.
-        let part = dir.join("state.part");
-        let uri = format!(
-            "exec:cat > {part} && mv -f {part} {state}",
-            part = shell_quote(&part),
-            state = shell_quote(&files.state)
-        );
-        self.qmp
-            .execute("migrate", Some(json!({ "uri": uri })))
-            .await
-            .map_err(|e| qmp_err("migrate", e))?;
-        wait_migration(&self.qmp, &self.process, &self.paths, self.migrate_timeout).await?;
-        let deadline = Instant::now() + self.migrate_timeout;
-        while !files.state.is_file() {
-            if Instant::now() >= deadline {
-                return Err(VmmError::Timeout {
-                    what: format!("{} to be written", files.state.display()),
-                    after: self.migrate_timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let saved = t0.elapsed();
-        if self.ram_private {
-            std::fs::File::create(&files.memory)
-                .map_err(|e| io_err(format!("create {}", files.memory.display()), e))?;
-        } else {
-            copy_file(&self.paths.memory, &files.memory).await?;
-        }
-        for f in [&files.state, &files.memory] {
-            fsync(f)?;
-        }
-        fsync(dir)?;
-        info!(
-            sandbox_id = %self.sandbox_id,
-            state_ms = saved.as_millis() as u64,
-            total_ms = t0.elapsed().as_millis() as u64,
-            "qemu snapshot written"
-        );
-        Ok(files)
+        self.write_snapshot(dir, false).await
+    }
+
+    async fn snapshot_final(&self, dir: &Path) -> Result<SnapshotFiles> {
+        self.write_snapshot(dir, true).await
     }
 
     async fn shutdown(&self, grace: Duration) -> Result<()> {

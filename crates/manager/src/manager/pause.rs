@@ -130,8 +130,10 @@ impl SandboxManager {
                 .await
                 .map_err(|e| ManagerError::vm("failed to pause the VM", e))?;
             self.crash_point("pause:vm_paused");
+            // The VMM is stopped right after (or the snapshot thrown away
+            // if the pause fails), so the driver may hand its files over.
             let files = vm
-                .snapshot(&tmp)
+                .snapshot_final(&tmp)
                 .await
                 .map_err(|e| ManagerError::vm("failed to write the VM snapshot", e))?;
             let name = |p: &Path| {

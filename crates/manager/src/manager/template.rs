@@ -162,51 +162,14 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// SHA-256 over the data ranges of a sparse file (each range's offset and
-/// length, then its bytes; holes are skipped), hex. Equal files give equal
-/// sums as long as their holes are where they were, which holds for a file
-/// never rewritten. Reads only what is allocated: a 1 GiB disk holding
-/// 20 MiB costs 20 MiB of reading.
+/// SHA-256 over the data ranges of a sparse file, hex (see
+/// [`crate::snapshot::feed_data_ranges`]).
 ///
 /// # Errors
 /// I/O errors.
 pub fn sparse_sha256(path: &Path) -> std::io::Result<String> {
-    use std::io::{Read, Seek, SeekFrom};
-    use std::os::fd::AsRawFd;
-    let mut f = std::fs::File::open(path)?;
-    let len = f.metadata()?.len();
     let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut pos: u64 = 0;
-    let seek = |fd: i32, at: u64, whence: nix::unistd::Whence| -> std::io::Result<Option<u64>> {
-        let at = i64::try_from(at).map_err(std::io::Error::other)?;
-        match nix::unistd::lseek(fd, at, whence) {
-            Ok(p) => Ok(Some(u64::try_from(p).unwrap_or(0))),
-            Err(nix::errno::Errno::ENXIO) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    };
-    while pos < len {
-        let Some(start) = seek(f.as_raw_fd(), pos, nix::unistd::Whence::SeekData)? else {
-            break;
-        };
-        let end = seek(f.as_raw_fd(), start, nix::unistd::Whence::SeekHole)?.unwrap_or(len);
-        hasher.update(start.to_le_bytes());
-        hasher.update((end - start).to_le_bytes());
-        f.seek(SeekFrom::Start(start))?;
-        let mut left = end - start;
-        while left > 0 {
-            let want = usize::try_from(left.min(buf.len() as u64)).unwrap_or(buf.len());
-            let n = f.read(&mut buf[..want])?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            left -= n as u64;
-        }
-        pos = end;
-    }
-    hasher.update(len.to_le_bytes());
+    crate::snapshot::feed_data_ranges(path, |b| hasher.update(b))?;
     Ok(hex(&hasher.finalize()))
 }
 
