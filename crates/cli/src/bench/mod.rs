@@ -17,6 +17,7 @@
 //! checks (see [`soak`]).
 
 mod api;
+mod baseline;
 mod console;
 mod report;
 mod server;
@@ -516,6 +517,13 @@ impl Bench {
         let mut metrics = self.cold_boots().await;
         metrics.extend(self.template_creates().await);
         metrics.extend(self.forks().await);
+        let accel = health.get("accel").and_then(Value::as_str).unwrap_or("tcg");
+        if health.get("backend").and_then(Value::as_str) == Some("qemu") {
+            eprintln!("bench: baselines through the qemu driver alone");
+            let n = self.counts.iterations.clamp(3, 10);
+            metrics.extend(baseline::run(&args.image_dir(), self.memory_mb, accel, n).await);
+            metrics.extend(baseline::ratios(&metrics));
+        }
         metrics.extend(self.working_sandbox().await);
         let density = if self.counts.density_budget_mb > 0 {
             let (m, d) = self.density(args).await;

@@ -44,6 +44,7 @@ impl SandboxManager {
         })?;
         sb.update(|r| r.process = Some(vm.process().clone()));
         self.confine(sb, vm.process().pid);
+        self.crash_point("create:vm_started");
         let vm = vm_slot.insert(vm);
         tokio::select! {
             up = self.bring_up(sb, vm.as_ref()) => up,
