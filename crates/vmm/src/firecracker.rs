@@ -421,6 +421,42 @@ impl Vmm for FirecrackerVmm {
         self.finish(s, result).await
     }
 
+    /// A clone is a restore: Firecracker maps a `File` memory backend
+    /// `MAP_PRIVATE`, so every clone shares the template's memory file
+    /// copy-on-write and none writes it; the snapshot names its drives and
+    /// vsock socket relative to the VM root (the run directory, or the
+    /// jail), so each clone's own directory gives it its own.
+    async fn clone_from(
+        &self,
+        spec: &VmSpec,
+        template: &SnapshotFiles,
+    ) -> Result<Box<dyn VmHandle>> {
+        self.restore(spec, template).await
+    }
+
+    fn can_clone(&self) -> bool {
+        true
+    }
+
+    fn identity(&self) -> String {
+        let stamp = |p: &Path| {
+            std::fs::metadata(p)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    format!("{}:{}:{}", p.display(), m.len(), m.mtime())
+                })
+                .unwrap_or_else(|_| p.display().to_string())
+        };
+        format!(
+            "firecracker {} jailer={}",
+            stamp(&self.config.binary),
+            self.config
+                .jailer
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |j| stamp(&j.binary))
+        )
+    }
+
     async fn attach(&self, spec: &VmSpec, process: &VmProcess) -> Result<Box<dyn VmHandle>> {
         if process.kind != VmmKind::Firecracker {
             return Err(VmmError::Unsupported("attaching a non-firecracker process"));

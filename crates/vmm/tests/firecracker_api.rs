@@ -464,6 +464,47 @@ async fn restore_with_vsock_override(h: Harness) {
     }
 }
 
+/// Two clones of one snapshot at once: each in its own run directory with
+/// its own socket, the snapshot's memory file mapped, never written.
+async fn clone_from_template(h: Harness) {
+    let (orig, files) = make_snapshot(&h, "tpl").await;
+    let before = std::fs::read(&files.memory).expect("memory");
+    let vmm = h.vmm();
+    assert!(vmm.can_clone());
+    assert!(
+        vmm.identity().starts_with("firecracker "),
+        "{}",
+        vmm.identity()
+    );
+    let mut clones = Vec::new();
+    for name in ["c1", "c2"] {
+        let mut spec = h.spec(name);
+        spec.disks[0] = orig.disks[0].clone();
+        let vm = vmm.clone_from(&spec, &files).await.expect("clone");
+        assert_eq!(vm.status().await, VmStatus::Running);
+        assert_eq!(vm.vsock_path(), spec.run_dir.join("vsock.sock"));
+        assert!(is_socket(vm.vsock_path()));
+        clones.push((spec, vm));
+    }
+    for (spec, vm) in &clones {
+        vm.kill().await.expect("kill");
+        assert_gone(vm.as_ref()).await;
+        if h.fake {
+            let reqs = requests(&spec.run_dir);
+            let load = body_of(&reqs, "PUT /snapshot/load");
+            assert_eq!(
+                load["mem_backend"],
+                json!({"backend_type": "File", "backend_path": files.memory.to_string_lossy()})
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read(&files.memory).expect("memory"),
+        before,
+        "a clone wrote the template's memory file"
+    );
+}
+
 async fn restore_failure(h: Harness) {
     let (_, files) = make_snapshot(&h, "broken").await;
     std::fs::write(&files.state, b"this is not a snapshot").expect("corrupt state");
@@ -582,6 +623,7 @@ mod firecracker {
         restore,
         restore_failure,
         restore_with_vsock_override,
+        clone_from_template,
         attach
     );
 }
