@@ -147,14 +147,18 @@ async fn clones_of_a_template_answer_with_their_own_identity_clock_randomness_an
     // A clone pauses and resumes like any sandbox (its snapshot carries
     // its RAM), and keeps what it had.
     exec(&s, &ida, "echo in-ram > /tmp/ram").await;
+    let t = std::time::Instant::now();
     let (st, p) = s
         .call(M::POST, &format!("/sandboxes/{ida}/pause"), None)
         .await;
     assert_eq!(st, StatusCode::OK, "{p}");
+    let paused = t.elapsed();
+    let t = std::time::Instant::now();
     let (st, r) = s
         .call(M::POST, &format!("/sandboxes/{ida}/resume"), None)
         .await;
     assert_eq!(st, StatusCode::OK, "{r}");
+    println!("TIMING clone pause {paused:?}, resume {:?}", t.elapsed());
     assert_eq!(r["boot"], "template");
     let out = exec(&s, &ida, "cat /tmp/ram /workspace/mine").await;
     assert_eq!(out, "in-ram\nfrom-a\n");
