@@ -97,6 +97,10 @@ pub struct BenchArgs {
     /// Guest RAM of the cold-boot and working sandboxes, MiB.
     #[arg(long, default_value_t = 256)]
     pub memory_mb: u32,
+    /// Also pause and resume a sandbox of this much guest RAM (rows
+    /// `pause.<n>mb.wall`, ...); skipped when equal to --memory-mb.
+    #[arg(long, default_value = "512")]
+    pub pause_memory_mb: Option<u32>,
     /// Small counts for a fast smoke run (about two minutes under TCG).
     #[arg(long)]
     pub quick: bool,
@@ -515,6 +519,9 @@ impl Bench {
             self.counts.pause_cycles
         );
         let mut metrics = self.cold_boots().await;
+        if let Some(mb) = args.pause_memory_mb.filter(|mb| *mb != self.memory_mb) {
+            metrics.extend(self.pause_resume_of_size(mb).await);
+        }
         metrics.extend(self.template_creates().await);
         metrics.extend(self.forks().await);
         let accel = health.get("accel").and_then(Value::as_str).unwrap_or("tcg");
@@ -566,7 +573,7 @@ impl Bench {
         let (mut uptime, mut uptime_err) = (Vec::new(), Vec::new());
         let mut sources = BTreeSet::new();
         for i in 0..self.counts.iterations {
-            let body = json!({ "memory_mb": self.memory_mb });
+            let body = json!({ "memory_mb": self.memory_mb, "boot": "cold" });
             match self.create(body).await {
                 Ok((id, r)) => {
                     create.push(r.ms);
@@ -655,7 +662,7 @@ impl Bench {
 
     async fn working_sandbox(&self) -> Vec<Metric> {
         let ws = format!("bench-{:08x}", rand::thread_rng().next_u32());
-        let body = json!({ "memory_mb": self.memory_mb, "workspace_id": ws });
+        let body = json!({ "memory_mb": self.memory_mb, "workspace_id": ws, "boot": "cold" });
         let id = match self.create(body).await {
             Ok((id, _)) => id,
             Err(e) => {
@@ -680,12 +687,36 @@ impl Bench {
         m.extend(self.files(&id).await);
         m.extend(transfer::metrics(&self.api, &id, self.counts.transfers).await);
         m.extend(self.management().await);
-        let (pm, current) = self.pause_resume(&id, &ws).await;
+        let (pm, current) = self.pause_resume(&id, &ws, "").await;
         m.extend(pm);
         if let Err(e) = self.destroy(&current).await {
             eprintln!("bench: cannot destroy {current}: {e}");
         }
         m
+    }
+
+    /// Pause/resume cycles of a cold-booted sandbox of `memory_mb` (rows
+    /// labelled `.<n>mb`).
+    async fn pause_resume_of_size(&self, memory_mb: u32) -> Vec<Metric> {
+        let ws = format!("bench-{:08x}", rand::thread_rng().next_u32());
+        let body = json!({ "memory_mb": memory_mb, "workspace_id": ws, "boot": "cold" });
+        let label = format!(".{memory_mb}mb");
+        match self.create(body).await {
+            Ok((id, _)) => {
+                self.tracker.add_workspace(&ws);
+                let (m, current) = self.pause_resume(&id, &ws, &label).await;
+                if let Err(e) = self.destroy(&current).await {
+                    eprintln!("bench: cannot destroy {current}: {e}");
+                }
+                m
+            }
+            Err(e) => vec![Metric::new(
+                &format!("pause{label}.wall"),
+                "ms",
+                &[],
+                Some(format!("no {memory_mb} MiB sandbox: {}", err_note(&e))),
+            )],
+        }
     }
 
     /// Guest uptime (`/proc/uptime`, 10 ms resolution) read by an exec.
@@ -906,7 +937,7 @@ impl Bench {
 
     /// Pause/resume cycles. Returns the metrics and the sandbox id to destroy
     /// afterwards (a resume may name a new sandbox).
-    async fn pause_resume(&self, id: &str, ws: &str) -> (Vec<Metric>, String) {
+    async fn pause_resume(&self, id: &str, ws: &str, label: &str) -> (Vec<Metric>, String) {
         let mut current = id.to_owned();
         let (mut pause, mut resume, mut first_exec, mut size) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -969,13 +1000,13 @@ impl Bench {
         let skipped = (self.counts.pause_cycles == 0).then(|| "--pause-cycles 0".to_owned());
         let metrics = vec![
             Metric::new(
-                "pause.wall",
+                &format!("pause{label}.wall"),
                 "ms",
                 &pause,
                 pause_err.clone().or(skipped.clone()),
             ),
             Metric::new(
-                "resume.wall",
+                &format!("resume{label}.wall"),
                 "ms",
                 &resume,
                 resume_err
@@ -986,13 +1017,13 @@ impl Bench {
                     .or(skipped.clone()),
             ),
             Metric::new(
-                "resume.first_exec",
+                &format!("resume{label}.first_exec"),
                 "ms",
                 &first_exec,
                 Some("first exec `true` round trip after resume".into()),
             ),
             Metric::new(
-                "snapshot.size_on_disk",
+                &format!("snapshot{label}.size_on_disk"),
                 "MiB",
                 &size,
                 Some(if size.is_empty() {
