@@ -3,8 +3,15 @@
 
 use crate::store::{read_json, Layout};
 use crate::{ManagerError, Result};
+use locale2b_protocol::SandboxId;
+use locale2b_vmm::{DiskSpec, MemMib, VmSpec};
 use serde::Deserialize;
 use std::path::PathBuf;
+
+/// The kernel command line locale2b boots a guest of `sandbox_id` with.
+pub fn boot_args(sandbox_id: &str) -> String {
+    format!("init=/usr/local/bin/locale2b-agent locale2b.sandbox_id={sandbox_id}")
+}
 
 /// An installed image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +39,38 @@ struct Part {
 }
 
 impl Image {
+    /// The VM of a guest of this image: its rootfs read-only, `disk` as
+    /// the writable disk, booted with [`boot_args`].
+    pub fn vm_spec(
+        &self,
+        sandbox_id: &SandboxId,
+        disk: PathBuf,
+        memory_mb: u32,
+        vcpus: u8,
+        run_dir: PathBuf,
+        guest_cid: u32,
+    ) -> VmSpec {
+        VmSpec {
+            sandbox_id: sandbox_id.clone(),
+            kernel: self.kernel.clone(),
+            disks: vec![
+                DiskSpec {
+                    path: self.rootfs.clone(),
+                    read_only: true,
+                },
+                DiskSpec {
+                    path: disk,
+                    read_only: false,
+                },
+            ],
+            memory: MemMib(memory_mb),
+            vcpus,
+            extra_boot_args: boot_args(sandbox_id.as_str()),
+            run_dir,
+            guest_cid,
+        }
+    }
+
     /// The image of `template` (a validated name) under `layout`.
     ///
     /// # Errors

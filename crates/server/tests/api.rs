@@ -553,12 +553,20 @@ async fn upload_to_unknown_sandbox_is_404_and_without_file_part_is_400() {
     assert!(error_of(&body).1.contains("path"), "{body}");
 }
 
-#[tokio::test]
-async fn serve_answers_on_a_socket_and_shuts_down() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// The real server on 127.0.0.1:0 over a manager without VMs: its base
+/// directory, address, stop sender and task.
+async fn serve_on_socket(
+    tweak: impl FnOnce(&mut Config),
+) -> (
+    tempfile::TempDir,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.manager.base_dir = dir.path().to_owned();
+    tweak(&mut config);
     let manager = SandboxManager::open(Arc::new(config.manager), Arc::new(NoVmm), "tcg".into())
         .await
         .unwrap();
@@ -573,6 +581,13 @@ async fn serve_answers_on_a_socket_and_shuts_down() {
     let server = tokio::spawn(locale2b_server::serve(listener, state, async move {
         let _ = stop_rx.await;
     }));
+    (dir, addr, stop_tx, server)
+}
+
+#[tokio::test]
+async fn serve_answers_on_a_socket_and_shuts_down() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, addr, stop_tx, server) = serve_on_socket(|_| {}).await;
 
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(b"GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
@@ -603,24 +618,8 @@ async fn a_client_still_sending_an_over_limit_body_receives_the_413() {
     // client that writes the whole body before reading (most HTTP clients)
     // must still get that answer, not a reset connection.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::default();
-    config.manager.base_dir = dir.path().to_owned();
-    config.server.max_body_bytes = 1 << 20;
-    let manager = SandboxManager::open(Arc::new(config.manager), Arc::new(NoVmm), "tcg".into())
-        .await
-        .unwrap();
-    let state = AppState::new(
-        manager,
-        ApiKeys::new(vec![("t".into(), Secret::new(KEY))]),
-        &config.server,
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(locale2b_server::serve(listener, state, async move {
-        let _ = stop_rx.await;
-    }));
+    let (_dir, addr, stop_tx, server) =
+        serve_on_socket(|c| c.server.max_body_bytes = 1 << 20).await;
 
     let body = format!(r#"{{"path":"/a","content":"{}"}}"#, "A".repeat(24 << 20));
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();

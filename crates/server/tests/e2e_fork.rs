@@ -13,16 +13,7 @@ use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
 async fn exec(s: &Server, id: &str, command: &str) -> String {
-    let (st, out) = s
-        .call(
-            M::POST,
-            &format!("/sandboxes/{id}/exec"),
-            Some(json!({"command": command, "timeout_ms": 60_000})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{out}");
-    assert_eq!(out["exit_code"], 0, "{command}: {out}");
-    out["stdout"].as_str().unwrap().to_owned()
+    s.exec_ok(id, command).await
 }
 
 async fn counter(s: &Server, id: &str) -> u64 {

@@ -59,16 +59,7 @@ async fn create(s: &Server, body: Value) -> Value {
 }
 
 async fn exec(s: &Server, id: &str, command: &str) -> String {
-    let (st, out) = s
-        .call(
-            M::POST,
-            &format!("/sandboxes/{id}/exec"),
-            Some(json!({"command": command, "timeout_ms": 60_000})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::OK, "{out}");
-    assert_eq!(out["exit_code"], 0, "{command}: {out}");
-    out["stdout"].as_str().unwrap().to_owned()
+    s.exec_ok(id, command).await
 }
 
 fn id_of(info: &Value) -> String {

@@ -9,32 +9,21 @@ use crate::store::SandboxRecord;
 use crate::{ManagerError, Result};
 use locale2b_agent_client::{AgentClient, ClientConfig, ClientError};
 use locale2b_protocol::InitRequest;
-use locale2b_vmm::{DiskSpec, MemMib, VmHandle, VmSpec};
+use locale2b_vmm::{VmHandle, VmSpec};
 use std::path::PathBuf;
 use std::time::Instant;
 
 impl SandboxManager {
     pub(super) fn vm_spec(&self, r: &SandboxRecord, image: &Image) -> VmSpec {
         let layout = self.store.layout();
-        VmSpec {
-            sandbox_id: r.sandbox_id.clone(),
-            kernel: image.kernel.clone(),
-            disks: vec![
-                DiskSpec {
-                    path: image.rootfs.clone(),
-                    read_only: true,
-                },
-                DiskSpec {
-                    path: layout.workspace_disk(&r.workspace_id),
-                    read_only: false,
-                },
-            ],
-            memory: MemMib(r.memory_mb),
-            vcpus: r.vcpu_count,
-            extra_boot_args: super::template::boot_args(r.sandbox_id.as_str()),
-            run_dir: layout.sandbox_dir(&r.sandbox_id),
-            guest_cid: r.guest_cid,
-        }
+        image.vm_spec(
+            &r.sandbox_id,
+            layout.workspace_disk(&r.workspace_id),
+            r.memory_mb,
+            r.vcpu_count,
+            layout.sandbox_dir(&r.sandbox_id),
+            r.guest_cid,
+        )
     }
 
     pub(super) fn new_client(&self, vsock: Option<PathBuf>) -> AgentClient {

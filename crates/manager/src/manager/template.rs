@@ -24,7 +24,7 @@ use crate::snapshot::{sha256_file, FileDigest};
 use crate::store::{create_private_dir, make_disk, read_json, write_json_atomic};
 use crate::{ManagerError, Result};
 use locale2b_protocol::SandboxId;
-use locale2b_vmm::{DiskSpec, MemMib, SnapshotFiles, VmHandle, VmSpec};
+use locale2b_vmm::{SnapshotFiles, VmHandle};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -149,13 +149,8 @@ fn key_input(image: &Image, vmm_identity: &str, memory_mb: u32, vcpus: u8, disk_
         env!("CARGO_PKG_VERSION"),
         image.kernel_sha256,
         image.rootfs_sha256,
-        boot_args("<id>"),
+        crate::image::boot_args("<id>"),
     )
-}
-
-/// The kernel command line locale2b boots a guest with.
-pub(super) fn boot_args(sandbox_id: &str) -> String {
-    format!("init=/usr/local/bin/locale2b-agent locale2b.sandbox_id={sandbox_id}")
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -378,25 +373,7 @@ impl SandboxManager {
         let disk = tmp.join("disk.ext4");
         let outcome = async {
             make_disk(&disk, disk_mb).await?;
-            let spec = VmSpec {
-                sandbox_id: id.clone(),
-                kernel: image.kernel.clone(),
-                disks: vec![
-                    DiskSpec {
-                        path: image.rootfs.clone(),
-                        read_only: true,
-                    },
-                    DiskSpec {
-                        path: disk.clone(),
-                        read_only: false,
-                    },
-                ],
-                memory: MemMib(memory_mb),
-                vcpus,
-                extra_boot_args: boot_args(id.as_str()),
-                run_dir: run.clone(),
-                guest_cid: 3,
-            };
+            let spec = image.vm_spec(&id, disk.clone(), memory_mb, vcpus, run.clone(), 3);
             let vm = self
                 .vmm
                 .start(&spec)

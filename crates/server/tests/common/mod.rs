@@ -101,6 +101,23 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Runs `command` in sandbox `id` (60 s limit), asserts it exited 0,
+    /// answers its stdout.
+    pub async fn exec_ok(&self, id: &str, command: &str) -> String {
+        let (st, out) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/sandboxes/{id}/exec"),
+                Some(serde_json::json!({"command": command, "timeout_ms": 60_000})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{out}");
+        assert_eq!(out["exit_code"], 0, "{command}: {out}");
+        out["stdout"].as_str().unwrap().to_owned()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(tx) = self.stop.take() {
