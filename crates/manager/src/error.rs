@@ -141,6 +141,26 @@ impl ManagerError {
         }
     }
 
+    /// Whether this failure is something not answering in time (the guest,
+    /// the VMM or its control socket), which on a loaded host says nothing
+    /// about what was being started.
+    pub fn is_timeout(&self) -> bool {
+        if matches!(self, Self::Timeout { .. }) {
+            return true;
+        }
+        let mut cur = std::error::Error::source(self);
+        while let Some(e) = cur {
+            if matches!(
+                e.downcast_ref::<locale2b_vmm::VmmError>(),
+                Some(locale2b_vmm::VmmError::Timeout { .. })
+            ) {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     /// Builds a [`ManagerError::Vm`] error with a source.
     pub fn vm(
         message: impl Into<String>,
@@ -151,6 +171,18 @@ impl ManagerError {
             source: Some(Box::new(source)),
         }
     }
+}
+
+/// Prints an error and its whole source chain on one line.
+pub fn chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
 }
 
 /// Result alias of the manager.

@@ -224,23 +224,11 @@ fn guest_status(kind: GuestErrorKind) -> StatusCode {
     }
 }
 
-/// Prints an error and its whole source chain on one line.
-pub(crate) fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, details, retry_after) = self.parts();
         if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), code = %code, error = %chain(&self), "request failed");
+            tracing::error!(status = status.as_u16(), code = %code, error = %locale2b_manager::error::chain(&self), "request failed");
         } else {
             tracing::debug!(status = status.as_u16(), code = %code, error = %message, "request refused");
         }

@@ -91,8 +91,11 @@ impl QemuConfig {
         Self {
             binary: binary.into(),
             accel,
-            start_timeout: Duration::from_secs(10),
-            qmp_timeout: Duration::from_secs(5),
+            // Generous: these catch a hung QEMU, and a host running dozens
+            // of TCG guests on two cores can take seconds to answer (seen:
+            // qmp_capabilities after more than 5 s).
+            start_timeout: Duration::from_secs(30),
+            qmp_timeout: Duration::from_secs(20),
             migrate_timeout: Duration::from_secs(120),
             tsc_khz: None,
             acpi: true,
@@ -964,9 +967,9 @@ fn qmp_err(request: &str, e: QmpError) -> VmmError {
             request: request.to_owned(),
             message: desc,
         },
-        QmpError::Timeout(what) => VmmError::Timeout {
+        QmpError::Timeout { what, after } => VmmError::Timeout {
             what: format!("QMP {what}"),
-            after: Duration::ZERO,
+            after,
         },
         QmpError::Io(source) => io_err(format!("QMP {request}"), source),
         other => io_err(

@@ -260,10 +260,16 @@ impl SandboxManager {
                     }
                     Err(e) if sb.is_doomed() => return Err(e),
                     Err(e) => {
-                        warn!(sandbox_id = %sandbox_id, template_dir = %t.dir.display(), reason = %e, "cloning the template snapshot failed; removing it and booting cold");
-                        self.templates.failed(&t.key, &e.to_string());
-                        self.templates.forget_checked(&t.dir);
-                        let _ = std::fs::remove_dir_all(&t.dir);
+                        if e.is_timeout() {
+                            // A slow host, not a bad template: keep it and
+                            // go on cloning it for other creates.
+                            warn!(sandbox_id = %sandbox_id, template_dir = %t.dir.display(), reason = %crate::error::chain(&e), "cloning the template snapshot timed out; booting cold");
+                        } else {
+                            warn!(sandbox_id = %sandbox_id, template_dir = %t.dir.display(), reason = %crate::error::chain(&e), "cloning the template snapshot failed; removing it and booting cold");
+                            self.templates.failed(&t.key, &e.to_string());
+                            self.templates.forget_checked(&t.dir);
+                            let _ = std::fs::remove_dir_all(&t.dir);
+                        }
                         if let Some(vm) = vm_slot.take() {
                             let _ = vm.kill().await;
                         }
@@ -328,11 +334,11 @@ impl SandboxManager {
                 Ok(sb.info())
             }
             Err(err) => {
-                warn!(sandbox_id = %sandbox_id, error = %err, "create failed; cleaning up");
+                warn!(sandbox_id = %sandbox_id, error = %crate::error::chain(&err), "create failed; cleaning up");
                 crate::metrics::inc(&self.metrics.create_failures);
                 if let Some(vm) = vm_slot.take() {
                     if let Err(e) = vm.kill().await {
-                        warn!(sandbox_id = %sandbox_id, error = %e, "kill after failed create");
+                        warn!(sandbox_id = %sandbox_id, error = %crate::error::chain(&e), "kill after failed create");
                     }
                 }
                 drop(vm_slot);

@@ -76,7 +76,7 @@ impl SandboxManager {
         }
         if let Some(vm) = vm_slot.take() {
             if let Err(e) = vm.shutdown(self.config.shutdown_grace()).await {
-                warn!(sandbox_id = %id, error = %e, "shutdown failed; killing");
+                warn!(sandbox_id = %id, error = %crate::error::chain(&e), "shutdown failed; killing");
                 let _ = vm.kill().await;
             }
         } else if let Some(p) = sb.record().process {
@@ -98,7 +98,7 @@ impl SandboxManager {
     pub(super) fn remove_sandbox_dir(&self, id: &SandboxId) {
         if let Err(e) = std::fs::remove_dir_all(self.store.layout().sandbox_dir(id)) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(sandbox_id = %id, error = %e, "cannot remove sandbox dir");
+                warn!(sandbox_id = %id, error = %crate::error::chain(&e), "cannot remove sandbox dir");
             }
         }
     }

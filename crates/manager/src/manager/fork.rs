@@ -93,10 +93,10 @@ impl SandboxManager {
         }
         let _ = std::fs::remove_dir_all(&dir);
         if let Some(err) = failure {
-            warn!(sandbox_id = %id, error = %err, made = children.len(), "fork failed; destroying the children made");
+            warn!(sandbox_id = %id, error = %crate::error::chain(&err), made = children.len(), "fork failed; destroying the children made");
             for c in &children {
                 if let Err(e) = self.destroy(&c.sandbox_id).await {
-                    warn!(sandbox_id = %c.sandbox_id, error = %e, "destroying a fork child failed");
+                    warn!(sandbox_id = %c.sandbox_id, error = %crate::error::chain(&e), "destroying a fork child failed");
                 }
             }
             return Err(err);
@@ -121,7 +121,7 @@ impl SandboxManager {
         create_private_dir(&dir)?;
         if let Some(client) = sb.client() {
             if let Err(e) = client.sync().await {
-                warn!(sandbox_id = %id, error = %e, "guest sync before fork failed");
+                warn!(sandbox_id = %id, error = %crate::error::chain(&e), "guest sync before fork failed");
             }
         }
         let t0 = Instant::now();

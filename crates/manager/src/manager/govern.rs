@@ -83,7 +83,7 @@ impl SandboxManager {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(sandbox_id = %victim.id, error = %e, "eviction pause failed; trying another sandbox");
+                    warn!(sandbox_id = %victim.id, error = %crate::error::chain(&e), "eviction pause failed; trying another sandbox");
                 }
             }
         }
@@ -184,7 +184,7 @@ impl SandboxManager {
                 Ok(Some(_)) => info!(sandbox_id = %id, "sandbox idle; paused"),
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(sandbox_id = %id, error = %e, "idle pause failed; the sandbox keeps running");
+                    warn!(sandbox_id = %id, error = %crate::error::chain(&e), "idle pause failed; the sandbox keeps running");
                     // Try again after another idle period.
                     sb.touch();
                 }
@@ -345,7 +345,7 @@ impl SandboxManager {
                 }
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(sandbox_id = %sb.id, error = %e, "destroy at the end of the retention failed")
+                    warn!(sandbox_id = %sb.id, error = %crate::error::chain(&e), "destroy at the end of the retention failed")
                 }
             }
         }
@@ -447,7 +447,7 @@ impl SandboxManager {
                     m.memory_used_mb = mem;
                 }
                 Err(e) => {
-                    tracing::debug!(sandbox_id = %id, error = %e, "guest figures unavailable")
+                    tracing::debug!(sandbox_id = %id, error = %crate::error::chain(&e), "guest figures unavailable")
                 }
             }
         }

@@ -107,7 +107,7 @@ impl SandboxManager {
                 Ok(true) => info!(sandbox_id = %id, "sandbox lifetime ended; destroyed"),
                 Ok(false) => {}
                 Err(e) => {
-                    warn!(sandbox_id = %id, error = %e, "destroy at the end of the lifetime failed")
+                    warn!(sandbox_id = %id, error = %crate::error::chain(&e), "destroy at the end of the lifetime failed")
                 }
             },
             OnTimeout::Pause => match self
@@ -117,7 +117,7 @@ impl SandboxManager {
                 Ok(Some(_)) => info!(sandbox_id = %id, "sandbox lifetime ended; paused"),
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(sandbox_id = %id, error = %e, retry_sec = PAUSE_RETRY.as_secs(), "pause at the end of the lifetime failed; the sandbox keeps running");
+                    warn!(sandbox_id = %id, error = %crate::error::chain(&e), retry_sec = PAUSE_RETRY.as_secs(), "pause at the end of the lifetime failed; the sandbox keeps running");
                     if let Some(sb) = self.registry.get(&id) {
                         sb.update(|r| {
                             if r.status == SandboxStatus::Running {

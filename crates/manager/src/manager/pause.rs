@@ -74,7 +74,7 @@ impl SandboxManager {
         // alone is consistent even if the snapshot is later lost.
         if let Some(client) = sb.client() {
             if let Err(e) = client.sync().await {
-                warn!(sandbox_id = %id, error = %e, "guest sync before pause failed");
+                warn!(sandbox_id = %id, error = %crate::error::chain(&e), "guest sync before pause failed");
             }
         }
         let record = sb.record();
@@ -107,7 +107,7 @@ impl SandboxManager {
                 Ok(Some(sb.info()))
             }
             Err(err) => {
-                warn!(sandbox_id = %id, error = %err, "pause failed; resuming the VM");
+                warn!(sandbox_id = %id, error = %crate::error::chain(&err), "pause failed; resuming the VM");
                 if let Some(vm) = vm_slot.as_ref() {
                     let _ = vm.resume().await;
                 }
@@ -310,7 +310,7 @@ impl SandboxManager {
                 Ok(sb.info())
             }
             Err(err) => {
-                warn!(sandbox_id = %id, error = %err, "resume failed; sandbox stays paused");
+                warn!(sandbox_id = %id, error = %crate::error::chain(&err), "resume failed; sandbox stays paused");
                 inc(&self.metrics.resume_failures);
                 if let Some(vm) = vm_slot.take() {
                     let _ = vm.kill().await;

@@ -21,7 +21,7 @@ impl SandboxManager {
             match self.store.read_sandbox(&id) {
                 Ok(record) => self.recover_one(record).await,
                 Err(err) => {
-                    warn!(sandbox_id = %id, error = %err, "unreadable state.json; leaving the directory alone");
+                    warn!(sandbox_id = %id, error = %crate::error::chain(&err), "unreadable state.json; leaving the directory alone");
                 }
             }
         }
@@ -68,7 +68,7 @@ impl SandboxManager {
                     // Thaw a VM stopped for a snapshot or not yet started
                     // after a restore (a no-op on a running one).
                     if let Err(e) = handle.resume().await {
-                        warn!(sandbox_id = %id, error = %e, "cannot resume the re-attached VM");
+                        warn!(sandbox_id = %id, error = %crate::error::chain(&e), "cannot resume the re-attached VM");
                     }
                 }
                 let c = self.new_client(Some(handle.vsock_path().to_path_buf()));
@@ -93,7 +93,7 @@ impl SandboxManager {
                             format!("the agent did not answer after the server restart ({e}); calls retry it")
                         });
                         if let Err(e) = &answered {
-                            warn!(sandbox_id = %id, error = %e, "re-attached VM is alive but its agent is silent; kept running");
+                            warn!(sandbox_id = %id, error = %crate::error::chain(&e), "re-attached VM is alive but its agent is silent; kept running");
                         } else {
                             info!(sandbox_id = %id, "re-attached to running VM");
                         }

@@ -381,7 +381,7 @@ impl SandboxManager {
                 .map_err(|e| ManagerError::vm("failed to start the template VM", e))?;
             let snapped = self.snapshot_template(vm.as_ref(), &tmp).await;
             if let Err(e) = vm.kill().await {
-                warn!(template = name, error = %e, "stopping the template VM failed");
+                warn!(template = name, error = %crate::error::chain(&e), "stopping the template VM failed");
             }
             let files = snapped?;
             let _ = std::fs::remove_dir_all(&run);

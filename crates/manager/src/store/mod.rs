@@ -81,7 +81,7 @@ impl Store {
     pub fn write_sandbox(&self, record: &SandboxRecord) -> std::io::Result<()> {
         let result = write_json_atomic(&self.layout.sandbox_state(&record.sandbox_id), record);
         if let Err(e) = &result {
-            warn!(sandbox_id = %record.sandbox_id, error = %e, "failed to write state.json");
+            warn!(sandbox_id = %record.sandbox_id, error = %crate::error::chain(&e), "failed to write state.json");
         }
         result
     }
@@ -99,7 +99,7 @@ impl Store {
     pub fn write_workspace(&self, ws: &WorkspaceRecord) -> std::io::Result<()> {
         let result = write_json_atomic(&self.layout.workspace_meta(&ws.workspace_id), ws);
         if let Err(e) = &result {
-            warn!(workspace_id = %ws.workspace_id, error = %e, "failed to write workspace.json");
+            warn!(workspace_id = %ws.workspace_id, error = %crate::error::chain(&e), "failed to write workspace.json");
         }
         result
     }

@@ -33,8 +33,13 @@ pub enum QmpError {
         desc: String,
     },
     /// No answer in time.
-    #[error("QMP command {0} timed out")]
-    Timeout(String),
+    #[error("QMP {what} timed out after {after:?}")]
+    Timeout {
+        /// The command (or `connect`, `greeting`).
+        what: String,
+        /// The timeout that passed.
+        after: std::time::Duration,
+    },
 }
 
 struct Conn {
@@ -66,7 +71,10 @@ impl Qmp {
     pub async fn connect(path: &Path, timeout: Duration) -> Result<Self, QmpError> {
         let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
             .await
-            .map_err(|_| QmpError::Timeout("connect".into()))?
+            .map_err(|_| QmpError::Timeout {
+                what: "connect".into(),
+                after: timeout,
+            })?
             .map_err(QmpError::Io)?;
         let (r, w) = stream.into_split();
         let mut conn = Conn {
@@ -76,7 +84,10 @@ impl Qmp {
         };
         let greeting = tokio::time::timeout(timeout, read_message(&mut conn.reader))
             .await
-            .map_err(|_| QmpError::Timeout("greeting".into()))??;
+            .map_err(|_| QmpError::Timeout {
+                what: "greeting".into(),
+                after: timeout,
+            })??;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Protocol(format!(
                 "expected greeting, got {greeting}"
@@ -155,7 +166,10 @@ impl Qmp {
         };
         tokio::time::timeout(timeout, exchange)
             .await
-            .map_err(|_| QmpError::Timeout(command.to_owned()))?
+            .map_err(|_| QmpError::Timeout {
+                what: command.to_owned(),
+                after: timeout,
+            })?
     }
 
     /// `query-status`: returns QEMU's run state (`running`, `paused`,
@@ -252,7 +266,7 @@ mod tests {
             .expect_err("refused");
         assert!(matches!(err, QmpError::Command { ref desc, .. } if desc == "no way"));
         let err = qmp.execute("silence", None).await.expect_err("timeout");
-        assert!(matches!(err, QmpError::Timeout(_)));
+        assert!(matches!(err, QmpError::Timeout { .. }));
         // The session still works after a timeout.
         assert_eq!(qmp.run_state().await.expect("status"), "paused");
         drop(qmp);
