@@ -42,6 +42,68 @@ pub async fn hybrid_vsock_connect(
     }
 }
 
+/// Opens a TCP connection to `guest_port` on the guest's loopback through
+/// the agent's forwarder ([`locale2b_protocol::FORWARD_VSOCK_PORT`]), all
+/// within `timeout`. The returned stream carries that connection's bytes.
+///
+/// # Errors
+/// As [`hybrid_vsock_connect`]; [`ClientError::ForwardRefused`] when
+/// nothing listens on the guest port.
+pub async fn forward_connect(
+    path: &Path,
+    guest_port: u16,
+    timeout: Duration,
+) -> Result<UnixStream, ClientError> {
+    let open = async {
+        let mut stream = connect_with(
+            path,
+            locale2b_protocol::FORWARD_VSOCK_PORT,
+            timeout,
+            timeout,
+        )
+        .await?;
+        stream
+            .write_all(format!("TCP {guest_port}\n").as_bytes())
+            .await
+            .map_err(ClientError::Io)?;
+        let line = read_line(&mut stream).await?;
+        match line.strip_prefix("ERR ") {
+            None if line == "OK" => Ok(stream),
+            None => Err(ClientError::Protocol(format!(
+                "unexpected reply of the forwarder: {line:?}"
+            ))),
+            Some(why) => Err(ClientError::ForwardRefused(why.to_owned())),
+        }
+    };
+    match tokio::time::timeout(timeout, open).await {
+        Ok(result) => result,
+        Err(_) => Err(ClientError::timeout(
+            format!("forward to guest port {guest_port}"),
+            timeout,
+        )),
+    }
+}
+
+/// Reads one line (without its `\n`) byte by byte, at most 512 bytes.
+async fn read_line(stream: &mut UnixStream) -> Result<String, ClientError> {
+    let mut line = Vec::with_capacity(16);
+    loop {
+        let mut byte = [0u8; 1];
+        if stream.read(&mut byte).await.map_err(ClientError::Io)? == 0 {
+            return Err(ClientError::Handshake(
+                "the forwarder closed the stream before answering (an agent without it?)".into(),
+            ));
+        }
+        if byte[0] == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        if line.len() == 512 {
+            return Err(ClientError::Protocol("forwarder reply too long".into()));
+        }
+        line.push(byte[0]);
+    }
+}
+
 /// [`hybrid_vsock_connect`] with separate limits for the Unix connect and
 /// for the `OK` reply.
 pub(crate) async fn connect_with(

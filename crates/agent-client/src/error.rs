@@ -24,6 +24,10 @@ pub enum ClientError {
     /// the port) or answered something other than `OK <n>`.
     #[error("hybrid vsock handshake failed: {0}")]
     Handshake(String),
+    /// The agent's TCP forwarder could not reach the guest port (nothing
+    /// listens there); the agent's reason.
+    #[error("{0}")]
+    ForwardRefused(String),
     /// A step did not finish in time. The connection it used is dropped.
     #[error("{what} timed out after {after:?}")]
     Timeout {
@@ -101,6 +105,7 @@ impl ClientError {
             Self::Frame(e) => matches!(e, FrameError::Io(_) | FrameError::Truncated),
             Self::Agent(_)
             | Self::Protocol(_)
+            | Self::ForwardRefused(_)
             | Self::IncompatibleAgent { .. }
             | Self::Unsupported { .. } => false,
             Self::NotReady { .. } => false,
@@ -121,6 +126,7 @@ impl ClientError {
             Self::Timeout { .. } => "timeout",
             Self::Agent(body) => body.code.as_str(),
             Self::Protocol(_) => "protocol",
+            Self::ForwardRefused(_) => "forward_refused",
             Self::IncompatibleAgent { .. } => "incompatible_agent",
             Self::Unsupported { .. } => "unsupported",
             Self::Frame(_) => "frame",

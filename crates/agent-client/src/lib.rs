@@ -35,5 +35,5 @@ mod error;
 
 pub use client::{is_idempotent, AgentClient, AgentStream, Ready, StreamItem};
 pub use config::ClientConfig;
-pub use connect::hybrid_vsock_connect;
+pub use connect::{forward_connect, hybrid_vsock_connect};
 pub use error::ClientError;

@@ -146,6 +146,9 @@ pub fn setup_system() -> Result<(), AgentError> {
     if let Err(e) = crate::system::set_hostname(BOOT_HOSTNAME) {
         tracing::warn!(error = %e, "cannot set hostname");
     }
+    if let Err(e) = crate::system::bring_up_loopback() {
+        tracing::warn!(error = %e, "cannot bring the loopback interface up");
+    }
     // SAFETY: reboot(LINUX_REBOOT_CMD_CAD_OFF) takes no pointers; it makes
     // Ctrl-Alt-Del send SIGINT to PID 1 instead of rebooting at once.
     unsafe {

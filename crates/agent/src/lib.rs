@@ -17,6 +17,7 @@ pub mod context;
 pub mod dispatch;
 pub mod exec;
 pub mod filestream;
+pub mod forward;
 pub mod fs;
 pub mod init;
 pub mod process;

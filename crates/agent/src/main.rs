@@ -166,6 +166,18 @@ fn run_init() -> ExitCode {
             Ok(None) => tracing::info!("no /dev/vsock"),
             Err(e) => tracing::error!(error = %init::error_chain(&e), "vsock listener failed"),
         }
+        match vsock::bind_forward() {
+            Ok(Some(listener)) => {
+                let c = ctx.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = vsock::serve_forward(listener, c).await {
+                        tracing::error!(error = %init::error_chain(&e), "vsock forward listener failed");
+                    }
+                });
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %init::error_chain(&e), "vsock forward listener failed"),
+        }
         match serial::open_agent_port() {
             Ok(Some((path, port))) => {
                 listening = true;

@@ -9,7 +9,8 @@
 //! or when the yamux connection fails. Every yamux stream starts with the
 //! host's `CONNECT <port>\n`; the guest answers `OK <port>\n` for port
 //! [`AGENT_VSOCK_PORT`] and then serves the framed protocol on the stream,
-//! and closes streams for other ports.
+//! or for [`FORWARD_VSOCK_PORT`] and then forwards it to a guest TCP port
+//! (see [`crate::forward`]), and closes streams for other ports.
 //!
 //! [`run_session_pump`] holds the logic and works on any byte stream, so it
 //! is unit-tested over an in-memory pipe; [`SerialPort`] is the real device.
@@ -17,7 +18,7 @@
 use crate::context::AgentContext;
 use crate::AgentError;
 use futures::future::poll_fn;
-use locale2b_protocol::{AGENT_VSOCK_PORT, SERIAL_PORT_NAME};
+use locale2b_protocol::{AGENT_VSOCK_PORT, FORWARD_VSOCK_PORT, SERIAL_PORT_NAME};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -361,6 +362,16 @@ async fn serve_mux_stream(stream: yamux::Stream, ctx: Arc<AgentContext>) {
                 return;
             }
             crate::conn::serve_connection(stream, ctx).await;
+        }
+        Some(p) if p == FORWARD_VSOCK_PORT => {
+            if stream
+                .write_all(format!("OK {p}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            crate::forward::serve_forward(stream).await;
         }
         other => {
             tracing::debug!(?other, "stream for an unknown port closed");

@@ -48,6 +48,37 @@ pub fn set_hostname(name: &str) -> std::io::Result<()> {
     nix::unistd::sethostname(name).map_err(std::io::Error::from)
 }
 
+/// Brings the loopback interface up (the kernel then gives it 127.0.0.1/8
+/// and ::1): as PID 1 nothing else does, and servers in the guest bind
+/// it (exposed ports reach them there).
+pub fn bring_up_loopback() -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: socket() takes no pointers; its descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid (a C struct of plain data).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq passed,
+    // which lives across both calls.
+    unsafe {
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as _, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// `/etc/hosts` text with the `127.0.1.1` line naming `hostname` (added
 /// when there is none), so the name resolves (`sudo` and many tools look
 /// their own host up).

@@ -240,6 +240,11 @@ pub struct ServerConfig {
     /// Serve `GET /metrics` without an API key (for a scraper on a trusted
     /// network); behind the key otherwise.
     pub metrics_public: bool,
+    /// Domain of Host-header routing to exposed ports: a request to the
+    /// server with `Host: <port>-<sandbox_id>.<ports_domain>` goes to that
+    /// exposed port (names under `localhost` resolve to the loopback in
+    /// browsers and curl). Empty: no Host-header routing.
+    pub ports_domain: String,
 }
 
 impl Default for ServerConfig {
@@ -257,6 +262,7 @@ impl Default for ServerConfig {
             e2b: true,
             e2b_allow_insecure: false,
             metrics_public: false,
+            ports_domain: "localhost".into(),
         }
     }
 }
@@ -366,6 +372,14 @@ pub struct ManagerConfig {
     pub process_retention_sec: u64,
     /// Environment variables set in every sandbox.
     pub sandbox_env: BTreeMap<String, String>,
+    /// Address the listeners of exposed ports bind (each exposed port gets
+    /// a free TCP port there). `0.0.0.0` makes them reachable from the LAN.
+    pub ports_host: IpAddr,
+    /// Host name the URLs of exposed ports use; unset: `ports_host`, or
+    /// this machine's host name when that is `0.0.0.0`/`::`.
+    pub public_host: Option<String>,
+    /// Most ports one sandbox may have exposed at once.
+    pub max_exposed_ports: u32,
 }
 
 impl Default for ManagerConfig {
@@ -409,6 +423,9 @@ impl Default for ManagerConfig {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             process_retention_sec: 600,
             sandbox_env: BTreeMap::new(),
+            ports_host: IpAddr::from([127, 0, 0, 1]),
+            public_host: None,
+            max_exposed_ports: 32,
         }
     }
 }
@@ -707,6 +724,10 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("max_frame_bytes", "manager", Int),
         ("process_retention_sec", "manager", Int),
         ("sandbox_env", "manager", Map),
+        ("ports_host", "manager", Str),
+        ("public_host", "manager", Str),
+        ("max_exposed_ports", "manager", Int),
+        ("ports_domain", "server", Str),
         ("vmm", "vmm", Str),
         ("firecracker_bin", "vmm", Str),
         ("jailer_bin", "vmm", Str),
@@ -1048,7 +1069,7 @@ mod tests {
         for (key, section, kind) in SETTINGS {
             let value = match kind {
                 Kind::Str => match *key {
-                    "host" => toml::Value::String("127.0.0.1".into()),
+                    "host" | "ports_host" => toml::Value::String("127.0.0.1".into()),
                     "log_format" => toml::Value::String("json".into()),
                     "vmm" => toml::Value::String("qemu".into()),
                     "base_dir" => toml::Value::String("/tmp/x".into()),

@@ -40,6 +40,7 @@ pub mod snapshot;
 pub mod store;
 
 pub use error::{GuestErrorKind, ManagerError, Result};
+pub use guest::PortConn;
 pub use locale2b_config::{Boot, ManagerConfig, VmmConfig};
 pub use manager::{SandboxManager, CRASH_POINTS, MAX_FORK_CHILDREN};
 pub use model::*;

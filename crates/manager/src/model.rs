@@ -265,6 +265,19 @@ pub struct Capacity {
     pub disk_free_mb: Option<u64>,
 }
 
+/// A guest TCP port reachable from the host (`POST /sandboxes/{id}/ports/expose`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExposedPort {
+    /// The port inside the guest (on its loopback).
+    pub port: u16,
+    /// The host port of its listener (on `ports_host`).
+    pub host_port: u16,
+    /// `http://<public_host>:<host_port>/`.
+    pub url: String,
+    /// When it was exposed (RFC 3339).
+    pub created_at: String,
+}
+
 /// Figures of one sandbox (`GET /sandboxes/{id}/metrics`). Host figures
 /// come from the health check's last sample of its VMM; guest figures are
 /// read in the guest when it runs (`None` otherwise).

@@ -70,6 +70,25 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn get_workspace(&self, id: &WorkspaceId) -> Result<WorkspaceInfo>;
     /// Deletes a workspace's data (refused while a sandbox is attached).
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()>;
+    /// Exposes guest port `port` on a host listener; `true` with it when
+    /// it was exposed already.
+    async fn expose_port(&self, id: &SandboxId, _port: u16) -> Result<(crate::ExposedPort, bool)> {
+        Err(ports_unsupported(id))
+    }
+    /// The sandbox's exposed ports, by port.
+    async fn list_ports(&self, id: &SandboxId) -> Result<Vec<crate::ExposedPort>> {
+        Err(ports_unsupported(id))
+    }
+    /// Closes an exposed port (NotFound when it is not exposed).
+    async fn close_port(&self, id: &SandboxId, _port: u16) -> Result<()> {
+        Err(ports_unsupported(id))
+    }
+}
+
+fn ports_unsupported(id: &SandboxId) -> crate::ManagerError {
+    crate::ManagerError::BackendUnsupported(format!(
+        "this server cannot expose ports of sandbox {id}"
+    ))
 }
 
 /// Operations on one running sandbox's guest. Errors from the guest come
@@ -144,4 +163,11 @@ pub trait GuestOps: Send + Sync {
     async fn resize(&self, sel: &ProcessSelector, size: PtySize) -> Result<()>;
     /// Kills the process if it runs and forgets it.
     async fn remove_process(&self, sel: &ProcessSelector) -> Result<()>;
+    /// Opens a TCP connection to `port` on the guest's loopback; the
+    /// sandbox counts as in use while it is open.
+    async fn open_port(&self, _port: u16) -> Result<crate::PortConn> {
+        Err(crate::ManagerError::BackendUnsupported(
+            "this server cannot open guest ports".into(),
+        ))
+    }
 }

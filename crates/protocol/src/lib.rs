@@ -47,7 +47,7 @@ pub use process::*;
 
 /// Version of the protocol described by this crate. Bumped on any change a
 /// peer of the previous version would misread.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Oldest protocol version this crate can still talk to.
 pub const MIN_PROTOCOL_VERSION: u32 = 1;
@@ -59,8 +59,19 @@ pub const STREAMS_PROTOCOL_VERSION: u32 = 2;
 /// `owner`/`group` in file descriptions) and `watch_dir`.
 pub const WATCH_PROTOCOL_VERSION: u32 = 3;
 
+/// First version whose agent serves [`FORWARD_VSOCK_PORT`].
+pub const FORWARD_PROTOCOL_VERSION: u32 = 4;
+
 /// The vsock port the agent's framed protocol listens on.
 pub const AGENT_VSOCK_PORT: u32 = 5000;
+
+/// The vsock port of the agent's TCP forwarder. A stream opened on it
+/// starts with the host's line `TCP <port>\n`; the agent connects to
+/// `127.0.0.1:<port>` in the guest and answers `OK\n`, or `ERR <reason>\n`
+/// and closes. After `OK` the stream carries that TCP connection's bytes
+/// both ways, unframed; either side's end of stream is passed on as a
+/// half-close.
+pub const FORWARD_VSOCK_PORT: u32 = 5001;
 
 /// Largest yamux frame either side of the qemu serial channel sends. The
 /// library's default (16 KiB) costs a frame per 16 KiB; under emulation

@@ -49,6 +49,7 @@ pub mod middleware;
 pub mod models;
 pub mod openapi;
 pub mod rate;
+pub mod route_host;
 
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
 pub use keys::{load_or_create_api_keys, ApiKeys, KeyError, KeySource, GENERATED_KEY_FILE};
@@ -81,6 +82,7 @@ struct Inner {
     e2b_enabled: bool,
     e2b_allow_insecure: bool,
     metrics_public: bool,
+    ports_domain: String,
     e2b: e2b::E2bState,
 }
 
@@ -104,6 +106,11 @@ impl AppState {
                 e2b_enabled: server.e2b,
                 e2b_allow_insecure: server.e2b_allow_insecure,
                 metrics_public: server.metrics_public,
+                ports_domain: server
+                    .ports_domain
+                    .trim()
+                    .trim_matches('.')
+                    .to_ascii_lowercase(),
                 e2b: e2b::E2bState::default(),
             }),
         }
@@ -139,6 +146,18 @@ impl AppState {
         self.inner.metrics_public
     }
 
+    /// The Host header that routes to exposed port `port` of `id`, when
+    /// Host-header routing is on (`ports_domain` set).
+    pub fn route_host(&self, id: &locale2b_protocol::SandboxId, port: u16) -> Option<String> {
+        let d = &self.inner.ports_domain;
+        (!d.is_empty()).then(|| format!("{port}-{id}.{d}"))
+    }
+
+    /// The domain of Host-header routing ("" = off).
+    pub fn ports_domain(&self) -> &str {
+        &self.inner.ports_domain
+    }
+
     /// Whether E2B clients may create sandboxes without an envd token.
     pub fn e2b_allow_insecure(&self) -> bool {
         self.inner.e2b_allow_insecure
@@ -155,9 +174,6 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.inner.max_body_bytes;
     let max_upload = usize::try_from(state.max_upload_bytes().saturating_add(MULTIPART_OVERHEAD))
         .unwrap_or(usize::MAX);
-    let ports = get(h::ports_not_implemented)
-        .post(h::ports_not_implemented)
-        .delete(h::ports_not_implemented);
     let e2b_enabled = state.inner.e2b_enabled;
     let mut app = Router::new()
         .route("/health", get(h::health))
@@ -227,8 +243,12 @@ pub fn router(state: AppState) -> Router {
             post(h::process_resize),
         )
         .route("/sandboxes/{id}/processes/{pid}/pty", get(h::process_pty))
-        .route("/sandboxes/{id}/ports", ports.clone())
-        .route("/sandboxes/{id}/ports/{*rest}", ports)
+        .route("/sandboxes/{id}/ports", get(h::list_ports))
+        .route("/sandboxes/{id}/ports/expose", post(h::expose_port))
+        .route(
+            "/sandboxes/{id}/ports/{port}",
+            axum::routing::delete(h::close_port),
+        )
         .route("/workspaces", get(h::list_workspaces))
         .route(
             "/workspaces/{id}",
@@ -253,8 +273,12 @@ pub fn router(state: AppState) -> Router {
     } else {
         app
     };
-    app.layer(axum::middleware::from_fn(middleware::trace))
-        .with_state(state)
+    app.layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        route_host::route,
+    ))
+    .layer(axum::middleware::from_fn(middleware::trace))
+    .with_state(state)
 }
 
 /// Serves [`router`] on `listener` until `shutdown` completes, then lets

@@ -66,7 +66,9 @@ use utoipa::{Modify, OpenApi};
         handlers::process_signal,
         handlers::process_resize,
         handlers::process_pty,
-        handlers::ports_not_implemented,
+        handlers::expose_port,
+        handlers::list_ports,
+        handlers::close_port,
     ),
     components(schemas(crate::error::ErrorResponse, crate::error::ErrorDetail, Encoding, StreamLine)),
     modifiers(&Security),
@@ -78,7 +80,7 @@ use utoipa::{Modify, OpenApi};
         (name = "processes", description = "Background processes, live output, PTYs"),
         (name = "files", description = "Files inside a sandbox"),
         (name = "workspaces", description = "Persistent workspaces"),
-        (name = "ports", description = "Port forwarding (not implemented yet)"),
+        (name = "ports", description = "Exposed ports: servers in the guest reached from the host"),
     )
 )]
 pub struct ApiDoc;

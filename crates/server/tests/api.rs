@@ -384,18 +384,25 @@ async fn unknown_route_and_method_are_json_errors() {
 }
 
 #[tokio::test]
-async fn ports_are_501() {
+async fn ports_check_their_input_first() {
     let h = harness().await;
-    let r = json_req(
-        Method::POST,
-        "/sandboxes/sb-x/ports/expose",
-        &json!({"port": 8000}),
-    );
+    for port in [json!(0), json!(70000), json!(-1)] {
+        let r = json_req(
+            Method::POST,
+            "/sandboxes/sb-x/ports/expose",
+            &json!({ "port": port }),
+        );
+        let (status, _, body) = send(&h, r).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{port}: {body}");
+        let (_, msg) = error_of(&body);
+        assert!(msg.contains("port"), "{msg}");
+    }
+    let r = req(Method::DELETE, "/sandboxes/sb-x/ports/http")
+        .body(Body::empty())
+        .unwrap();
     let (status, _, body) = send(&h, r).await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
-    let (code, msg) = error_of(&body);
-    assert_eq!(code, "not_implemented");
-    assert!(msg.contains("not implemented yet"), "{msg}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(error_of(&body).1.contains("not a port number"), "{body}");
 }
 
 #[tokio::test]

@@ -9,9 +9,11 @@
 
 mod exec;
 mod files;
+mod forward;
 mod processes;
 mod transfer;
 
+pub use forward::PortConn;
 pub use processes::{MAX_STDIN_WRITE, STREAM_IDLE};
 pub use transfer::{SINGLE_READ_MAX, SINGLE_WRITE_MAX, UPLOAD_CHUNK_BYTES};
 
@@ -385,6 +387,9 @@ impl GuestOps for Guest {
     }
     async fn resize(&self, sel: &ProcessSelector, size: PtySize) -> Result<()> {
         self.call(Guest::resize(self, sel, size)).await
+    }
+    async fn open_port(&self, port: u16) -> Result<PortConn> {
+        self.connect_port(port).await
     }
     async fn remove_process(&self, sel: &ProcessSelector) -> Result<()> {
         self.call(Guest::remove_process(self, sel)).await

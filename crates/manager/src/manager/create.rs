@@ -203,6 +203,7 @@ impl SandboxManager {
             disk_size_mb,
             boot: None,
             forked_from: None,
+            exposed_ports: Vec::new(),
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;

@@ -62,6 +62,7 @@ impl SandboxManager {
             return Ok(false);
         }
         sb.set_status(SandboxStatus::Stopping, None);
+        self.ports.close_all(id).await;
         if vm_slot.is_some() {
             let left = sb.settle("destroyed", self.config.settle_timeout()).await;
             if left > 0 {

@@ -33,6 +33,7 @@ mod fork;
 mod govern;
 mod lifetime;
 mod pause;
+mod ports;
 mod recover;
 mod service;
 mod template;
@@ -71,6 +72,8 @@ pub struct SandboxManager {
     cgroups: crate::cgroup::Cgroups,
     /// Template snapshots: build locks, failures, checked files.
     templates: template::Templates,
+    /// Listeners of exposed ports.
+    ports: ports::Ports,
 }
 
 /// The points where `crash_at` (testing only) kills the server, in the
@@ -149,6 +152,7 @@ impl SandboxManager {
             metrics: Arc::default(),
             cgroups,
             templates: template::Templates::default(),
+            ports: ports::Ports::default(),
             config,
             vmm,
             accel,

@@ -19,7 +19,13 @@ impl SandboxManager {
     pub(super) async fn recover(&self) {
         for id in self.store.sandbox_ids() {
             match self.store.read_sandbox(&id) {
-                Ok(record) => self.recover_one(record).await,
+                Ok(record) => {
+                    let ports = !record.exposed_ports.is_empty();
+                    self.recover_one(record).await;
+                    if ports {
+                        self.reopen_ports(&id).await;
+                    }
+                }
                 Err(err) => {
                     warn!(sandbox_id = %id, error = %crate::error::chain(&err), "unreadable state.json; leaving the directory alone");
                 }

@@ -12,7 +12,7 @@
 //! | `files` | `/sandboxes/{id}/files/...` |
 //! | `processes` | `/sandboxes/{id}/processes/...`: background processes, live output, PTY WebSocket |
 //! | `workspaces` | `/workspaces`, `/workspaces/{id}` |
-//! | `ports` | `/sandboxes/{id}/ports...` (not implemented yet) |
+//! | `ports` | `/sandboxes/{id}/ports...` (exposed ports) |
 
 mod commands;
 mod files;

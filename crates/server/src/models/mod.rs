@@ -11,6 +11,7 @@
 mod commands;
 mod files;
 mod health;
+mod ports;
 mod processes;
 mod sandboxes;
 mod workspaces;
@@ -18,6 +19,7 @@ mod workspaces;
 pub use commands::*;
 pub use files::*;
 pub use health::*;
+pub use ports::*;
 pub use processes::*;
 pub use sandboxes::*;
 pub use workspaces::*;
