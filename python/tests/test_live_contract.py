@@ -19,6 +19,7 @@ import os
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from locale2b import (
@@ -131,6 +132,32 @@ def test_exec_separates_stdout_stderr_and_exit_code(
 ) -> None:
     result = client.exec_command(sandbox.sandbox_id, "echo out; echo err >&2; exit 3")
     assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 3), result
+
+
+def test_expose_list_and_close_a_port(client: Locale2bClient, sandbox: SandboxInfo) -> None:
+    """CompyMac's three port calls: the returned url serves the guest's app."""
+    sid = sandbox.sandbox_id
+    client.exec_command(sid, "mkdir -p /tmp/site && echo port-ok > /tmp/site/index.html")
+    client.start_process(sid, "cd /tmp/site && exec python3 -m http.server 8123 --bind 127.0.0.1")
+    # Bounded wait, in the guest, for the server to accept.
+    probe = (
+        "for i in $(seq 500); do (exec 3<>/dev/tcp/127.0.0.1/8123) 2>/dev/null && exit 0; "
+        "sleep 0.1; done; exit 1"
+    )
+    assert client.exec_command(sid, f"bash -c '{probe}'", timeout_ms=60_000).exit_code == 0
+
+    exposed = client.expose_port(sid, 8123)
+    assert exposed.port == 8123 and exposed.already_exposed is False, exposed
+    assert httpx.get(exposed.url, timeout=30).text == "port-ok\n"
+    again = client.expose_port(sid, 8123)
+    assert (again.url, again.already_exposed) == (exposed.url, True), again
+    assert [p.port for p in client.list_exposed_ports(sid)] == [8123]
+
+    client.close_port(sid, 8123)
+    assert client.list_exposed_ports(sid) == []
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(exposed.url, timeout=30)
+    client.close_port(sid, 8123)  # 404 counts as success
 
 
 def test_binary_file_roundtrip(client: Locale2bClient, sandbox: SandboxInfo) -> None:
