@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 use locale2b_config::{Config, LogConfig, LogFormat};
 
 mod bench;
+mod client;
 mod doctor;
 mod image;
 mod serve;
@@ -15,6 +16,8 @@ mod serve;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    target: client::Target,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,6 +32,20 @@ enum Command {
     /// Measure boot, exec, file, pause/resume, API latency and density against a real server
     /// (`bench soak`: a long mixed load, then leak checks).
     Bench(bench::BenchArgs),
+    /// Sandboxes on a server: create, ls, info, exec, shell, cp, pause, resume, rm, logs, ps.
+    #[command(subcommand)]
+    Sandbox(client::SandboxCommand),
+    /// Workspaces on a server: ls, rm.
+    #[command(subcommand)]
+    Workspace(client::WorkspaceCommand),
+    /// Saved servers for the client commands (like `docker context`).
+    #[command(subcommand)]
+    Context(client::ContextCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn init_tracing(config: &LogConfig) {
@@ -43,9 +60,38 @@ fn init_tracing(config: &LogConfig) {
     }
 }
 
+/// Runs a client command and exits with its code (1 with the message on
+/// an error).
+fn client_exit(result: anyhow::Result<i32>) -> ! {
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1)
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Sandbox(cmd) => {
+            client_exit(runtime().and_then(|rt| rt.block_on(client::sandbox(&cli.target, cmd))))
+        }
+        Command::Workspace(cmd) => {
+            client_exit(runtime().and_then(|rt| rt.block_on(client::workspace(&cli.target, cmd))))
+        }
+        Command::Context(cmd) => client_exit(client::context(cmd)),
+        Command::Completion { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "locale2b",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
         Command::Image(cmd) => image::run(cmd, &Config::from_env()?),
         Command::Serve => {
             let config = Config::from_env()?;
