@@ -75,12 +75,8 @@ fn client_exit(result: anyhow::Result<i32>) -> ! {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sandbox(cmd) => {
-            client_exit(runtime().and_then(|rt| rt.block_on(client::sandbox(&cli.target, cmd))))
-        }
-        Command::Workspace(cmd) => {
-            client_exit(runtime().and_then(|rt| rt.block_on(client::workspace(&cli.target, cmd))))
-        }
+        Command::Sandbox(cmd) => client_exit(on_runtime(client::sandbox(&cli.target, cmd))),
+        Command::Workspace(cmd) => client_exit(on_runtime(client::workspace(&cli.target, cmd))),
         Command::Context(cmd) => client_exit(client::context(cmd)),
         Command::Completion { shell } => {
             use clap::CommandFactory as _;
@@ -104,6 +100,16 @@ fn main() -> anyhow::Result<()> {
             runtime()?.block_on(doctor::run(config))
         }
     }
+}
+
+/// Runs a client command on a runtime that is not waited for afterwards
+/// (a blocked read of stdin, as `shell` leaves one, must not keep the
+/// process alive).
+fn on_runtime(f: impl std::future::Future<Output = anyhow::Result<i32>>) -> anyhow::Result<i32> {
+    let rt = runtime()?;
+    let result = rt.block_on(f);
+    rt.shutdown_background();
+    result
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

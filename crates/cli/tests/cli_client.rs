@@ -170,7 +170,11 @@ impl Pty {
             if let Some(st) = self.child.try_wait().unwrap() {
                 return st.code();
             }
-            assert!(Instant::now() < deadline, "the shell client did not exit");
+            assert!(
+                Instant::now() < deadline,
+                "the shell client did not exit: {:?}",
+                self.seen
+            );
             // Keep draining the output so the client never blocks on it.
             if let Ok(b) = self.rx.recv_timeout(Duration::from_millis(100)) {
                 self.seen.push_str(&String::from_utf8_lossy(&b));
