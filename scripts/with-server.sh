@@ -17,6 +17,8 @@ IMAGE_DIR="${LOCALE2B_TEST_IMAGE_DIR:-${LOCALE2B_BASE_DIR:-/var/lib/firecracker-
 [ -f "$IMAGE_DIR/vmlinux" ] || { echo "error: no guest image in $IMAGE_DIR (run: locale2b image build)" >&2; exit 1; }
 BIN=./target/release/locale2b
 [ -x "$BIN" ] || cargo build --release -p locale2b
+# The client tests and examples run this same binary (examples/cli.sh).
+export LOCALE2B_BIN="$PWD/target/release/locale2b"
 
 base=$(mktemp -d /tmp/l2b-srv.XXXXXX)
 mkdir -p "$base/images"
