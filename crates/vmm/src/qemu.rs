@@ -722,6 +722,13 @@ fn opt_escape(p: &Path) -> String {
     p.display().to_string().replace(',', ",,")
 }
 
+/// QEMU's seccomp filter (`-sandbox`): no obsolete system calls, no
+/// privilege changes, no scheduler or resource-limit changes. Spawning
+/// stays allowed because QEMU 7.2 saves and loads snapshots through
+/// `exec:cat` migration URIs (it has no `file:` URI); `spawn=deny` needs
+/// snapshots moved to file descriptors passed over QMP first.
+pub const SECCOMP_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+
 fn build_args(
     cfg: &QemuConfig,
     spec: &VmSpec,
@@ -776,6 +783,8 @@ fn build_args(
         "-display",
         "none",
         "-no-reboot",
+        "-sandbox",
+        SECCOMP_SANDBOX,
     ]);
     push(&[
         "-chardev",

@@ -216,6 +216,10 @@ async fn qemu_boot_pause_snapshot_restore_attach() {
     let boot_to_ping = t0.elapsed();
     println!("TIMING qemu start {started:?}, boot-to-ping {boot_to_ping:?}");
     assert_eq!(vm.status().await, VmStatus::Running);
+    // QEMU runs under its seccomp filter (mode 2: filtering) in every thread.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", vm.process().pid)).unwrap();
+    let seccomp = status.lines().find(|l| l.starts_with("Seccomp:")).unwrap();
+    assert_eq!(seccomp.split_whitespace().nth(1), Some("2"), "{seccomp}");
 
     let (code, _) = agent
         .exec("echo marker-before-snapshot > /tmp/marker && mkdir -p /root && echo disk-marker > /root/marker && sync")
