@@ -158,10 +158,8 @@ impl Pty {
         };
         // SAFETY: TIOCSWINSZ reads one winsize; the kernel then signals
         // the terminal's foreground group (the client) with SIGWINCH.
-        assert_eq!(
-            unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-            0
-        );
+        let rc = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+        assert_eq!(rc, 0);
     }
 
     fn wait(&mut self) -> Option<i32> {
