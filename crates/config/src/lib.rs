@@ -245,6 +245,9 @@ pub struct ServerConfig {
     /// exposed port (names under `localhost` resolve to the loopback in
     /// browsers and curl). Empty: no Host-header routing.
     pub ports_domain: String,
+    /// Names of API keys (comma-separated) that see every sandbox; any
+    /// other key sees only the sandboxes it created.
+    pub admin_keys: String,
 }
 
 impl Default for ServerConfig {
@@ -263,6 +266,7 @@ impl Default for ServerConfig {
             e2b_allow_insecure: false,
             metrics_public: false,
             ports_domain: "localhost".into(),
+            admin_keys: String::new(),
         }
     }
 }
@@ -730,6 +734,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("public_host", "manager", Str),
         ("max_exposed_ports", "manager", Int),
         ("ports_domain", "server", Str),
+        ("admin_keys", "server", Str),
         ("vmm", "vmm", Str),
         ("firecracker_bin", "vmm", Str),
         ("jailer_bin", "vmm", Str),

@@ -96,6 +96,9 @@ pub struct CreateSandbox {
     /// its own), and `template` falls back to cold when no template
     /// snapshot can be used.
     pub boot: Option<locale2b_config::Boot>,
+    /// The name of the API key that creates it; only that key (and an
+    /// admin key) sees it. `None`: every key does.
+    pub owner: Option<String>,
 }
 
 /// Checks environment variable names (POSIX: letters, digits and `_`, not
@@ -221,6 +224,8 @@ pub struct SandboxInfo {
     pub boot: Option<BootSource>,
     /// The sandbox it was forked from, for a fork child.
     pub forked_from: Option<SandboxId>,
+    /// See [`CreateSandbox::owner`].
+    pub owner: Option<String>,
     /// See [`CreateSandbox::access_token`]; never serialized.
     #[serde(skip)]
     pub access_token: Option<Secret>,

@@ -326,6 +326,7 @@ impl Sandbox {
             disk_size_mb: r.disk_size_mb,
             boot: r.boot,
             forked_from: r.forked_from.clone(),
+            owner: r.owner.clone(),
             access_token: r.access_token.clone().map(crate::Secret::new),
         }
     }

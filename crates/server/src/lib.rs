@@ -83,6 +83,7 @@ struct Inner {
     e2b_allow_insecure: bool,
     metrics_public: bool,
     ports_domain: String,
+    admin_keys: Vec<String>,
     e2b: e2b::E2bState,
 }
 
@@ -111,6 +112,13 @@ impl AppState {
                     .trim()
                     .trim_matches('.')
                     .to_ascii_lowercase(),
+                admin_keys: server
+                    .admin_keys
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
                 e2b: e2b::E2bState::default(),
             }),
         }
@@ -151,6 +159,12 @@ impl AppState {
     pub fn route_host(&self, id: &locale2b_protocol::SandboxId, port: u16) -> Option<String> {
         let d = &self.inner.ports_domain;
         (!d.is_empty()).then(|| format!("{port}-{id}.{d}"))
+    }
+
+    /// Whether key `caller` may see a sandbox owned by `owner`: its own,
+    /// unowned ones, and all of them for an admin key.
+    pub fn may_see(&self, caller: &str, owner: Option<&str>) -> bool {
+        owner.is_none_or(|o| o == caller) || self.inner.admin_keys.iter().any(|a| a == caller)
     }
 
     /// The domain of Host-header routing ("" = off).
@@ -261,6 +275,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(h::no_route)
         .method_not_allowed_fallback(h::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::ownership,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::auth,

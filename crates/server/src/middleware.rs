@@ -89,6 +89,29 @@ pub async fn trace(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Inside [`auth`]: a request for `/sandboxes/{id}/...` by a key that may
+/// not see that sandbox (another key created it) is answered exactly as
+/// for a sandbox that does not exist, so existence is not leaked.
+pub async fn ownership(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let (Some(id), Some(caller)) = (
+        sandbox_id_of(req.uri().path())
+            .and_then(|id| id.parse::<locale2b_protocol::SandboxId>().ok()),
+        req.extensions().get::<KeyName>().cloned(),
+    ) else {
+        return next.run(req).await;
+    };
+    if let Ok(info) = state.sandboxes().get(&id).await {
+        if !state.may_see(&caller.0, info.owner.as_deref()) {
+            return ApiError::from(locale2b_manager::ManagerError::NotFound {
+                kind: "sandbox",
+                id: id.to_string(),
+            })
+            .into_response();
+        }
+    }
+    next.run(req).await
+}
+
 /// The key presented in `X-API-Key`, the configured extra header
 /// (`api_key_header`), or `Authorization: Bearer`.
 fn presented_key<'r>(

@@ -37,6 +37,19 @@ struct Calls {
 #[derive(Debug, Default)]
 struct Double {
     calls: Arc<Mutex<Calls>>,
+    /// Sandboxes belong to the key their id names ([`owned_info`]).
+    owned: bool,
+    creates: Mutex<Vec<CreateSandbox>>,
+}
+
+impl Double {
+    fn info(&self, id: &str) -> SandboxInfo {
+        if self.owned {
+            owned_info(id)
+        } else {
+            info(id)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -69,19 +82,30 @@ fn info(id: &str) -> SandboxInfo {
         disk_size_mb: Some(1024),
         boot: None,
         forked_from: None,
+        owner: None,
         access_token: None,
     }
 }
 
+/// [`info`] owned by the key its id names (`sb-alice-1` → `alice`).
+fn owned_info(id: &str) -> SandboxInfo {
+    let owner = id.split('-').nth(1).map(str::to_owned);
+    SandboxInfo { owner, ..info(id) }
+}
+
 #[async_trait]
 impl SandboxService for Double {
-    async fn create(&self, _req: CreateSandbox) -> Result<SandboxInfo> {
-        Ok(info(KNOWN))
+    async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo> {
+        self.creates.lock().unwrap().push(req);
+        Ok(self.info(KNOWN))
     }
     async fn get(&self, id: &SandboxId) -> Result<SandboxInfo> {
-        Ok(info(id.as_str()))
+        Ok(self.info(id.as_str()))
     }
     async fn list(&self) -> Vec<SandboxInfo> {
+        if self.owned {
+            return ["sb-alice-1", "sb-bob-1"].map(owned_info).to_vec();
+        }
         vec![info(KNOWN)]
     }
     async fn destroy(&self, _id: &SandboxId) -> Result<()> {
@@ -649,4 +673,107 @@ async fn every_listed_e2b_route_is_served() {
     let (status, body) = send(&app, get("/e2b/nope")).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["code"], 404);
+}
+
+/// A request as key `key` (`alice`, `bob` or `root`).
+fn as_key(method: Method, uri: &str, key: &str) -> Request<Body> {
+    let body = if method == Method::POST {
+        Body::from(r#"{"command": "true", "path": "/tmp/x", "content": ""}"#)
+    } else {
+        Body::empty()
+    };
+    Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("x-api-key", format!("{key}-secret-key-0123456789"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_key_sees_only_its_own_sandboxes_and_an_admin_key_sees_all() {
+    let double = Arc::new(Double {
+        owned: true,
+        ..Double::default()
+    });
+    let keys = ApiKeys::new(
+        ["alice", "bob", "root"]
+            .map(|n| {
+                (
+                    n.to_owned(),
+                    Secret::new(format!("{n}-secret-key-0123456789")),
+                )
+            })
+            .to_vec(),
+    );
+    let server = ServerConfig {
+        admin_keys: "root".into(),
+        ..server_config()
+    };
+    let app = router(AppState::new(double.clone(), keys, &server));
+
+    // Every route of bob's sandbox is a 404 for alice, with the message of
+    // a sandbox that does not exist.
+    let routes = [
+        (Method::GET, "/sandboxes/sb-bob-1"),
+        (Method::DELETE, "/sandboxes/sb-bob-1"),
+        (Method::POST, "/sandboxes/sb-bob-1/exec"),
+        (Method::POST, "/sandboxes/sb-bob-1/pause"),
+        (Method::POST, "/sandboxes/sb-bob-1/resume"),
+        (Method::POST, "/sandboxes/sb-bob-1/fork"),
+        (
+            Method::GET,
+            "/sandboxes/sb-bob-1/files/read?path=/etc/hostname",
+        ),
+        (Method::GET, "/sandboxes/sb-bob-1/files/list"),
+        (Method::POST, "/sandboxes/sb-bob-1/files/write"),
+        (Method::GET, "/sandboxes/sb-bob-1/processes"),
+        (Method::POST, "/sandboxes/sb-bob-1/processes"),
+        (Method::GET, "/sandboxes/sb-bob-1/ports"),
+        (Method::POST, "/sandboxes/sb-bob-1/ports/expose"),
+        (Method::DELETE, "/sandboxes/sb-bob-1/ports/8000"),
+        (Method::GET, "/sandboxes/sb-bob-1/metrics"),
+    ];
+    for (method, uri) in &routes {
+        let (status, body) = send(&app, as_key(method.clone(), uri, "alice")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {uri}: {body}");
+        assert_eq!(
+            body["error"]["message"], "sandbox sb-bob-1 not found",
+            "{method} {uri}"
+        );
+    }
+    // The owner and the admin get past the check (whatever the route says then).
+    for key in ["bob", "root"] {
+        let (status, body) = send(&app, as_key(Method::GET, "/sandboxes/sb-bob-1", key)).await;
+        assert_eq!(status, StatusCode::OK, "{key}: {body}");
+        assert_eq!(body["owner"], "bob");
+    }
+    // Lists: one's own; the admin's: all.
+    let ids = |body: &Value| -> Vec<String> {
+        body["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["sandbox_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let (_, body) = send(&app, as_key(Method::GET, "/sandboxes", "alice")).await;
+    assert_eq!(ids(&body), ["sb-alice-1"]);
+    let (_, body) = send(&app, as_key(Method::GET, "/sandboxes", "root")).await;
+    assert_eq!(ids(&body), ["sb-alice-1", "sb-bob-1"]);
+    // A create records the key that made it.
+    let r = Request::builder()
+        .method(Method::POST)
+        .uri("/sandboxes")
+        .header("x-api-key", "alice-secret-key-0123456789")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{}"))
+        .unwrap();
+    let (status, body) = send(&app, r).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        double.creates.lock().unwrap()[0].owner.as_deref(),
+        Some("alice")
+    );
 }

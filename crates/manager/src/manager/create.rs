@@ -203,6 +203,7 @@ impl SandboxManager {
             disk_size_mb,
             boot: None,
             forked_from: None,
+            owner: req.owner.clone(),
             exposed_ports: Vec::new(),
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));

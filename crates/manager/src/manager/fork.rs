@@ -187,5 +187,6 @@ fn child_request(r: &SandboxRecord) -> CreateSandbox {
         auto_resume: Some(r.auto_resume),
         disk_size_mb: r.disk_size_mb,
         boot: None,
+        owner: r.owner.clone(),
     }
 }

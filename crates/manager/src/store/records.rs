@@ -96,6 +96,9 @@ pub struct SandboxRecord {
     /// The sandbox it was forked from, for a fork child.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<SandboxId>,
+    /// See [`crate::CreateSandbox::owner`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// Its exposed ports (their listeners are bound again after a restart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<crate::ExposedPort>,

@@ -25,6 +25,7 @@ use locale2b_protocol::{SandboxId, WorkspaceId};
     ))]
 pub async fn create_sandbox(
     State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::middleware::KeyName>,
     ApiJson(body): ApiJson<CreateSandboxBody>,
 ) -> ApiResult<SandboxResponse> {
     let workspace_id = body
@@ -46,6 +47,7 @@ pub async fn create_sandbox(
         auto_resume: body.auto_resume,
         disk_size_mb: body.disk_size_mb,
         boot: body.boot,
+        owner: Some(caller.0),
     };
     let m = s.sandboxes().clone();
     let info = detached(async move { m.create(req).await }).await?;
@@ -55,12 +57,16 @@ pub async fn create_sandbox(
 /// Lists all sandboxes.
 #[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
     responses((status = 200, description = "All sandboxes", body = SandboxList)))]
-pub async fn list_sandboxes(State(s): State<AppState>) -> Json<SandboxList> {
+pub async fn list_sandboxes(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::middleware::KeyName>,
+) -> Json<SandboxList> {
     let sandboxes = s
         .sandboxes()
         .list()
         .await
         .into_iter()
+        .filter(|sb| s.may_see(&caller.0, sb.owner.as_deref()))
         .map(Into::into)
         .collect();
     Json(SandboxList { sandboxes })

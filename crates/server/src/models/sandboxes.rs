@@ -143,6 +143,9 @@ pub struct SandboxResponse {
     pub boot: Option<String>,
     /// For a fork child: the sandbox it was forked from.
     pub forked_from: Option<String>,
+    /// The name of the API key that created it (only it and admin keys
+    /// see the sandbox); `null` for sandboxes every key sees.
+    pub owner: Option<String>,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -169,6 +172,7 @@ impl From<SandboxInfo> for SandboxResponse {
             paused_by: s.paused_by,
             boot: s.boot.map(|b| b.as_str().to_owned()),
             forked_from: s.forked_from.map(Into::into),
+            owner: s.owner,
             disk_size_mb: s.disk_size_mb,
         }
     }
