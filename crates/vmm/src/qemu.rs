@@ -16,7 +16,8 @@
 //! # Snapshots
 //! Guest RAM lives in `<run_dir>/memory`, so a snapshot is the migration
 //! stream with `x-ignore-shared` (device state only, a few hundred KiB)
-//! written with `migrate exec:cat > state` (QEMU 7.2 has no `file:` URI),
+//! written with `migrate fd:` into a descriptor passed over QMP (QEMU 7.2
+//! has no `file:` URI, and its seccomp filter forbids `exec:`),
 //! plus a **copy** of the RAM file (`cp --reflink=auto --sparse=always`, so
 //! it is a reflink where the filesystem can, and sparse otherwise). A copy,
 //! not a link: the VM may be resumed after the snapshot and would write into
@@ -269,12 +270,23 @@ impl QemuVmm {
     /// defer` QEMU and lets it run.
     async fn load_incoming(&self, l: &Launched, state: &Path, ignore_shared: bool) -> Result<()> {
         set_migration_caps(&l.qmp, ignore_shared).await?;
-        let uri = format!("exec:cat {}", shell_quote(state));
+        // The stream comes from a descriptor passed over QMP (`fd:`), so
+        // QEMU spawns nothing (its seccomp filter denies it).
+        let file = std::fs::File::open(state)
+            .map_err(|e| io_err(format!("open {}", state.display()), e))?;
         l.qmp
-            .execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .send_fd(MIGRATION_FD, std::os::fd::AsFd::as_fd(&file))
+            .await
+            .map_err(|e| qmp_err("getfd", e))?;
+        l.qmp
+            .execute(
+                "migrate-incoming",
+                Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+            )
             .await
             .map_err(|e| qmp_err("migrate-incoming", e))?;
         wait_migration(&l.qmp, &l.process, &l.paths, self.config.migrate_timeout).await?;
+        drop(file);
         // After the stream is loaded the VM leaves `inmigrate`.
         let deadline = Instant::now() + self.config.qmp_timeout;
         loop {
@@ -467,30 +479,29 @@ impl QemuVm {
             ram_in_state: self.ram_private,
         };
         set_migration_caps(&self.qmp, !self.ram_private).await?;
-        // `completed` can be reported before QEMU has closed the pipe and
-        // `cat` has written the last bytes: the shell renames the file only
-        // after `cat` succeeded, so its appearance means it is whole.
+        // QEMU writes the stream into a descriptor passed over QMP (`fd:`):
+        // its writes are plain write() calls, so at `completed` all of it is
+        // in the file; it is renamed into place once synced.
         let part = dir.join("state.part");
-        let uri = format!(
-            "exec:cat > {part} && mv -f {part} {state}",
-            part = shell_quote(&part),
-            state = shell_quote(&files.state)
-        );
+        let file = std::fs::File::create(&part)
+            .map_err(|e| io_err(format!("create {}", part.display()), e))?;
         self.qmp
-            .execute("migrate", Some(json!({ "uri": uri })))
+            .send_fd(MIGRATION_FD, std::os::fd::AsFd::as_fd(&file))
+            .await
+            .map_err(|e| qmp_err("getfd", e))?;
+        self.qmp
+            .execute(
+                "migrate",
+                Some(json!({ "uri": format!("fd:{MIGRATION_FD}") })),
+            )
             .await
             .map_err(|e| qmp_err("migrate", e))?;
         wait_migration(&self.qmp, &self.process, &self.paths, self.migrate_timeout).await?;
-        let deadline = Instant::now() + self.migrate_timeout;
-        while !files.state.is_file() {
-            if Instant::now() >= deadline {
-                return Err(VmmError::Timeout {
-                    what: format!("{} to be written", files.state.display()),
-                    after: self.migrate_timeout,
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        file.sync_all()
+            .map_err(|e| io_err(format!("fsync {}", part.display()), e))?;
+        drop(file);
+        std::fs::rename(&part, &files.state)
+            .map_err(|e| io_err(format!("rename {}", part.display()), e))?;
         let saved = t0.elapsed();
         if self.ram_private {
             std::fs::File::create(&files.memory)
@@ -723,11 +734,14 @@ fn opt_escape(p: &Path) -> String {
 }
 
 /// QEMU's seccomp filter (`-sandbox`): no obsolete system calls, no
-/// privilege changes, no scheduler or resource-limit changes. Spawning
-/// stays allowed because QEMU 7.2 saves and loads snapshots through
-/// `exec:cat` migration URIs (it has no `file:` URI); `spawn=deny` needs
-/// snapshots moved to file descriptors passed over QMP first.
-pub const SECCOMP_SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,resourcecontrol=deny";
+/// privilege changes, no new processes, no scheduler or resource-limit
+/// changes. Snapshots therefore go through descriptors passed over QMP
+/// (`getfd`, `fd:` URIs), never `exec:` (QEMU 7.2 has no `file:` URI).
+pub const SECCOMP_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// The QMP name of the descriptor a snapshot is saved into or loaded from.
+const MIGRATION_FD: &str = "locale2b-migration";
 
 fn build_args(
     cfg: &QemuConfig,
@@ -848,11 +862,6 @@ fn require_files(files: &SnapshotFiles, what: [&'static str; 2]) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Quotes `p` for `/bin/sh` (used in `exec:` migration URIs).
-fn shell_quote(p: &Path) -> String {
-    format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
 /// `ignore_shared`: leave file-backed shared RAM out of the stream (the
@@ -1189,11 +1198,6 @@ mod tests {
             host_tsc_khz().is_some(),
             "this host exposes a TSC frequency"
         );
-    }
-
-    #[test]
-    fn shell_quoting() {
-        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
     }
 
     #[tokio::test]

@@ -12,6 +12,46 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::Mutex;
 
+/// Writes all of `data` to `stream`, the first bytes with `fd` attached
+/// as `SCM_RIGHTS` (QEMU takes a passed descriptor from the message that
+/// carries it).
+async fn send_with_fd(
+    stream: &UnixStream,
+    data: &[u8],
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::{AsRawFd as _, RawFd};
+    let fds: [RawFd; 1] = [fd.as_raw_fd()];
+    let mut sent = 0;
+    let mut first = true;
+    while sent < data.len() {
+        stream.writable().await?;
+        let result = stream.try_io(tokio::io::Interest::WRITABLE, || {
+            let iov = [std::io::IoSlice::new(&data[sent..])];
+            let cmsg = [ControlMessage::ScmRights(&fds)];
+            let cmsgs: &[ControlMessage<'_>] = if first { &cmsg } else { &[] };
+            sendmsg::<()>(
+                stream.as_raw_fd(),
+                &iov,
+                cmsgs,
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            )
+            .map_err(std::io::Error::from)
+        });
+        match result {
+            Ok(n) => {
+                sent += n;
+                first = false;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Errors of the QMP client.
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -124,6 +164,37 @@ impl Qmp {
         arguments: Option<Value>,
         timeout: Duration,
     ) -> Result<Value, QmpError> {
+        self.exchange(command, arguments, timeout, None).await
+    }
+
+    /// `getfd`: hands `fd` to QEMU under `name` (sent with the command as
+    /// `SCM_RIGHTS`), for URIs such as `fd:<name>`. QEMU keeps its own
+    /// copy; the caller's stays open.
+    ///
+    /// # Errors
+    /// As [`Qmp::execute`].
+    pub async fn send_fd(
+        &self,
+        name: &str,
+        fd: std::os::fd::BorrowedFd<'_>,
+    ) -> Result<(), QmpError> {
+        self.exchange(
+            "getfd",
+            Some(json!({ "fdname": name })),
+            self.timeout,
+            Some(fd),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn exchange(
+        &self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+        fd: Option<std::os::fd::BorrowedFd<'_>>,
+    ) -> Result<Value, QmpError> {
         let mut conn = self.conn.lock().await;
         let id = conn.next_id;
         conn.next_id += 1;
@@ -134,10 +205,16 @@ impl Qmp {
         let mut line = msg.to_string();
         line.push('\n');
         let exchange = async {
-            conn.writer
-                .write_all(line.as_bytes())
-                .await
-                .map_err(QmpError::Io)?;
+            match fd {
+                None => conn
+                    .writer
+                    .write_all(line.as_bytes())
+                    .await
+                    .map_err(QmpError::Io)?,
+                Some(fd) => send_with_fd(conn.writer.as_ref(), line.as_bytes(), fd)
+                    .await
+                    .map_err(QmpError::Io)?,
+            }
             loop {
                 let reply = read_message(&mut conn.reader).await?;
                 if reply.get("event").is_some() {
