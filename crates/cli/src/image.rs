@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use locale2b_config::Config;
-use locale2b_image::{BuildRequest, Progress, ScriptToolchain};
+use locale2b_image::{BuildRequest, KernelChoice, Progress, ScriptToolchain};
 
 /// Image subcommands.
 #[derive(Debug, Subcommand)]
@@ -42,6 +42,33 @@ pub struct BuildArgs {
     /// Parallel jobs for the kernel build.
     #[arg(long, default_value_t = 2)]
     jobs: u32,
+    /// Kernel: `build` compiles the template's minimal kernel (minutes,
+    /// cached; boots fastest), `debian` takes Debian's prebuilt kernel
+    /// package with an initramfs (seconds), `auto` the compiled one when it
+    /// is cached, else Debian's.
+    #[arg(long, value_enum, default_value_t = KernelArg::Auto)]
+    kernel: KernelArg,
+    /// Install into DIR/<template>/ instead of $LOCALE2B_BASE_DIR/images/.
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
+}
+
+/// `--kernel`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum KernelArg {
+    Auto,
+    Build,
+    Debian,
+}
+
+impl From<KernelArg> for KernelChoice {
+    fn from(k: KernelArg) -> Self {
+        match k {
+            KernelArg::Auto => Self::Auto,
+            KernelArg::Build => Self::Build,
+            KernelArg::Debian => Self::Debian,
+        }
+    }
 }
 
 /// `locale2b image verify`.
@@ -87,17 +114,18 @@ fn build(args: BuildArgs, base_dir: &Path, cache_dir: PathBuf) -> anyhow::Result
         recipe_dir: recipe_dir.clone(),
         template: args.template,
         agent,
-        images_dir: base_dir.join("images"),
+        images_dir: args.images_dir.unwrap_or_else(|| base_dir.join("images")),
         cache_dir,
         force: args.force,
         source_date_epoch,
         jobs: args.jobs,
+        kernel: args.kernel.into(),
     };
     let tools = ScriptToolchain::new(&recipe_dir);
     let outcome = locale2b_image::build(&req, &tools, &progress).context("image build failed")?;
     let m = &outcome.manifest;
     println!(
-        "{} {}: kernel {} {} sha256 {}; rootfs {} sha256 {}; {} in {:.1}s",
+        "{} {}: kernel {} ({}) {} sha256 {}; rootfs {} sha256 {}; {} in {:.1}s",
         if outcome.image_cached {
             "cached"
         } else {
@@ -105,6 +133,7 @@ fn build(args: BuildArgs, base_dir: &Path, cache_dir: PathBuf) -> anyhow::Result
         },
         outcome.install_dir.display(),
         m.kernel.version,
+        m.kernel.source.as_str(),
         locale2b_image::human_size(m.kernel.size),
         m.kernel.sha256,
         locale2b_image::human_size(m.rootfs.size),
@@ -126,11 +155,12 @@ fn verify(args: VerifyArgs, base_dir: &Path) -> anyhow::Result<()> {
     let m = locale2b_image::verify(&dir)
         .with_context(|| format!("verification of {} failed", dir.display()))?;
     println!(
-        "ok {}: template {} v{}, kernel {} sha256 {}, rootfs sha256 {}, input hash {}",
+        "ok {}: template {} v{}, kernel {} ({}) sha256 {}, rootfs sha256 {}, input hash {}",
         dir.display(),
         m.template.name,
         m.template.version,
         m.kernel.version,
+        m.kernel.source.as_str(),
         m.kernel.sha256,
         m.rootfs.sha256,
         m.input_hash

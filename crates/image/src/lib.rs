@@ -4,7 +4,10 @@
 //! kernel config fragment. [`build`] turns it into three artifacts, installed to
 //! `<images_dir>/<template>/`:
 //! - `vmlinux`: uncompressed ELF kernel with the PVH entry note (QEMU microvm and
-//!   Firecracker boot it directly), built from Debian's linux-source package;
+//!   Firecracker boot it directly), built from Debian's linux-source package,
+//!   or taken from Debian's prebuilt kernel package ([`KernelChoice`]);
+//! - `initrd`: with Debian's kernel only, an initramfs that loads its virtio,
+//!   vsock and overlay modules and hands over to the rootfs;
 //! - `rootfs.ext4`: sparse ext4 image of the Debian tree with the guest agent at
 //!   `/usr/local/bin/locale2b-agent`, written with `mkfs.ext4 -d` (no mounting);
 //! - `manifest.json`: versions, SHA-256s, input hashes, build time ([`Manifest`]).
@@ -26,10 +29,16 @@ pub mod template;
 mod toolchain;
 
 pub use error::{ImageError, Mismatch};
-pub use manifest::{verify, Manifest, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE};
+pub use manifest::{
+    verify, InitrdInfo, KernelSource, Manifest, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE,
+    ROOTFS_FILE,
+};
 pub use pipeline::{
-    build, input_hashes, install, BuildOutcome, BuildRequest, InputHashes, AGENT_GUEST_PATH,
+    build, input_hashes, install, BuildOutcome, BuildRequest, InputHashes, KernelChoice,
+    KernelInputs, AGENT_GUEST_PATH,
 };
 pub use progress::{human_size, Progress};
 pub use template::Template;
-pub use toolchain::{BaseJob, KernelJob, RootfsImageJob, ScriptToolchain, Toolchain};
+pub use toolchain::{
+    BaseJob, DebianKernelJob, KernelJob, RootfsImageJob, ScriptToolchain, Toolchain,
+};

@@ -12,6 +12,8 @@ use crate::hash::sha256_file;
 pub const MANIFEST_FILE: &str = "manifest.json";
 /// File name of the kernel inside an image directory.
 pub const KERNEL_FILE: &str = "vmlinux";
+/// File name of the initramfs inside an image directory (Debian kernels only).
+pub const INITRD_FILE: &str = "initrd";
 /// File name of the root filesystem inside an image directory.
 pub const ROOTFS_FILE: &str = "rootfs.ext4";
 /// Current manifest schema.
@@ -90,12 +92,59 @@ pub struct KernelInfo {
     pub sha256: String,
     /// Size in bytes.
     pub size: u64,
-    /// Debian source package.
+    /// Debian package it came from: the source package of a compiled
+    /// kernel, the kernel image package of a Debian one.
     pub source_package: String,
     /// Its version.
     pub source_version: String,
     /// Kernel cache key.
     pub input_hash: String,
+    /// Where it came from (manifests without the field: `build`).
+    #[serde(default)]
+    pub source: KernelSource,
+    /// The initramfs that loads a Debian kernel's modules; none for a
+    /// compiled kernel (everything it needs is built in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<InitrdInfo>,
+}
+
+/// Where an image's kernel came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelSource {
+    /// Compiled from Debian's kernel source with the template's fragment:
+    /// minimal, everything built in, boots fastest.
+    #[default]
+    Build,
+    /// Debian's prebuilt kernel package with an initramfs loading its
+    /// modules: no compile, so the first image takes seconds.
+    Debian,
+}
+
+impl KernelSource {
+    /// `build` or `debian`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Build => "build",
+            Self::Debian => "debian",
+        }
+    }
+}
+
+/// The initramfs of a Debian kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitrdInfo {
+    /// File name in the image directory.
+    pub file: String,
+    /// SHA-256 of the file.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The modules it loads, in order.
+    pub modules: Vec<String>,
+    /// Version of the `busybox-static` package it runs.
+    pub busybox_version: String,
 }
 
 /// Root filesystem artifact.
@@ -174,8 +223,27 @@ impl Manifest {
     /// Cheap; used on cache hits.
     pub fn sizes_match(&self, dir: &Path) -> bool {
         let size = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
-        size(&self.kernel.file) == Some(self.kernel.size)
-            && size(&self.rootfs.file) == Some(self.rootfs.size)
+        self.artifacts()
+            .into_iter()
+            .all(|(file, _, len)| size(file) == Some(len))
+    }
+
+    /// Every artifact as (file, sha256, size): kernel, initrd if any, rootfs.
+    pub fn artifacts(&self) -> Vec<(&str, &str, u64)> {
+        let mut v = vec![(
+            self.kernel.file.as_str(),
+            self.kernel.sha256.as_str(),
+            self.kernel.size,
+        )];
+        if let Some(i) = &self.kernel.initrd {
+            v.push((i.file.as_str(), i.sha256.as_str(), i.size));
+        }
+        v.push((
+            self.rootfs.file.as_str(),
+            self.rootfs.sha256.as_str(),
+            self.rootfs.size,
+        ));
+        v
     }
 }
 
@@ -188,24 +256,13 @@ impl Manifest {
 pub fn verify(dir: &Path) -> Result<Manifest, ImageError> {
     let manifest = Manifest::load(dir)?;
     let mut mismatches = Vec::new();
-    for (file, sha, size) in [
-        (
-            &manifest.kernel.file,
-            &manifest.kernel.sha256,
-            manifest.kernel.size,
-        ),
-        (
-            &manifest.rootfs.file,
-            &manifest.rootfs.sha256,
-            manifest.rootfs.size,
-        ),
-    ] {
+    for (file, sha, size) in manifest.artifacts() {
         let path = dir.join(file);
         let actual_size = match std::fs::metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 mismatches.push(Mismatch {
-                    file: file.clone(),
+                    file: file.to_owned(),
                     expected: format!("sha256:{sha}"),
                     actual: "missing".into(),
                 });
@@ -215,16 +272,16 @@ pub fn verify(dir: &Path) -> Result<Manifest, ImageError> {
         };
         if actual_size != size {
             mismatches.push(Mismatch {
-                file: file.clone(),
+                file: file.to_owned(),
                 expected: format!("size:{size}"),
                 actual: format!("size:{actual_size}"),
             });
             continue;
         }
         let actual = sha256_file(&path)?;
-        if &actual != sha {
+        if actual != sha {
             mismatches.push(Mismatch {
-                file: file.clone(),
+                file: file.to_owned(),
                 expected: format!("sha256:{sha}"),
                 actual: format!("sha256:{actual}"),
             });
@@ -299,6 +356,8 @@ pub(crate) mod tests {
                 source_package: "linux-source-6.1".into(),
                 source_version: "6.1.0-1".into(),
                 input_hash: "cd".repeat(32),
+                source: KernelSource::Build,
+                initrd: None,
             },
             rootfs: RootfsInfo {
                 file: ROOTFS_FILE.into(),
@@ -352,6 +411,38 @@ pub(crate) mod tests {
             err.to_string().contains("do not match manifest.json"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_initrd_is_verified_and_old_manifests_read_as_compiled_kernels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut m = sample(dir.path());
+        let old = serde_json::to_value(&m).expect("json");
+        assert!(old["kernel"].get("initrd").is_none());
+        let mut legacy = old.clone();
+        legacy["kernel"]
+            .as_object_mut()
+            .expect("obj")
+            .remove("source");
+        let parsed: Manifest = serde_json::from_value(legacy).expect("old manifest");
+        assert_eq!(parsed.kernel.source, KernelSource::Build);
+
+        std::fs::write(dir.path().join(INITRD_FILE), b"cpio").expect("write");
+        m.kernel.source = KernelSource::Debian;
+        m.kernel.initrd = Some(InitrdInfo {
+            file: INITRD_FILE.into(),
+            sha256: sha256_hex(b"cpio"),
+            size: 4,
+            modules: vec!["virtio_blk.ko".into()],
+            busybox_version: "1:1.35.0-4".into(),
+        });
+        m.save(dir.path()).expect("save");
+        assert_eq!(verify(dir.path()).expect("verify"), m);
+        std::fs::write(dir.path().join(INITRD_FILE), b"cpix").expect("write");
+        let err = verify(dir.path()).expect_err("changed initrd");
+        assert!(err.to_string().contains(INITRD_FILE), "{err}");
+        std::fs::remove_file(dir.path().join(INITRD_FILE)).expect("rm");
+        assert!(!m.sizes_match(dir.path()));
     }
 
     #[test]

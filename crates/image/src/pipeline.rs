@@ -21,14 +21,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::ImageError;
 use crate::hash::{sha256_file, uuid_from_hex, InputHasher};
 use crate::manifest::{
-    rfc3339_utc, AgentInfo, BuildInfo, DebianInfo, Durations, KernelInfo, Manifest, RootfsInfo,
-    TemplateInfo, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE, SCHEMA,
+    rfc3339_utc, AgentInfo, BuildInfo, DebianInfo, Durations, InitrdInfo, KernelInfo, KernelSource,
+    Manifest, RootfsInfo, TemplateInfo, INITRD_FILE, KERNEL_FILE, MANIFEST_FILE, ROOTFS_FILE,
+    SCHEMA,
 };
 use crate::progress::{human_size, Progress};
 use crate::template::Template;
-use crate::toolchain::{BaseJob, KernelJob, RootfsImageJob, Toolchain};
+use crate::toolchain::{BaseJob, DebianKernelJob, KernelJob, RootfsImageJob, Toolchain};
 
 const KERNEL_SCRIPT: &str = "scripts/build-kernel.sh";
+const DEBIAN_KERNEL_SCRIPT: &str = "scripts/debian-kernel.sh";
+/// The static shell and `insmod` of a Debian kernel's initramfs.
+const BUSYBOX_PACKAGE: &str = "busybox-static";
 const ROOTFS_SCRIPT: &str = "scripts/build-rootfs.sh";
 /// Where the agent lives inside the guest.
 pub const AGENT_GUEST_PATH: &str = "/usr/local/bin/locale2b-agent";
@@ -52,6 +56,41 @@ pub struct BuildRequest {
     pub source_date_epoch: Option<u64>,
     /// Parallel make jobs for the kernel.
     pub jobs: u32,
+    /// Which kernel to use.
+    pub kernel: KernelChoice,
+}
+
+/// Which kernel an image gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// The compiled kernel when it is in the cache, else Debian's prebuilt
+    /// kernel when the template names one (seconds instead of minutes),
+    /// else compile.
+    #[default]
+    Auto,
+    /// Compile the template's minimal kernel (cached).
+    Build,
+    /// Debian's prebuilt kernel package with an initramfs.
+    Debian,
+}
+
+/// What the kernel stage is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelInputs {
+    /// A compiled kernel: the version of the source package.
+    Build {
+        /// `linux-source-*` version.
+        source_version: String,
+    },
+    /// Debian's kernel: the versions apt downloads.
+    Debian {
+        /// Kernel (meta) package.
+        package: String,
+        /// Its version.
+        version: String,
+        /// `busybox-static` version.
+        busybox_version: String,
+    },
 }
 
 /// What a build did.
@@ -87,6 +126,14 @@ struct KernelMeta {
     release: String,
     source_version: String,
     duration_secs: f64,
+    #[serde(default)]
+    source: KernelSource,
+    #[serde(default)]
+    package: Option<String>,
+    #[serde(default)]
+    modules: Vec<String>,
+    #[serde(default)]
+    busybox_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -99,8 +146,49 @@ fn read(path: &Path) -> Result<Vec<u8>, ImageError> {
     std::fs::read(path).map_err(|e| ImageError::io("read", path, e))
 }
 
+/// The kernel stage's cache key.
+fn kernel_hash(
+    recipe_dir: &Path,
+    template: &Template,
+    inputs: &KernelInputs,
+    epoch: u64,
+) -> Result<String, ImageError> {
+    let epoch_text = epoch.to_string();
+    match inputs {
+        KernelInputs::Build { source_version } => {
+            let mut k = InputHasher::new("locale2b/kernel/v1");
+            k.field(
+                "fragment",
+                &read(&recipe_dir.join("image").join(&template.kernel.fragment))?,
+            )
+            .field("script", &read(&recipe_dir.join(KERNEL_SCRIPT))?)
+            .text("source_package", &template.kernel.source_package)
+            .text("source_version", source_version)
+            .text(
+                "source_tarball",
+                &template.kernel.source_tarball.display().to_string(),
+            )
+            .text("epoch", &epoch_text);
+            Ok(k.finish())
+        }
+        KernelInputs::Debian {
+            package,
+            version,
+            busybox_version,
+        } => {
+            let mut k = InputHasher::new("locale2b/kernel-debian/v1");
+            k.field("script", &read(&recipe_dir.join(DEBIAN_KERNEL_SCRIPT))?)
+                .text("package", package)
+                .text("version", version)
+                .text("busybox_version", busybox_version)
+                .text("epoch", &epoch_text);
+            Ok(k.finish())
+        }
+    }
+}
+
 /// Computes the cache keys from the recipe files, the template, the agent's
-/// checksum and the kernel source version.
+/// checksum and what the kernel is made from.
 ///
 /// # Errors
 /// [`ImageError::Io`] when a recipe file cannot be read.
@@ -108,25 +196,11 @@ pub fn input_hashes(
     recipe_dir: &Path,
     template: &Template,
     agent_sha256: &str,
-    kernel_source_version: &str,
+    kernel_inputs: &KernelInputs,
     epoch: u64,
 ) -> Result<InputHashes, ImageError> {
     let epoch_text = epoch.to_string();
-
-    let mut k = InputHasher::new("locale2b/kernel/v1");
-    k.field(
-        "fragment",
-        &read(&recipe_dir.join("image").join(&template.kernel.fragment))?,
-    )
-    .field("script", &read(&recipe_dir.join(KERNEL_SCRIPT))?)
-    .text("source_package", &template.kernel.source_package)
-    .text("source_version", kernel_source_version)
-    .text(
-        "source_tarball",
-        &template.kernel.source_tarball.display().to_string(),
-    )
-    .text("epoch", &epoch_text);
-    let kernel = k.finish();
+    let kernel = kernel_hash(recipe_dir, template, kernel_inputs, epoch)?;
 
     let debian = serde_json::to_vec(&template.debian).unwrap_or_default();
     let rootfs = serde_json::to_vec(&(&template.rootfs.hostname, &template.rootfs.setup))
@@ -172,12 +246,12 @@ pub fn build(
         });
     }
     let agent_sha256 = sha256_file(&req.agent)?;
-    let source_version = tools.host_package_version(&template.kernel.source_package)?;
+    let kernel_inputs = choose_kernel(req, &template, tools, epoch, progress)?;
     let hashes = input_hashes(
         &req.recipe_dir,
         &template,
         &agent_sha256,
-        &source_version,
+        &kernel_inputs,
         epoch,
     )?;
     progress.step(format!(
@@ -223,21 +297,51 @@ pub fn build(
                 (meta, true)
             }
             _ => {
-                progress.step(format!(
-                    "kernel: building from {} {source_version} (several minutes)",
-                    template.kernel.source_package
-                ));
                 let t = Instant::now();
                 let partial = fresh_partial(&kernel_dir)?;
                 let work = work_root.join(format!("kernel-{}", hashes.kernel));
-                tools.build_kernel(&KernelJob {
-                    fragment: &req.recipe_dir.join("image").join(&template.kernel.fragment),
-                    source_tarball: &template.kernel.source_tarball,
-                    out_dir: &partial,
-                    work_dir: &work,
-                    epoch,
-                    jobs: req.jobs.max(1),
-                })?;
+                let (source, package, source_version, busybox) = match &kernel_inputs {
+                    KernelInputs::Build { source_version } => {
+                        progress.step(format!(
+                            "kernel: building from {} {source_version} (several minutes)",
+                            template.kernel.source_package
+                        ));
+                        tools.build_kernel(&KernelJob {
+                            fragment: &req.recipe_dir.join("image").join(&template.kernel.fragment),
+                            source_tarball: &template.kernel.source_tarball,
+                            out_dir: &partial,
+                            work_dir: &work,
+                            epoch,
+                            jobs: req.jobs.max(1),
+                        })?;
+                        (KernelSource::Build, None, source_version.clone(), None)
+                    }
+                    KernelInputs::Debian {
+                        package,
+                        version,
+                        busybox_version,
+                    } => {
+                        progress.step(format!(
+                            "kernel: Debian's {package} {version} with an initramfs (seconds)"
+                        ));
+                        tools.fetch_debian_kernel(&DebianKernelJob {
+                            package,
+                            version,
+                            busybox_version,
+                            out_dir: &partial,
+                            work_dir: &work,
+                            epoch,
+                        })?;
+                        expect_file("Debian kernel", &partial.join(INITRD_FILE))?;
+                        make_read_only(&partial.join(INITRD_FILE))?;
+                        (
+                            KernelSource::Debian,
+                            Some(package.clone()),
+                            version.clone(),
+                            Some(busybox_version.clone()),
+                        )
+                    }
+                };
                 let release_path = partial.join("release");
                 let release = std::fs::read_to_string(&release_path)
                     .map_err(|_| ImageError::MissingOutput {
@@ -248,10 +352,17 @@ pub fn build(
                     .to_owned();
                 expect_file("kernel build", &partial.join(KERNEL_FILE))?;
                 make_read_only(&partial.join(KERNEL_FILE))?;
+                let modules = std::fs::read_to_string(partial.join("modules"))
+                    .map(|t| t.lines().map(str::to_owned).collect())
+                    .unwrap_or_default();
                 let meta = KernelMeta {
                     release,
-                    source_version: source_version.clone(),
+                    source_version,
                     duration_secs: t.elapsed().as_secs_f64(),
+                    source,
+                    package,
+                    modules,
+                    busybox_version: busybox,
                 };
                 commit(&partial, &kernel_dir, &meta)?;
                 remove_dir(&work);
@@ -345,6 +456,20 @@ pub fn build(
     remove_dir(&work);
     let image_secs = t.elapsed().as_secs_f64();
     link_or_copy(&kernel_dir.join(KERNEL_FILE), &partial.join(KERNEL_FILE))?;
+    let initrd = match kernel_meta.source {
+        KernelSource::Build => None,
+        KernelSource::Debian => {
+            let path = partial.join(INITRD_FILE);
+            link_or_copy(&kernel_dir.join(INITRD_FILE), &path)?;
+            Some(InitrdInfo {
+                file: INITRD_FILE.into(),
+                sha256: sha256_file(&path)?,
+                size: file_size(&path)?,
+                modules: kernel_meta.modules.clone(),
+                busybox_version: kernel_meta.busybox_version.clone().unwrap_or_default(),
+            })
+        }
+    };
 
     let kernel_path = partial.join(KERNEL_FILE);
     let manifest = Manifest {
@@ -370,9 +495,14 @@ pub fn build(
             version: kernel_meta.release.clone(),
             sha256: sha256_file(&kernel_path)?,
             size: file_size(&kernel_path)?,
-            source_package: template.kernel.source_package.clone(),
+            source_package: kernel_meta
+                .package
+                .clone()
+                .unwrap_or_else(|| template.kernel.source_package.clone()),
             source_version: kernel_meta.source_version.clone(),
             input_hash: hashes.kernel.clone(),
+            source: kernel_meta.source,
+            initrd,
         },
         rootfs: RootfsInfo {
             file: ROOTFS_FILE.into(),
@@ -398,8 +528,9 @@ pub fn build(
     remove_dir(&image_dir);
     rename(&partial, &image_dir)?;
     progress.step(format!(
-        "image: kernel {} ({}), rootfs {} (sha256 {})",
+        "image: kernel {} ({}, {}), rootfs {} (sha256 {})",
         manifest.kernel.version,
+        manifest.kernel.source.as_str(),
         human_size(manifest.kernel.size),
         human_size(manifest.rootfs.size),
         short(&manifest.rootfs.sha256)
@@ -423,9 +554,13 @@ pub fn build(
 /// [`ImageError::Io`].
 pub fn install(src: &Path, dest: &Path) -> Result<(), ImageError> {
     mkdir(dest)?;
-    for name in [KERNEL_FILE, ROOTFS_FILE, MANIFEST_FILE] {
+    for name in [KERNEL_FILE, INITRD_FILE, ROOTFS_FILE, MANIFEST_FILE] {
         let from = src.join(name);
         let to = dest.join(name);
+        if name == INITRD_FILE && !from.exists() {
+            // A compiled kernel has none; the manifest (written last) says so.
+            continue;
+        }
         if same_file(&from, &to) {
             continue;
         }
@@ -434,7 +569,54 @@ pub fn install(src: &Path, dest: &Path) -> Result<(), ImageError> {
         link_or_copy(&from, &tmp)?;
         rename(&tmp, &to)?;
     }
+    if !src.join(INITRD_FILE).exists() {
+        let _ = std::fs::remove_file(dest.join(INITRD_FILE));
+    }
     Ok(())
+}
+
+/// Resolves [`KernelChoice`] into what the kernel stage is made from.
+fn choose_kernel(
+    req: &BuildRequest,
+    template: &Template,
+    tools: &dyn Toolchain,
+    epoch: u64,
+    progress: &Progress,
+) -> Result<KernelInputs, ImageError> {
+    let debian = |package: &str| -> Result<KernelInputs, ImageError> {
+        Ok(KernelInputs::Debian {
+            package: package.to_owned(),
+            version: tools.candidate_version(package)?,
+            busybox_version: tools.candidate_version(BUSYBOX_PACKAGE)?,
+        })
+    };
+    let build = || -> Result<KernelInputs, ImageError> {
+        Ok(KernelInputs::Build {
+            source_version: tools.host_package_version(&template.kernel.source_package)?,
+        })
+    };
+    match (req.kernel, template.kernel.package.as_deref()) {
+        (KernelChoice::Build, _) | (KernelChoice::Auto, None) => build(),
+        (KernelChoice::Debian, Some(package)) => debian(package),
+        (KernelChoice::Debian, None) => Err(ImageError::TemplateValue {
+            name: template.name.clone(),
+            reason: "names no Debian kernel package (kernel.package)".into(),
+        }),
+        (KernelChoice::Auto, Some(package)) => {
+            if let Ok(inputs) = build() {
+                let key = kernel_hash(&req.recipe_dir, template, &inputs, epoch)?;
+                let dir = req.cache_dir.join("kernel").join(key);
+                if load_meta::<KernelMeta>(&dir).is_some() && dir.join(KERNEL_FILE).is_file() {
+                    return Ok(inputs);
+                }
+            }
+            progress.step(format!(
+                "kernel: the compiled kernel is not built yet, so Debian's {package} is used \
+                 (`locale2b image build --kernel build` compiles it: minutes, boots faster)"
+            ));
+            debian(package)
+        }
+    }
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -562,6 +744,18 @@ mod tests {
             std::fs::write(job.out_dir.join("release"), "6.1.0-test\n").expect("w");
             Ok(())
         }
+        fn fetch_debian_kernel(&self, job: &DebianKernelJob<'_>) -> Result<(), ImageError> {
+            self.calls.borrow_mut().push("debian-kernel");
+            std::fs::write(job.out_dir.join("vmlinux"), b"ELF debian").expect("w");
+            std::fs::write(job.out_dir.join("initrd"), b"cpio").expect("w");
+            std::fs::write(job.out_dir.join("config"), b"CONFIG_X=m\n").expect("w");
+            std::fs::write(job.out_dir.join("modules"), "virtio.ko\nvirtio_blk.ko\n").expect("w");
+            std::fs::write(job.out_dir.join("release"), "6.1.0-57-cloud-amd64\n").expect("w");
+            Ok(())
+        }
+        fn candidate_version(&self, package: &str) -> Result<String, ImageError> {
+            Ok(format!("{package}-1"))
+        }
         fn build_rootfs_base(&self, job: &BaseJob<'_>) -> Result<(), ImageError> {
             self.calls.borrow_mut().push("base");
             std::fs::create_dir_all(job.out_dir.join("etc")).expect("mkdir");
@@ -598,6 +792,7 @@ mod tests {
             "image/templates/default.toml",
             "image/kernel/locale2b.config",
             KERNEL_SCRIPT,
+            DEBIAN_KERNEL_SCRIPT,
             ROOTFS_SCRIPT,
         ] {
             let to = recipe.join(rel);
@@ -615,6 +810,7 @@ mod tests {
             force: false,
             source_date_epoch: None,
             jobs: 2,
+            kernel: KernelChoice::Build,
         };
         Fixture { _dir: dir, req }
     }
@@ -703,23 +899,100 @@ mod tests {
     fn input_hashes_separate_the_stages() {
         let f = fixture();
         let (t, _) = Template::load(&f.req.recipe_dir, "default").expect("template");
-        let base = input_hashes(&f.req.recipe_dir, &t, "a1", "6.1.0-1", 1).expect("hash");
-        let agent = input_hashes(&f.req.recipe_dir, &t, "a2", "6.1.0-1", 1).expect("hash");
+        let k = |v: &str| KernelInputs::Build {
+            source_version: v.into(),
+        };
+        let base = input_hashes(&f.req.recipe_dir, &t, "a1", &k("6.1.0-1"), 1).expect("hash");
+        let agent = input_hashes(&f.req.recipe_dir, &t, "a2", &k("6.1.0-1"), 1).expect("hash");
         assert_eq!(base.kernel, agent.kernel);
         assert_eq!(base.base, agent.base);
         assert_ne!(base.image, agent.image);
-        let src = input_hashes(&f.req.recipe_dir, &t, "a1", "6.1.0-2", 1).expect("hash");
+        let src = input_hashes(&f.req.recipe_dir, &t, "a1", &k("6.1.0-2"), 1).expect("hash");
         assert_ne!(base.kernel, src.kernel);
         assert_eq!(base.base, src.base);
         let mut t2 = t.clone();
         t2.rootfs.setup.push("true".into());
-        let setup = input_hashes(&f.req.recipe_dir, &t2, "a1", "6.1.0-1", 1).expect("hash");
+        let setup = input_hashes(&f.req.recipe_dir, &t2, "a1", &k("6.1.0-1"), 1).expect("hash");
         assert_eq!(base.kernel, setup.kernel);
         assert_ne!(base.base, setup.base);
         assert_ne!(base.image, setup.image);
-        let epoch = input_hashes(&f.req.recipe_dir, &t, "a1", "6.1.0-1", 2).expect("hash");
+        let epoch = input_hashes(&f.req.recipe_dir, &t, "a1", &k("6.1.0-1"), 2).expect("hash");
         assert_ne!(base.kernel, epoch.kernel);
         assert_ne!(base.base, epoch.base);
+        let debian = KernelInputs::Debian {
+            package: "linux-image-cloud-amd64".into(),
+            version: "6.1.192-3".into(),
+            busybox_version: "1:1.35.0-4".into(),
+        };
+        let deb = input_hashes(&f.req.recipe_dir, &t, "a1", &debian, 1).expect("hash");
+        assert_ne!(base.kernel, deb.kernel);
+        assert_eq!(
+            base.base, deb.base,
+            "the Debian tree does not depend on the kernel"
+        );
+        assert_ne!(base.image, deb.image);
+    }
+
+    #[test]
+    fn auto_takes_debians_kernel_until_the_compiled_one_is_cached() {
+        let f = fixture();
+        let tools = FakeTools::default();
+        let mut req = f.req.clone();
+        req.kernel = KernelChoice::Auto;
+        let first = build(&req, &tools, &Progress::quiet()).expect("first build");
+        assert_eq!(tools.take(), ["debian-kernel", "base", "image"]);
+        let k = &first.manifest.kernel;
+        assert_eq!(k.source, KernelSource::Debian);
+        assert_eq!(k.source_package, "linux-image-cloud-amd64");
+        assert_eq!(k.source_version, "linux-image-cloud-amd64-1");
+        let initrd = k.initrd.as_ref().expect("a Debian kernel has an initrd");
+        assert_eq!(initrd.modules, ["virtio.ko", "virtio_blk.ko"]);
+        verify(&first.install_dir).expect("verifies with its initrd");
+        assert!(first.install_dir.join(INITRD_FILE).is_file());
+
+        // The compiled kernel on request; afterwards auto prefers it and the
+        // installed image loses its initrd.
+        req.kernel = KernelChoice::Build;
+        let built = build(&req, &tools, &Progress::quiet()).expect("compiled kernel");
+        assert_eq!(tools.take(), ["kernel", "image"]);
+        assert_eq!(built.manifest.kernel.source, KernelSource::Build);
+        assert!(built.manifest.kernel.initrd.is_none());
+        assert!(!built.install_dir.join(INITRD_FILE).exists());
+        req.kernel = KernelChoice::Auto;
+        let again = build(&req, &tools, &Progress::quiet()).expect("auto again");
+        assert!(
+            tools.take().is_empty(),
+            "auto must reuse the compiled image"
+        );
+        assert_eq!(again.manifest, built.manifest);
+
+        // Asking for Debian's again is a cache hit of the first image.
+        req.kernel = KernelChoice::Debian;
+        let deb = build(&req, &tools, &Progress::quiet()).expect("debian again");
+        assert!(tools.take().is_empty());
+        assert_eq!(deb.manifest, first.manifest);
+        verify(&deb.install_dir).expect("reinstalled initrd verifies");
+    }
+
+    #[test]
+    fn debian_kernel_without_a_package_is_a_clear_error() {
+        let f = fixture();
+        let path = f.req.recipe_dir.join("image/templates/default.toml");
+        let text = std::fs::read_to_string(&path).expect("read");
+        let text: String = text
+            .lines()
+            .filter(|l| !l.starts_with("package ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&path, text).expect("write");
+        let mut req = f.req.clone();
+        req.kernel = KernelChoice::Debian;
+        let err = build(&req, &FakeTools::default(), &Progress::quiet()).expect_err("no package");
+        assert!(err.to_string().contains("kernel.package"), "{err}");
+        req.kernel = KernelChoice::Auto;
+        let tools = FakeTools::default();
+        build(&req, &tools, &Progress::quiet()).expect("auto compiles");
+        assert_eq!(tools.take(), ["kernel", "base", "image"]);
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub struct Template {
     pub rootfs: RootfsSpec,
 }
 
-/// How the kernel is built.
+/// Where the kernel comes from: compiled from a fragment, or Debian's
+/// prebuilt kernel package with a small initramfs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KernelSpec {
@@ -43,6 +44,11 @@ pub struct KernelSpec {
     pub source_package: String,
     /// The source tarball installed by that package.
     pub source_tarball: PathBuf,
+    /// Debian's prebuilt kernel package (e.g. `linux-image-cloud-amd64`):
+    /// used, with an initramfs that loads its modules, while the compiled
+    /// kernel is not built yet (`locale2b image build --kernel`).
+    #[serde(default)]
+    pub package: Option<String>,
 }
 
 /// How the Debian tree is made (mmdebstrap).
@@ -166,6 +172,16 @@ impl Template {
         }
         if self.kernel.fragment.contains("..") {
             return Err(bad("kernel.fragment must stay inside image/".into()));
+        }
+        if let Some(p) = &self.kernel.package {
+            let ok = !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            if !ok {
+                return Err(bad(format!(
+                    "kernel.package {p:?} is not a Debian package name"
+                )));
+            }
         }
         Ok(())
     }

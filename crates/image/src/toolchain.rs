@@ -27,6 +27,25 @@ pub struct KernelJob<'a> {
     pub jobs: u32,
 }
 
+/// Inputs of the Debian-kernel stage. The stage must create
+/// `out_dir/vmlinux`, `out_dir/initrd`, `out_dir/config` and
+/// `out_dir/release`.
+#[derive(Debug)]
+pub struct DebianKernelJob<'a> {
+    /// Kernel package (a meta package such as `linux-image-cloud-amd64`).
+    pub package: &'a str,
+    /// Its version.
+    pub version: &'a str,
+    /// Version of `busybox-static` (the initramfs's shell and `insmod`).
+    pub busybox_version: &'a str,
+    /// Where the artifacts go.
+    pub out_dir: &'a Path,
+    /// Scratch space.
+    pub work_dir: &'a Path,
+    /// `SOURCE_DATE_EPOCH`.
+    pub epoch: u64,
+}
+
 /// Inputs of the Debian tree stage. The stage must create the tree at `out_dir`.
 #[derive(Debug)]
 pub struct BaseJob<'a> {
@@ -67,6 +86,10 @@ pub struct RootfsImageJob<'a> {
 pub trait Toolchain {
     /// Configures and compiles the kernel.
     fn build_kernel(&self, job: &KernelJob<'_>) -> Result<(), ImageError>;
+    /// Takes Debian's prebuilt kernel and makes its initramfs.
+    fn fetch_debian_kernel(&self, job: &DebianKernelJob<'_>) -> Result<(), ImageError>;
+    /// Version of a Debian package that apt would download (its candidate).
+    fn candidate_version(&self, package: &str) -> Result<String, ImageError>;
     /// Makes the Debian tree.
     fn build_rootfs_base(&self, job: &BaseJob<'_>) -> Result<(), ImageError>;
     /// Copies the tree, adds the agent and writes the ext4 image.
@@ -137,6 +160,44 @@ impl Toolchain for ScriptToolchain {
             job.epoch.to_string(),
         ];
         self.run_script("kernel build", "build-kernel.sh", &args)
+    }
+
+    fn fetch_debian_kernel(&self, job: &DebianKernelJob<'_>) -> Result<(), ImageError> {
+        let args = vec![
+            "--package".into(),
+            job.package.to_owned(),
+            "--version".into(),
+            job.version.to_owned(),
+            "--busybox-version".into(),
+            job.busybox_version.to_owned(),
+            "--out".into(),
+            p(job.out_dir),
+            "--work".into(),
+            p(job.work_dir),
+            "--epoch".into(),
+            job.epoch.to_string(),
+        ];
+        self.run_script("Debian kernel", "debian-kernel.sh", &args)
+    }
+
+    fn candidate_version(&self, package: &str) -> Result<String, ImageError> {
+        let out = Command::new("apt-cache")
+            .args(["policy", package])
+            .stderr(Stdio::null())
+            .output()
+            .map_err(|source| ImageError::ToolSpawn {
+                program: "apt-cache".into(),
+                source,
+            })?;
+        match parse_candidate(&String::from_utf8_lossy(&out.stdout)) {
+            Some(v) if out.status.success() => Ok(v),
+            _ => Err(ImageError::ToolFailed {
+                step: format!(
+                    "apt-cache policy {package}: apt knows no version of it (run apt-get update)"
+                ),
+                status: out.status.to_string(),
+            }),
+        }
     }
 
     fn build_rootfs_base(&self, job: &BaseJob<'_>) -> Result<(), ImageError> {
@@ -257,6 +318,14 @@ impl Toolchain for ScriptToolchain {
     }
 }
 
+/// The `Candidate:` of `apt-cache policy` output, unless it is `(none)`.
+pub(crate) fn parse_candidate(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate:"))
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty() && v != "(none)")
+}
+
 /// Parses `name\tversion` lines.
 pub(crate) fn parse_package_list(text: &str) -> BTreeMap<String, String> {
     text.lines()
@@ -275,5 +344,16 @@ mod tests {
         let m = parse_package_list("bash\t5.2.15-2+b7\npython3\t3.11.2-1+b1\n\nbroken line\n");
         assert_eq!(m.len(), 2);
         assert_eq!(m["python3"], "3.11.2-1+b1");
+    }
+
+    #[test]
+    fn parses_apt_cache_policy_candidates() {
+        let text = "linux-image-cloud-amd64:\n  Installed: (none)\n  Candidate: 6.1.192-3\n  Version table:\n";
+        assert_eq!(parse_candidate(text).as_deref(), Some("6.1.192-3"));
+        assert_eq!(
+            parse_candidate("x:\n  Installed: (none)\n  Candidate: (none)\n"),
+            None
+        );
+        assert_eq!(parse_candidate(""), None);
     }
 }

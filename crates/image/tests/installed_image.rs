@@ -10,8 +10,8 @@ use std::process::Command;
 use std::time::Instant;
 
 use locale2b_image::{
-    build, input_hashes, verify, BuildRequest, Manifest, Progress, ScriptToolchain, Template,
-    Toolchain, KERNEL_FILE,
+    build, input_hashes, verify, BuildRequest, KernelChoice, KernelInputs, KernelSource, Manifest,
+    Progress, ScriptToolchain, Template, Toolchain, INITRD_FILE, KERNEL_FILE,
 };
 
 use locale2b_testkit::image_path as image_dir;
@@ -40,11 +40,43 @@ fn installed_image_matches_its_manifest() {
     let Some(dir) = installed() else { return };
     let manifest = verify(&dir).expect("installed artifacts match manifest.json");
     assert_eq!(manifest.kernel.format, "vmlinux");
-    assert!(
-        manifest.kernel.size < 10_000_000,
-        "vmlinux is {} bytes",
-        manifest.kernel.size
-    );
+    match manifest.kernel.source {
+        // The compiled kernel is minimal and needs no initramfs.
+        KernelSource::Build => {
+            assert!(
+                manifest.kernel.size < 10_000_000,
+                "vmlinux is {} bytes",
+                manifest.kernel.size
+            );
+            assert!(manifest.kernel.initrd.is_none());
+            assert!(
+                !dir.join(INITRD_FILE).exists(),
+                "stale initrd left installed"
+            );
+        }
+        // Debian's kernel loads its virtio drivers from the initramfs.
+        KernelSource::Debian => {
+            let initrd = manifest
+                .kernel
+                .initrd
+                .as_ref()
+                .expect("Debian kernel without initrd");
+            for m in [
+                "virtio_mmio.ko",
+                "virtio_blk.ko",
+                "virtio_console.ko",
+                "overlay.ko",
+            ] {
+                assert!(
+                    initrd.modules.iter().any(|x| x == m),
+                    "{m} not loaded: {:?}",
+                    initrd.modules
+                );
+            }
+            let cpio = std::fs::read(dir.join(INITRD_FILE)).expect("read initrd");
+            assert_eq!(&cpio[..6], b"070701", "initrd must be a newc cpio archive");
+        }
+    }
     let head = std::fs::read(dir.join(KERNEL_FILE)).expect("read vmlinux");
     assert_eq!(&head[..4], b"\x7fELF", "vmlinux must be an ELF file");
     for pkg in [
@@ -94,9 +126,18 @@ fn rebuild_with_unchanged_inputs_is_a_cache_hit() {
 
     let tools = ScriptToolchain::new(&recipe);
     let (template, _) = Template::load(&recipe, &manifest.template.name).expect("template");
-    let source_version = tools
-        .host_package_version(&template.kernel.source_package)
-        .expect("kernel source version");
+    let kernel_inputs = match &manifest.kernel.initrd {
+        None => KernelInputs::Build {
+            source_version: tools
+                .host_package_version(&template.kernel.source_package)
+                .expect("kernel source version"),
+        },
+        Some(initrd) => KernelInputs::Debian {
+            package: manifest.kernel.source_package.clone(),
+            version: manifest.kernel.source_version.clone(),
+            busybox_version: initrd.busybox_version.clone(),
+        },
+    };
     let agent_sha = locale2b_image::hash::sha256_file(&agent).expect("hash agent");
     assert_eq!(
         agent_sha, manifest.agent.sha256,
@@ -106,7 +147,7 @@ fn rebuild_with_unchanged_inputs_is_a_cache_hit() {
         &recipe,
         &template,
         &agent_sha,
-        &source_version,
+        &kernel_inputs,
         manifest.build.source_date_epoch,
     )
     .expect("input hashes");
@@ -131,6 +172,10 @@ fn rebuild_with_unchanged_inputs_is_a_cache_hit() {
         force: false,
         source_date_epoch: Some(manifest.build.source_date_epoch),
         jobs: 2,
+        kernel: match manifest.kernel.source {
+            KernelSource::Build => KernelChoice::Build,
+            KernelSource::Debian => KernelChoice::Debian,
+        },
     };
     let started = Instant::now();
     let outcome = build(&req, &tools, &Progress::quiet()).expect("cached build");

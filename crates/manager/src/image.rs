@@ -18,9 +18,13 @@ pub fn boot_args(sandbox_id: &str) -> String {
 pub struct Image {
     /// The kernel (ELF vmlinux).
     pub kernel: PathBuf,
+    /// Its initramfs (Debian's kernel loads its drivers from it).
+    pub initrd: Option<PathBuf>,
     /// The read-only base rootfs.
     pub rootfs: PathBuf,
-    /// SHA-256 of the kernel, from the manifest.
+    /// SHA-256 of the kernel, from the manifest; with an initramfs, its
+    /// SHA-256 follows after a `+` (snapshots and templates are tied to
+    /// both).
     pub kernel_sha256: String,
     /// SHA-256 of the rootfs, from the manifest.
     pub rootfs_sha256: String,
@@ -29,8 +33,21 @@ pub struct Image {
 /// The part of `manifest.json` the manager needs.
 #[derive(Debug, Deserialize)]
 struct Manifest {
-    kernel: Part,
+    kernel: KernelPart,
     rootfs: Part,
+}
+
+#[derive(Debug, Deserialize)]
+struct KernelPart {
+    sha256: String,
+    #[serde(default)]
+    initrd: Option<InitrdPart>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InitrdPart {
+    file: String,
+    sha256: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -53,6 +70,7 @@ impl Image {
         VmSpec {
             sandbox_id: sandbox_id.clone(),
             kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
             disks: vec![
                 DiskSpec {
                     path: self.rootfs.clone(),
@@ -92,10 +110,40 @@ impl Image {
         let manifest_path = dir.join("manifest.json");
         let manifest: Manifest = read_json(&manifest_path)
             .map_err(|e| ManagerError::io(format!("cannot read {}", manifest_path.display()), e))?;
+        let (initrd, kernel_sha256) = match manifest.kernel.initrd {
+            None => (None, manifest.kernel.sha256),
+            Some(i) => {
+                if i.file.contains('/') {
+                    return Err(ManagerError::io(
+                        format!(
+                            "{}: initrd file {:?} is not a file name",
+                            manifest_path.display(),
+                            i.file
+                        ),
+                        std::io::Error::from(std::io::ErrorKind::InvalidData),
+                    ));
+                }
+                let path = dir.join(&i.file);
+                if !path.is_file() {
+                    return Err(ManagerError::NotFound {
+                        kind: "template",
+                        id: format!(
+                            "{template} (its manifest names {} but it is missing; rebuild with `locale2b image build --template {template}`)",
+                            path.display()
+                        ),
+                    });
+                }
+                (
+                    Some(path),
+                    format!("{}+{}", manifest.kernel.sha256, i.sha256),
+                )
+            }
+        };
         Ok(Self {
             kernel,
+            initrd,
             rootfs,
-            kernel_sha256: manifest.kernel.sha256,
+            kernel_sha256,
             rootfs_sha256: manifest.rootfs.sha256,
         })
     }

@@ -79,6 +79,13 @@ pub fn image_dir() -> Option<PathBuf> {
     None
 }
 
+/// The initramfs of an installed image, when it has one (a Debian kernel;
+/// installing a compiled-kernel image removes it).
+pub fn initrd_of(image_dir: &Path) -> Option<PathBuf> {
+    let p = image_dir.join("initrd");
+    p.is_file().then_some(p)
+}
+
 /// The installed guest kernel's directory, or `None` after
 /// [`require_or_skip`].
 pub fn kernel_dir() -> Option<PathBuf> {

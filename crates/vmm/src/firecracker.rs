@@ -48,6 +48,7 @@ const LOGGER_FILE: &str = "fc-logger.log";
 const METRICS_FILE: &str = "fc-metrics.json";
 /// Kernel link name inside a jail.
 const KERNEL_LINK: &str = "vmlinux";
+const INITRD_LINK: &str = "initrd";
 /// Snapshot file names inside a jail.
 const JAIL_SNAPSHOT_STATE: &str = "snapshot-state";
 const JAIL_SNAPSHOT_MEMORY: &str = "snapshot-memory";
@@ -256,24 +257,27 @@ impl FirecrackerVmm {
                 }),
             )
             .await?;
-        let kernel = match s.layout.outside_path(&spec.kernel) {
-            Some(p) => p,
+        let in_vm = |what: &'static str, path: &Path, link: &str| match s.layout.outside_path(path)
+        {
+            Some(p) => Ok(p),
             None => {
                 s.layout
-                    .link_in(&spec.kernel, KERNEL_LINK)
+                    .link_in(path, link)
                     .map_err(|_| VmmError::MissingFile {
-                        what: "kernel",
-                        path: spec.kernel.clone(),
+                        what,
+                        path: path.to_owned(),
                     })?;
-                s.layout.vm_path(KERNEL_LINK)
+                Ok::<_, VmmError>(s.layout.vm_path(link))
             }
         };
-        s.api
-            .put(
-                "/boot-source",
-                &json!({"kernel_image_path": kernel, "boot_args": boot_args(spec)}),
-            )
-            .await?;
+        let mut boot_source = json!({
+            "kernel_image_path": in_vm("kernel", &spec.kernel, KERNEL_LINK)?,
+            "boot_args": boot_args(spec),
+        });
+        if let Some(initrd) = &spec.initrd {
+            boot_source["initrd_path"] = json!(in_vm("initrd", initrd, INITRD_LINK)?);
+        }
+        s.api.put("/boot-source", &boot_source).await?;
         for (i, disk) in spec.disks.iter().enumerate() {
             let name = Layout::drive_name(i);
             s.api
@@ -805,7 +809,9 @@ fn cleanup(layout: &Layout) {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.starts_with("drive_") || (layout.jailed && name == KERNEL_LINK) {
+            if name.starts_with("drive_")
+                || (layout.jailed && (name == KERNEL_LINK || name == INITRD_LINK))
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -848,6 +854,7 @@ mod tests {
         let mut spec = VmSpec {
             sandbox_id: "sb-x".parse().expect("id"),
             kernel: "/k".into(),
+            initrd: None,
             disks: vec![DiskSpec {
                 path: "/r".into(),
                 read_only: true,

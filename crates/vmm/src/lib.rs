@@ -68,6 +68,8 @@ pub struct VmSpec {
     pub sandbox_id: SandboxId,
     /// Uncompressed kernel (ELF vmlinux with PVH note) or bzImage.
     pub kernel: PathBuf,
+    /// Initramfs, for kernels that load their drivers as modules (Debian's).
+    pub initrd: Option<PathBuf>,
     /// Disks in order: root (vda), writable (vdb), ...
     pub disks: Vec<DiskSpec>,
     /// Guest RAM.

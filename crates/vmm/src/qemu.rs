@@ -687,6 +687,12 @@ fn check_spec(spec: &VmSpec) -> Result<()> {
             path: spec.kernel.clone(),
         });
     }
+    if let Some(initrd) = spec.initrd.as_ref().filter(|p| !p.is_file()) {
+        return Err(VmmError::MissingFile {
+            what: "initrd",
+            path: initrd.clone(),
+        });
+    }
     for d in &spec.disks {
         if !d.path.is_file() {
             return Err(VmmError::MissingFile {
@@ -816,6 +822,9 @@ fn build_args(
         "-append",
         cmdline,
     ]);
+    if let Some(initrd) = &spec.initrd {
+        push(&["-initrd", &initrd.display().to_string()]);
+    }
     for (i, d) in spec.disks.iter().enumerate() {
         push(&[
             "-drive",
@@ -1106,6 +1115,7 @@ mod tests {
         VmSpec {
             sandbox_id: "sb-test".parse().expect("id"),
             kernel: dir.join("vmlinux"),
+            initrd: None,
             disks: vec![
                 DiskSpec {
                     path: dir.join("rootfs.ext4"),

@@ -94,6 +94,7 @@ impl Harness {
         VmSpec {
             sandbox_id: format!("sb-{name}").parse().expect("sandbox id"),
             kernel: self.kernel.clone(),
+            initrd: None,
             disks: vec![
                 DiskSpec {
                     path: self.rootfs.clone(),

@@ -52,6 +52,7 @@ fn spec(image: &Path, disk: &Path, run_dir: &Path) -> VmSpec {
     VmSpec {
         sandbox_id: "sb-qemutest".parse().expect("id"),
         kernel: image.join("vmlinux"),
+        initrd: locale2b_testkit::initrd_of(image),
         disks: vec![
             DiskSpec {
                 path: image.join("rootfs.ext4"),

@@ -32,6 +32,7 @@ impl Baseline {
             extra_boot_args: format!("init=/usr/local/bin/locale2b-agent locale2b.sandbox_id={id}"),
             sandbox_id: id,
             kernel: self.image.join("vmlinux"),
+            initrd: Some(self.image.join(locale2b_image::INITRD_FILE)).filter(|p| p.is_file()),
             disks: vec![
                 DiskSpec {
                     path: self.image.join("rootfs.ext4"),

@@ -496,6 +496,7 @@ mod tests {
     fn a_different_image_vmm_or_size_is_a_different_key() {
         let image = Image {
             kernel: "/k".into(),
+            initrd: None,
             rootfs: "/r".into(),
             kernel_sha256: "k1".into(),
             rootfs_sha256: "r1".into(),

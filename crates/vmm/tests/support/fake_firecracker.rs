@@ -268,14 +268,17 @@ impl Vm {
                 }
                 match parse::<BootSource>(body) {
                     Err(e) => fault(e),
-                    Ok(b) => match std::fs::File::open(&b.kernel_image_path) {
-                        Err(e) => fault(format!("Boot source error: The kernel file cannot be opened: {e}")),
-                        Ok(_) => {
+                    Ok(b) => {
+                        if let Err(e) = std::fs::File::open(&b.kernel_image_path) {
+                            fault(format!("Boot source error: The kernel file cannot be opened: {e}"))
+                        } else if let Some(Err(e)) = b.initrd_path.as_ref().map(std::fs::File::open) {
+                            fault(format!("Boot source error: The initrd file cannot be opened: {e}"))
+                        } else {
                             self.boot_source = true;
                             self.configured = true;
                             ok()
                         }
-                    },
+                    }
                 }
             }
             ("PUT", p) if p.starts_with("/drives/") => {
