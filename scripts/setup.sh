@@ -2,26 +2,36 @@
 # Prepares a Debian 12 host for locale2b. Idempotent: re-running it when
 # everything is in place changes nothing and prints a short summary.
 #
-# Usage: scripts/setup.sh
+# Usage: scripts/setup.sh [--kernel-build]
+#   --kernel-build          also the packages that compiling the minimal guest
+#                           kernel needs (`locale2b image build --kernel build`;
+#                           the test suite does); without it, images use
+#                           Debian's prebuilt kernel until that is built
 #   LOCALE2B_BASE_DIR       base directory (default /var/lib/firecracker-workspaces)
 #   LOCALE2B_FIRECRACKER_BIN  firecracker binary whose version is recorded
 # Nothing is downloaded except Debian packages through apt.
 set -euo pipefail
 
 base="${LOCALE2B_BASE_DIR:-/var/lib/firecracker-workspaces}"
+kernel_build=0
 for arg in "$@"; do
     case "$arg" in
-        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+        --kernel-build) kernel_build=1 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "setup: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
 
-# Host packages: VMM, rootfs and kernel build tools.
+# Host packages: the VMM, the rootfs tools, what unpacks Debian's kernel
+# (kmod, cpio, lz4) and the Python client's needs.
 packages=(
-    qemu-system-x86 mmdebstrap e2fsprogs linux-source-6.1
-    bc bison flex libelf-dev libssl-dev cpio xz-utils build-essential kmod
+    qemu-system-x86 mmdebstrap e2fsprogs cpio kmod lz4 xz-utils zstd
     iproute2 python3 python3-venv python3-pip ca-certificates curl procps
 )
+# Compiling the minimal guest kernel.
+if [ "$kernel_build" -eq 1 ]; then
+    packages+=(linux-source-6.1 bc bison flex libelf-dev libssl-dev build-essential)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -170,13 +170,9 @@ fn verify(args: VerifyArgs, base_dir: &Path) -> anyhow::Result<()> {
 
 /// The source checkout this binary was built from, if it still has the recipe.
 fn default_recipe_dir() -> anyhow::Result<PathBuf> {
-    let candidates = [
+    locale2b_image::find_recipe_dir(&[
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."),
         std::env::current_dir().unwrap_or_default(),
-    ];
-    candidates
-        .iter()
-        .find(|dir| dir.join("image/templates").is_dir() && dir.join("scripts/build-rootfs.sh").is_file())
-        .map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.clone()))
-        .context("cannot find the image recipe (image/templates, scripts/); pass --recipe-dir or set LOCALE2B_RECIPE_DIR")
+    ])
+    .context("cannot find the image recipe (image/templates, scripts/); pass --recipe-dir or set LOCALE2B_RECIPE_DIR")
 }

@@ -34,11 +34,22 @@ pub use manifest::{
     ROOTFS_FILE,
 };
 pub use pipeline::{
-    build, input_hashes, install, BuildOutcome, BuildRequest, InputHashes, KernelChoice,
-    KernelInputs, AGENT_GUEST_PATH,
+    build, input_hashes, install, prepare, BuildOutcome, BuildRequest, InputHashes, KernelChoice,
+    KernelInputs, PrepareOutcome, AGENT_GUEST_PATH,
 };
 pub use progress::{human_size, Progress};
 pub use template::Template;
 pub use toolchain::{
     BaseJob, DebianKernelJob, KernelJob, RootfsImageJob, ScriptToolchain, Toolchain,
 };
+
+/// The first of `candidates` that holds an image recipe (`image/templates/`
+/// and `scripts/build-rootfs.sh`), canonicalized.
+pub fn find_recipe_dir(candidates: &[std::path::PathBuf]) -> Option<std::path::PathBuf> {
+    candidates
+        .iter()
+        .find(|dir| {
+            dir.join("image/templates").is_dir() && dir.join("scripts/build-rootfs.sh").is_file()
+        })
+        .map(|dir| dir.canonicalize().unwrap_or_else(|_| dir.clone()))
+}

@@ -281,6 +281,190 @@ pub fn build(
         }
     }
 
+    let Stages {
+        kernel_dir,
+        kernel_meta,
+        kernel_cached,
+        base_dir,
+        base_meta,
+        base_cached,
+    } = run_stages(
+        req,
+        &template,
+        tools,
+        progress,
+        &kernel_inputs,
+        &hashes,
+        epoch,
+    )?;
+    let work_root = req.cache_dir.join("work");
+
+    // ext4 image with the agent, then the manifest.
+    progress.step(format!(
+        "rootfs image: agent {} + mkfs.ext4",
+        short(&agent_sha256)
+    ));
+    let t = Instant::now();
+    let partial = fresh_partial(&image_dir)?;
+    let uuid = uuid_from_hex(&hashes.image);
+    let hash_seed = uuid_from_hex(&crate::hash::sha256_hex(hashes.image.as_bytes()));
+    let work = work_root.join(format!("image-{}", hashes.image));
+    let rootfs_path = partial.join(ROOTFS_FILE);
+    tools.build_rootfs_image(&RootfsImageJob {
+        base_dir: &base_dir.join("root"),
+        agent: &req.agent,
+        out_file: &rootfs_path,
+        work_dir: &work,
+        uuid: &uuid,
+        hash_seed: &hash_seed,
+        headroom_mib: template.rootfs.headroom_mib,
+        epoch,
+    })?;
+    expect_file("rootfs image", &rootfs_path)?;
+    make_read_only(&rootfs_path)?;
+    remove_dir(&work);
+    let image_secs = t.elapsed().as_secs_f64();
+    link_or_copy(&kernel_dir.join(KERNEL_FILE), &partial.join(KERNEL_FILE))?;
+    let initrd = match kernel_meta.source {
+        KernelSource::Build => None,
+        KernelSource::Debian => {
+            let path = partial.join(INITRD_FILE);
+            link_or_copy(&kernel_dir.join(INITRD_FILE), &path)?;
+            Some(InitrdInfo {
+                file: INITRD_FILE.into(),
+                sha256: sha256_file(&path)?,
+                size: file_size(&path)?,
+                modules: kernel_meta.modules.clone(),
+                busybox_version: kernel_meta.busybox_version.clone().unwrap_or_default(),
+            })
+        }
+    };
+
+    let kernel_path = partial.join(KERNEL_FILE);
+    let manifest = Manifest {
+        schema: SCHEMA,
+        template: TemplateInfo {
+            name: template.name.clone(),
+            version: template.version.clone(),
+        },
+        input_hash: hashes.image.clone(),
+        build: BuildInfo {
+            source_date_epoch: epoch,
+            timestamp: rfc3339_utc(epoch),
+            builder: concat!("locale2b-image ", env!("CARGO_PKG_VERSION")).to_owned(),
+            durations_secs: Durations {
+                kernel: round1(kernel_meta.duration_secs),
+                rootfs_base: round1(base_meta.duration_secs),
+                rootfs_image: round1(image_secs),
+            },
+        },
+        kernel: KernelInfo {
+            file: KERNEL_FILE.into(),
+            format: "vmlinux".into(),
+            version: kernel_meta.release.clone(),
+            sha256: sha256_file(&kernel_path)?,
+            size: file_size(&kernel_path)?,
+            source_package: kernel_meta
+                .package
+                .clone()
+                .unwrap_or_else(|| template.kernel.source_package.clone()),
+            source_version: kernel_meta.source_version.clone(),
+            input_hash: hashes.kernel.clone(),
+            source: kernel_meta.source,
+            initrd,
+        },
+        rootfs: RootfsInfo {
+            file: ROOTFS_FILE.into(),
+            format: "ext4".into(),
+            sha256: sha256_file(&rootfs_path)?,
+            size: file_size(&rootfs_path)?,
+            uuid,
+            base_hash: hashes.base.clone(),
+        },
+        agent: AgentInfo {
+            path: AGENT_GUEST_PATH.into(),
+            version: tools.agent_version(&req.agent),
+            sha256: agent_sha256,
+        },
+        debian: DebianInfo {
+            suite: template.debian.suite.clone(),
+            variant: template.debian.variant.clone(),
+            requested: template.debian.packages.clone(),
+            installed: base_meta.installed.clone(),
+        },
+    };
+    manifest.save(&partial)?;
+    remove_dir(&image_dir);
+    rename(&partial, &image_dir)?;
+    progress.step(format!(
+        "image: kernel {} ({}, {}), rootfs {} (sha256 {})",
+        manifest.kernel.version,
+        manifest.kernel.source.as_str(),
+        human_size(manifest.kernel.size),
+        human_size(manifest.rootfs.size),
+        short(&manifest.rootfs.sha256)
+    ));
+    install(&image_dir, &install_dir)?;
+    progress.step(format!("installed {}", install_dir.display()));
+    Ok(BuildOutcome {
+        install_dir,
+        manifest,
+        kernel_cached,
+        base_cached,
+        image_cached: false,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Installs an image directory (kernel, rootfs, manifest last) into `dest`,
+/// replacing each file atomically. Running VMs keep the files they opened.
+///
+/// # Errors
+/// [`ImageError::Io`].
+pub fn install(src: &Path, dest: &Path) -> Result<(), ImageError> {
+    mkdir(dest)?;
+    for name in [KERNEL_FILE, INITRD_FILE, ROOTFS_FILE, MANIFEST_FILE] {
+        let from = src.join(name);
+        let to = dest.join(name);
+        if name == INITRD_FILE && !from.exists() {
+            // A compiled kernel has none; the manifest (written last) says so.
+            continue;
+        }
+        if same_file(&from, &to) {
+            continue;
+        }
+        let tmp = dest.join(format!(".{name}.install"));
+        let _ = std::fs::remove_file(&tmp);
+        link_or_copy(&from, &tmp)?;
+        rename(&tmp, &to)?;
+    }
+    if !src.join(INITRD_FILE).exists() {
+        let _ = std::fs::remove_file(dest.join(INITRD_FILE));
+    }
+    Ok(())
+}
+
+/// What the kernel and Debian tree stages gave (built or from the cache).
+struct Stages {
+    kernel_dir: PathBuf,
+    kernel_meta: KernelMeta,
+    kernel_cached: bool,
+    base_dir: PathBuf,
+    base_meta: BaseMeta,
+    base_cached: bool,
+}
+
+/// Runs (or takes from the cache) the two stages that do not need the
+/// agent: the kernel and the Debian tree.
+fn run_stages(
+    req: &BuildRequest,
+    template: &Template,
+    tools: &dyn Toolchain,
+    progress: &Progress,
+    kernel_inputs: &KernelInputs,
+    hashes: &InputHashes,
+    epoch: u64,
+) -> Result<Stages, ImageError> {
     let work_root = req.cache_dir.join("work");
     mkdir(&work_root)?;
 
@@ -430,149 +614,62 @@ pub fn build(
         }
     };
 
-    // ext4 image with the agent, then the manifest.
-    progress.step(format!(
-        "rootfs image: agent {} + mkfs.ext4",
-        short(&agent_sha256)
-    ));
-    let t = Instant::now();
-    let partial = fresh_partial(&image_dir)?;
-    let uuid = uuid_from_hex(&hashes.image);
-    let hash_seed = uuid_from_hex(&crate::hash::sha256_hex(hashes.image.as_bytes()));
-    let work = work_root.join(format!("image-{}", hashes.image));
-    let rootfs_path = partial.join(ROOTFS_FILE);
-    tools.build_rootfs_image(&RootfsImageJob {
-        base_dir: &base_dir.join("root"),
-        agent: &req.agent,
-        out_file: &rootfs_path,
-        work_dir: &work,
-        uuid: &uuid,
-        hash_seed: &hash_seed,
-        headroom_mib: template.rootfs.headroom_mib,
-        epoch,
-    })?;
-    expect_file("rootfs image", &rootfs_path)?;
-    make_read_only(&rootfs_path)?;
-    remove_dir(&work);
-    let image_secs = t.elapsed().as_secs_f64();
-    link_or_copy(&kernel_dir.join(KERNEL_FILE), &partial.join(KERNEL_FILE))?;
-    let initrd = match kernel_meta.source {
-        KernelSource::Build => None,
-        KernelSource::Debian => {
-            let path = partial.join(INITRD_FILE);
-            link_or_copy(&kernel_dir.join(INITRD_FILE), &path)?;
-            Some(InitrdInfo {
-                file: INITRD_FILE.into(),
-                sha256: sha256_file(&path)?,
-                size: file_size(&path)?,
-                modules: kernel_meta.modules.clone(),
-                busybox_version: kernel_meta.busybox_version.clone().unwrap_or_default(),
-            })
-        }
-    };
-
-    let kernel_path = partial.join(KERNEL_FILE);
-    let manifest = Manifest {
-        schema: SCHEMA,
-        template: TemplateInfo {
-            name: template.name.clone(),
-            version: template.version.clone(),
-        },
-        input_hash: hashes.image.clone(),
-        build: BuildInfo {
-            source_date_epoch: epoch,
-            timestamp: rfc3339_utc(epoch),
-            builder: concat!("locale2b-image ", env!("CARGO_PKG_VERSION")).to_owned(),
-            durations_secs: Durations {
-                kernel: round1(kernel_meta.duration_secs),
-                rootfs_base: round1(base_meta.duration_secs),
-                rootfs_image: round1(image_secs),
-            },
-        },
-        kernel: KernelInfo {
-            file: KERNEL_FILE.into(),
-            format: "vmlinux".into(),
-            version: kernel_meta.release.clone(),
-            sha256: sha256_file(&kernel_path)?,
-            size: file_size(&kernel_path)?,
-            source_package: kernel_meta
-                .package
-                .clone()
-                .unwrap_or_else(|| template.kernel.source_package.clone()),
-            source_version: kernel_meta.source_version.clone(),
-            input_hash: hashes.kernel.clone(),
-            source: kernel_meta.source,
-            initrd,
-        },
-        rootfs: RootfsInfo {
-            file: ROOTFS_FILE.into(),
-            format: "ext4".into(),
-            sha256: sha256_file(&rootfs_path)?,
-            size: file_size(&rootfs_path)?,
-            uuid,
-            base_hash: hashes.base.clone(),
-        },
-        agent: AgentInfo {
-            path: AGENT_GUEST_PATH.into(),
-            version: tools.agent_version(&req.agent),
-            sha256: agent_sha256,
-        },
-        debian: DebianInfo {
-            suite: template.debian.suite.clone(),
-            variant: template.debian.variant.clone(),
-            requested: template.debian.packages.clone(),
-            installed: base_meta.installed.clone(),
-        },
-    };
-    manifest.save(&partial)?;
-    remove_dir(&image_dir);
-    rename(&partial, &image_dir)?;
-    progress.step(format!(
-        "image: kernel {} ({}, {}), rootfs {} (sha256 {})",
-        manifest.kernel.version,
-        manifest.kernel.source.as_str(),
-        human_size(manifest.kernel.size),
-        human_size(manifest.rootfs.size),
-        short(&manifest.rootfs.sha256)
-    ));
-    install(&image_dir, &install_dir)?;
-    progress.step(format!("installed {}", install_dir.display()));
-    Ok(BuildOutcome {
-        install_dir,
-        manifest,
+    Ok(Stages {
+        kernel_dir,
+        kernel_meta,
         kernel_cached,
+        base_dir,
+        base_meta,
         base_cached,
-        image_cached: false,
-        elapsed_secs: started.elapsed().as_secs_f64(),
     })
 }
 
-/// Installs an image directory (kernel, rootfs, manifest last) into `dest`,
-/// replacing each file atomically. Running VMs keep the files they opened.
+/// What [`prepare`] did.
+#[derive(Debug, Clone)]
+pub struct PrepareOutcome {
+    /// The kernel it made ready.
+    pub kernel_source: KernelSource,
+    /// Kernel came from the cache.
+    pub kernel_cached: bool,
+    /// Debian tree came from the cache.
+    pub base_cached: bool,
+    /// Wall time, seconds.
+    pub elapsed_secs: f64,
+}
+
+/// Runs the stages of [`build`] that do not need the agent (kernel, Debian
+/// tree) into the cache, so that they can run while the agent is still
+/// being compiled; a later [`build`] with the same request finds them
+/// cached. `req.agent` and `req.images_dir` are not used.
 ///
 /// # Errors
-/// [`ImageError::Io`].
-pub fn install(src: &Path, dest: &Path) -> Result<(), ImageError> {
-    mkdir(dest)?;
-    for name in [KERNEL_FILE, INITRD_FILE, ROOTFS_FILE, MANIFEST_FILE] {
-        let from = src.join(name);
-        let to = dest.join(name);
-        if name == INITRD_FILE && !from.exists() {
-            // A compiled kernel has none; the manifest (written last) says so.
-            continue;
-        }
-        if same_file(&from, &to) {
-            continue;
-        }
-        let tmp = dest.join(format!(".{name}.install"));
-        let _ = std::fs::remove_file(&tmp);
-        link_or_copy(&from, &tmp)?;
-        rename(&tmp, &to)?;
-    }
-    if !src.join(INITRD_FILE).exists() {
-        let _ = std::fs::remove_file(dest.join(INITRD_FILE));
-    }
-    Ok(())
+/// As [`build`].
+pub fn prepare(
+    req: &BuildRequest,
+    tools: &dyn Toolchain,
+    progress: &Progress,
+) -> Result<PrepareOutcome, ImageError> {
+    let started = Instant::now();
+    let (template, _) = Template::load(&req.recipe_dir, &req.template)?;
+    let epoch = req.source_date_epoch.unwrap_or(template.source_date_epoch);
+    let kernel_inputs = choose_kernel(req, &template, tools, epoch, progress)?;
+    // The image key needs the agent; the two stage keys do not.
+    let hashes = input_hashes(&req.recipe_dir, &template, "", &kernel_inputs, epoch)?;
+    let stages = run_stages(
+        req,
+        &template,
+        tools,
+        progress,
+        &kernel_inputs,
+        &hashes,
+        epoch,
+    )?;
+    Ok(PrepareOutcome {
+        kernel_source: stages.kernel_meta.source,
+        kernel_cached: stages.kernel_cached,
+        base_cached: stages.base_cached,
+        elapsed_secs: started.elapsed().as_secs_f64(),
+    })
 }
 
 /// Resolves [`KernelChoice`] into what the kernel stage is made from.
@@ -972,6 +1069,28 @@ mod tests {
         assert!(tools.take().is_empty());
         assert_eq!(deb.manifest, first.manifest);
         verify(&deb.install_dir).expect("reinstalled initrd verifies");
+    }
+
+    #[test]
+    fn prepare_runs_the_stages_without_the_agent_and_build_finds_them_cached() {
+        let f = fixture();
+        let tools = FakeTools::default();
+        let mut req = f.req.clone();
+        req.kernel = KernelChoice::Auto;
+        req.agent = PathBuf::new();
+        let out = prepare(&req, &tools, &Progress::quiet()).expect("prepare");
+        assert_eq!(tools.take(), ["debian-kernel", "base"]);
+        assert_eq!(out.kernel_source, KernelSource::Debian);
+        assert!(!out.kernel_cached && !out.base_cached);
+        assert!(!f.req.images_dir.exists(), "prepare installs nothing");
+        let again = prepare(&req, &tools, &Progress::quiet()).expect("prepare again");
+        assert!(tools.take().is_empty() && again.kernel_cached && again.base_cached);
+
+        req.agent = f.req.agent.clone();
+        let built = build(&req, &tools, &Progress::quiet()).expect("build");
+        assert_eq!(tools.take(), ["image"], "only the agent's stage is left");
+        assert!(built.kernel_cached && built.base_cached);
+        assert_eq!(built.manifest.kernel.source, KernelSource::Debian);
     }
 
     #[test]

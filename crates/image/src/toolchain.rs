@@ -262,7 +262,9 @@ impl Toolchain for ScriptToolchain {
         let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         if !out.status.success() || version.is_empty() {
             return Err(ImageError::ToolFailed {
-                step: format!("dpkg-query {package} (is it installed? run scripts/setup.sh)"),
+                step: format!(
+                    "dpkg-query {package} (is it installed? `scripts/setup.sh --kernel-build` installs what compiling the kernel needs)"
+                ),
                 status: out.status.to_string(),
             });
         }

@@ -184,8 +184,10 @@ fn own_image_dir(base: &Path, image: &Path) -> PathBuf {
     let dir = base.join("images/default");
     std::fs::remove_file(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
-    for f in ["vmlinux", "rootfs.ext4"] {
-        std::os::unix::fs::symlink(image.join(f), dir.join(f)).unwrap();
+    for f in ["vmlinux", "initrd", "rootfs.ext4"] {
+        if image.join(f).exists() {
+            std::os::unix::fs::symlink(image.join(f), dir.join(f)).unwrap();
+        }
     }
     std::fs::copy(image.join("manifest.json"), dir.join("manifest.json")).unwrap();
     dir

@@ -1176,6 +1176,19 @@ mod tests {
             .expect("disk1");
         assert!(disk0 < disk1, "root disk first");
         assert!(!joined.contains("-incoming"));
+        assert!(
+            !joined.contains("-initrd"),
+            "no initrd unless the image has one"
+        );
+        let with_initrd = VmSpec {
+            initrd: Some("/r/initrd".into()),
+            ..s.clone()
+        };
+        let joined = build_args(&cfg, &with_initrd, "x", false, &Ram::Own).join(" ");
+        assert!(
+            joined.contains("-kernel /r/vmlinux -append x -initrd /r/initrd"),
+            "{joined}"
+        );
         let inc = build_args(&cfg, &s, "x", true, &Ram::Own).join(" ");
         assert!(inc.ends_with("-S -incoming defer"));
         assert!(inc.contains("share=on"), "own RAM is mapped shared");

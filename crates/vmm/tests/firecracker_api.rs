@@ -368,6 +368,36 @@ async fn missing_kernel(h: Harness) {
     assert!(!sock.exists());
 }
 
+async fn initrd(h: Harness) {
+    // A missing initrd is refused at PUT /boot-source, like a missing kernel.
+    let mut spec = h.spec("noinitrd");
+    spec.initrd = Some(h.dir.path().join("no-such-initrd"));
+    let err = h
+        .vmm()
+        .start(&spec)
+        .await
+        .expect_err("start without initrd");
+    assert!(
+        matches!(&err, VmmError::Api { request, message, .. }
+            if request == "PUT /boot-source" && message.contains("initrd")),
+        "{err:?}"
+    );
+    if !h.fake {
+        return;
+    }
+    // An initrd travels as initrd_path next to the kernel.
+    let mut spec = h.spec("initrd");
+    let initrd = h.dir.path().join("initrd");
+    std::fs::write(&initrd, b"070701 stand-in").expect("initrd");
+    spec.initrd = Some(initrd.clone());
+    let vm = h.vmm().start(&spec).await.expect("start with an initrd");
+    let reqs = requests(&spec.run_dir);
+    let boot = body_of(&reqs, "PUT /boot-source");
+    assert_eq!(boot["initrd_path"], json!(initrd.to_string_lossy()));
+    assert_eq!(boot["kernel_image_path"], json!(h.kernel.to_string_lossy()));
+    vm.kill().await.expect("kill");
+}
+
 async fn snapshot_requires_pause(h: Harness) {
     let spec = h.spec("snaprun");
     let vm = h.vmm().start(&spec).await.expect("start");
@@ -620,6 +650,7 @@ mod firecracker {
     both!(
         lifecycle,
         missing_kernel,
+        initrd,
         snapshot_requires_pause,
         restore,
         restore_failure,
