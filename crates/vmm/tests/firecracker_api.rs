@@ -387,7 +387,7 @@ async fn initrd(h: Harness) {
     }
     // An initrd travels as initrd_path next to the kernel.
     let mut spec = h.spec("initrd");
-    let initrd = h.dir.path().join("initrd");
+    let initrd = h.dir.path().join("initrd.cpio");
     std::fs::write(&initrd, b"070701 stand-in").expect("initrd");
     spec.initrd = Some(initrd.clone());
     let vm = h.vmm().start(&spec).await.expect("start with an initrd");
