@@ -5,6 +5,7 @@
 
 use locale2b_config::Config;
 use locale2b_manager::{backend, SandboxManager};
+use locale2b_server::audit::AuditLog;
 use locale2b_server::{load_or_create_api_keys, serve, AppState};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -13,6 +14,7 @@ use tracing::{info, warn};
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut server = config.server.clone();
     server.ui_dir = Some(config.ui_dir());
+    let config_audit_path = config.audit_log();
     let manager_config = Arc::new(config.manager);
     let (vmm, report) = backend::build(&config.vmm, &manager_config).await?;
     let accel = backend::accel_name(&report);
@@ -28,6 +30,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     info!(%addr, "locale2b listening on http://{addr} (Swagger UI at /docs)");
     let state = AppState::new(manager, keys, &server);
+    let audit_path = config_audit_path;
+    let audit = AuditLog::open(
+        &audit_path,
+        server.audit_log_max_mb.saturating_mul(1024 * 1024),
+        server.audit_log_keep,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot open the audit log {}: {e}", audit_path.display()))?;
+    info!(path = %audit_path.display(), "audit log");
+    let _ = state.set_audit_log(audit);
     serve(listener, state, shutdown_signal()).await?;
     info!("server stopped; running sandboxes keep running and are re-attached at the next start");
     Ok(())

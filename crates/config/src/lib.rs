@@ -248,6 +248,17 @@ pub struct ServerConfig {
     /// Names of API keys (comma-separated) that see every sandbox; any
     /// other key sees only the sandboxes it created.
     pub admin_keys: String,
+    /// The audit log (JSON lines: every mutating call and every failed
+    /// authentication); default `<base_dir>/audit.log`.
+    pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is rotated, MiB.
+    pub audit_log_max_mb: u64,
+    /// Rotated audit logs kept (`audit.log.1` …).
+    pub audit_log_keep: u32,
+    /// Failed authentications a source address may have per minute before
+    /// all its requests are refused (429) for the rest of that minute;
+    /// 0 = no limit.
+    pub auth_failures_per_min: u32,
 }
 
 impl Default for ServerConfig {
@@ -267,6 +278,10 @@ impl Default for ServerConfig {
             metrics_public: false,
             ports_domain: "localhost".into(),
             admin_keys: String::new(),
+            audit_log: None,
+            audit_log_max_mb: 64,
+            audit_log_keep: 5,
+            auth_failures_per_min: 20,
         }
     }
 }
@@ -735,6 +750,10 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("max_exposed_ports", "manager", Int),
         ("ports_domain", "server", Str),
         ("admin_keys", "server", Str),
+        ("audit_log", "server", Str),
+        ("audit_log_max_mb", "server", Int),
+        ("audit_log_keep", "server", Int),
+        ("auth_failures_per_min", "server", Int),
         ("vmm", "vmm", Str),
         ("firecracker_bin", "vmm", Str),
         ("jailer_bin", "vmm", Str),
@@ -810,6 +829,11 @@ impl Config {
     /// [`ConfigError::Invalid`] with what to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.manager.validate()?;
+        if self.server.audit_log_max_mb == 0 {
+            return Err(ConfigError::Invalid(
+                "audit_log_max_mb must be at least 1 (MiB)".into(),
+            ));
+        }
         if let Some(h) = &self.server.api_key_header {
             let ok = !h.is_empty()
                 && h.bytes()
@@ -821,6 +845,14 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The audit log: `server.audit_log`, else `<base_dir>/audit.log`.
+    pub fn audit_log(&self) -> PathBuf {
+        self.server
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| self.manager.base_dir.join("audit.log"))
     }
 
     /// The UI asset directory: `server.ui_dir`, else `<base_dir>/ui`.

@@ -86,6 +86,12 @@ pub enum ApiError {
         /// When to retry.
         retry_after: Duration,
     },
+    /// Too many failed authentications from this source address.
+    #[error("too many failed authentications from this address; retry after {} s", retry_after.as_secs().max(1))]
+    AuthThrottled {
+        /// When to retry.
+        retry_after: Duration,
+    },
     /// No route matches the path.
     #[error("no route for {method} {path}; see /docs or /openapi.json for the API")]
     NoRoute {
@@ -197,6 +203,16 @@ impl ApiError {
                 (
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limited".into(),
+                    msg.clone(),
+                    Some(serde_json::json!({ "retry_after_secs": secs })),
+                    Some(secs),
+                )
+            }
+            Self::AuthThrottled { retry_after } => {
+                let secs = retry_after.as_secs().max(1);
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "auth_throttled".into(),
                     msg.clone(),
                     Some(serde_json::json!({ "retry_after_secs": secs })),
                     Some(secs),

@@ -15,7 +15,8 @@
 //! | [`extract`] | extractors whose rejections use the error shape |
 //! | [`error`] | [`ApiError`] and the one status mapping |
 //! | [`middleware`] | request id + span, API key + rate limit + audit line |
-//! | [`rate`] | the per-key token buckets |
+//! | [`rate`] | the per-key token buckets, the failed-authentication throttle |
+//! | [`audit`] | the audit log file (JSON lines, rotated by size) |
 //! | [`keys`] | loading and checking API keys |
 //! | [`openapi`] | the OpenAPI document, Swagger UI and ReDoc pages |
 //!
@@ -39,6 +40,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod drain;
 pub mod e2b;
 pub mod error;
@@ -85,6 +87,8 @@ struct Inner {
     ports_domain: String,
     admin_keys: Vec<String>,
     e2b: e2b::E2bState,
+    auth_failures: rate::AuthFailures,
+    audit: std::sync::OnceLock<audit::AuditLog>,
 }
 
 impl AppState {
@@ -120,8 +124,24 @@ impl AppState {
                     .map(str::to_owned)
                     .collect(),
                 e2b: e2b::E2bState::default(),
+                auth_failures: rate::AuthFailures::new(server.auth_failures_per_min),
+                audit: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Writes the audit lines of this state (every clone of it) to `log`
+    /// from now on; without it they only go to the tracing log.
+    ///
+    /// # Errors
+    /// Gives `log` back when an audit log is already set.
+    pub fn set_audit_log(&self, log: audit::AuditLog) -> Result<(), audit::AuditLog> {
+        self.inner.audit.set(log)
+    }
+
+    /// The audit log, when one is set.
+    pub fn audit_log(&self) -> Option<&audit::AuditLog> {
+        self.inner.audit.get()
     }
 
     /// The sandbox service.
@@ -312,7 +332,12 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "listening");
     }
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // The peer address reaches the audit log and the failed-authentication
+    // throttle.
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -46,11 +46,16 @@ pub fn check_key(state: &AppState, headers: &axum::http::HeaderMap) -> Result<St
     Ok(name)
 }
 
-/// The sandbox id in `/sandboxes/{id}/...`, for logs.
-fn sandbox_id_of(path: &str) -> Option<&str> {
-    let rest = path.strip_prefix("/sandboxes/")?;
+/// The id in `<prefix>{id}/...`, for logs.
+fn id_after<'p>(path: &'p str, prefix: &str) -> Option<&'p str> {
+    let rest = path.strip_prefix(prefix)?;
     let id = rest.split('/').next()?;
     (!id.is_empty()).then_some(id)
+}
+
+/// The sandbox id in `/sandboxes/{id}/...`, for logs.
+fn sandbox_id_of(path: &str) -> Option<&str> {
+    id_after(path, "/sandboxes/")
 }
 
 fn new_request_id() -> String {
@@ -139,7 +144,26 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
     }
     let method = req.method().clone();
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    // A Unix-socket peer (tests, a local proxy) has no address: one source.
+    let source = peer.map_or_else(|| "local".to_owned(), |a| a.ip().to_string());
+    let call = Call {
+        peer,
+        method: method.as_str(),
+        path: &path,
+    };
+    if let Some(retry_after) = state.inner.auth_failures.blocked(&source) {
+        let resp = ApiError::AuthThrottled { retry_after }.into_response();
+        audit(&state, &call, None, resp.status().as_u16(), "throttled");
+        return resp;
+    }
     let checked = check_key(&state, req.headers());
+    if checked == Err(Denied::NoKey) {
+        state.inner.auth_failures.failed(&source);
+    }
     let key = match &checked {
         Ok(name) => Some(name.clone()),
         Err(Denied::Limited(_)) => {
@@ -160,18 +184,56 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
             next.run(req).await
         }
     };
-    if mutating {
-        tracing::info!(
-            target: "audit",
-            key = key.as_deref().unwrap_or("-"),
-            method = %method,
-            path = %path,
-            sandbox_id = sandbox_id_of(&path).unwrap_or(""),
-            status = resp.status().as_u16(),
-            "api call"
-        );
+    let status = resp.status().as_u16();
+    if key.is_none() {
+        audit(&state, &call, None, status, "unauthenticated");
+    } else if mutating {
+        let outcome = if resp.status().is_success() || resp.status().is_redirection() {
+            "ok"
+        } else {
+            "error"
+        };
+        audit(&state, &call, key.as_deref(), status, outcome);
     }
     resp
+}
+
+/// The request an audit line is about.
+struct Call<'a> {
+    peer: Option<std::net::SocketAddr>,
+    method: &'a str,
+    path: &'a str,
+}
+
+/// One audit line: to the audit log file when one is set, and to the
+/// tracing log (target `audit`).
+fn audit(state: &AppState, call: &Call<'_>, key: Option<&str>, status: u16, outcome: &str) {
+    let sandbox_id = sandbox_id_of(call.path);
+    let workspace_id = id_after(call.path, "/workspaces/");
+    tracing::info!(
+        target: "audit",
+        key = key.unwrap_or("-"),
+        method = %call.method,
+        path = %call.path,
+        sandbox_id = sandbox_id.unwrap_or(""),
+        status,
+        outcome,
+        "api call"
+    );
+    if let Some(log) = state.audit_log() {
+        log.write(&crate::audit::AuditRecord {
+            time: crate::audit::now_rfc3339(),
+            key,
+            source: call.peer.map(|a| a.to_string()),
+            method: call.method,
+            route: call.path,
+            sandbox_id,
+            workspace_id,
+            status,
+            outcome,
+            request_id: REQUEST_ID.try_with(Clone::clone).ok(),
+        });
+    }
 }
 
 #[cfg(test)]

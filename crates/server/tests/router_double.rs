@@ -777,3 +777,162 @@ async fn a_key_sees_only_its_own_sandboxes_and_an_admin_key_sees_all() {
         Some("alice")
     );
 }
+
+/// The audit log through a real TCP server: one line per mutating call
+/// (whatever its outcome) and per failed authentication, none for reads,
+/// with who, from where, what, the outcome and the request id; then a
+/// source guessing keys is throttled while others are not.
+#[tokio::test]
+async fn mutating_calls_and_failed_authentications_are_audited_and_key_guessing_is_throttled() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let server = ServerConfig {
+        auth_failures_per_min: 20,
+        ..server_config()
+    };
+    let keys = ApiKeys::new(vec![("agent-a".into(), Secret::new(KEY))]);
+    let state = AppState::new(Arc::new(Double::default()), keys, &server);
+    state
+        .set_audit_log(locale2b_server::audit::AuditLog::open(&path, 1 << 20, 2).unwrap())
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(locale2b_server::serve(
+        listener,
+        state,
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+
+    // Mutating calls, answered 200 and 4xx alike: one line each.
+    let calls = [
+        (
+            Method::POST,
+            format!("/sandboxes/{KNOWN}/exec"),
+            json!({"command": "true"}),
+            200,
+        ),
+        (
+            Method::POST,
+            "/sandboxes/sb-nope/exec".to_owned(),
+            json!({"command": "true"}),
+            404,
+        ),
+        (
+            Method::POST,
+            format!("/sandboxes/{KNOWN}/files/write"),
+            json!({"path": "/w/secret.txt", "content": "c2VjcmV0", "encoding": "base64"}),
+            200,
+        ),
+        (
+            Method::DELETE,
+            "/workspaces/ws-1".to_owned(),
+            Value::Null,
+            0,
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (method, uri, body, want) in &calls {
+        let mut r = http
+            .request(method.clone(), format!("{base}{uri}?path=/w/q"))
+            .header("x-api-key", KEY);
+        if !body.is_null() {
+            r = r.json(body);
+        }
+        let resp = r.send().await.unwrap();
+        if *want != 0 {
+            assert_eq!(resp.status().as_u16(), *want, "{method} {uri}");
+        }
+        ids.push((
+            resp.status().as_u16(),
+            resp.headers()["x-request-id"].to_str().unwrap().to_owned(),
+        ));
+    }
+    // Reads are not audited.
+    let r = http
+        .get(format!("{base}/sandboxes"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = lines();
+    assert_eq!(
+        got.len(),
+        calls.len(),
+        "one line per mutating call: {got:#?}"
+    );
+    for (((method, uri, _, _), (status, request_id)), line) in calls.iter().zip(&ids).zip(&got) {
+        assert_eq!(line["key"], "agent-a");
+        assert_eq!(line["method"], method.as_str());
+        assert_eq!(line["route"], uri.as_str(), "the path, without the query");
+        assert_eq!(line["status"], *status);
+        assert_eq!(line["outcome"], if *status < 400 { "ok" } else { "error" });
+        assert_eq!(line["request_id"], request_id.as_str());
+        assert!(
+            line["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+            "{line}"
+        );
+        assert!(line["time"].as_str().unwrap().ends_with('Z'));
+    }
+    assert_eq!(got[0]["sandbox_id"], KNOWN);
+    assert_eq!(got[3]["workspace_id"], "ws-1");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        !text.contains(KEY) && !text.contains("c2VjcmV0") && !text.contains("/w/q"),
+        "no secrets, contents or queries: {text}"
+    );
+
+    // Wrong keys: each one a line with no key; from the 21st on, the
+    // source is refused without its key being checked, even a right one.
+    let mut statuses = Vec::new();
+    for i in 0..100 {
+        let r = http
+            .post(format!("{base}/sandboxes/{KNOWN}/exec"))
+            .header("x-api-key", format!("guess-{i}"))
+            .json(&json!({"command": "true"}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            let retry: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+        }
+    }
+    assert!(statuses[..20].iter().all(|s| *s == 401), "{statuses:?}");
+    assert!(statuses[20..].iter().all(|s| *s == 429), "{statuses:?}");
+    let r = http
+        .get(format!("{base}/sandboxes"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429, "the source stays throttled for the minute");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "auth_throttled");
+    let got = lines();
+    let failed: Vec<&Value> = got[calls.len()..].iter().collect();
+    assert_eq!(failed.len(), 101, "one line per refused request");
+    assert!(failed[..20]
+        .iter()
+        .all(|l| l["outcome"] == "unauthenticated" && l["key"].is_null() && l["status"] == 401));
+    assert!(failed[20..]
+        .iter()
+        .all(|l| l["outcome"] == "throttled" && l["status"] == 429));
+    assert!(
+        !std::fs::read_to_string(&path).unwrap().contains("guess-"),
+        "wrong keys are not logged"
+    );
+}
