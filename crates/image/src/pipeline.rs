@@ -238,22 +238,18 @@ pub fn build(
     progress: &Progress,
 ) -> Result<BuildOutcome, ImageError> {
     let started = Instant::now();
-    let (template, _) = Template::load(&req.recipe_dir, &req.template)?;
-    let epoch = req.source_date_epoch.unwrap_or(template.source_date_epoch);
     if !req.agent.is_file() {
         return Err(ImageError::AgentMissing {
             path: req.agent.clone(),
         });
     }
     let agent_sha256 = sha256_file(&req.agent)?;
-    let kernel_inputs = choose_kernel(req, &template, tools, epoch, progress)?;
-    let hashes = input_hashes(
-        &req.recipe_dir,
-        &template,
-        &agent_sha256,
-        &kernel_inputs,
+    let Plan {
+        template,
         epoch,
-    )?;
+        kernel_inputs,
+        hashes,
+    } = plan(req, tools, progress, &agent_sha256)?;
     progress.step(format!(
         "template {} v{} (epoch {epoch}); input hash {}",
         template.name,
@@ -444,6 +440,38 @@ pub fn install(src: &Path, dest: &Path) -> Result<(), ImageError> {
     Ok(())
 }
 
+/// A build's template, its epoch, the kernel it gets and the cache keys.
+struct Plan {
+    template: Template,
+    epoch: u64,
+    kernel_inputs: KernelInputs,
+    hashes: InputHashes,
+}
+
+fn plan(
+    req: &BuildRequest,
+    tools: &dyn Toolchain,
+    progress: &Progress,
+    agent_sha256: &str,
+) -> Result<Plan, ImageError> {
+    let (template, _) = Template::load(&req.recipe_dir, &req.template)?;
+    let epoch = req.source_date_epoch.unwrap_or(template.source_date_epoch);
+    let kernel_inputs = choose_kernel(req, &template, tools, epoch, progress)?;
+    let hashes = input_hashes(
+        &req.recipe_dir,
+        &template,
+        agent_sha256,
+        &kernel_inputs,
+        epoch,
+    )?;
+    Ok(Plan {
+        template,
+        epoch,
+        kernel_inputs,
+        hashes,
+    })
+}
+
 /// What the kernel and Debian tree stages gave (built or from the cache).
 struct Stages {
     kernel_dir: PathBuf,
@@ -484,7 +512,7 @@ fn run_stages(
                 let t = Instant::now();
                 let partial = fresh_partial(&kernel_dir)?;
                 let work = work_root.join(format!("kernel-{}", hashes.kernel));
-                let (source, package, source_version, busybox) = match &kernel_inputs {
+                let (source, package, source_version, busybox) = match kernel_inputs {
                     KernelInputs::Build { source_version } => {
                         progress.step(format!(
                             "kernel: building from {} {source_version} (several minutes)",
@@ -650,19 +678,16 @@ pub fn prepare(
     progress: &Progress,
 ) -> Result<PrepareOutcome, ImageError> {
     let started = Instant::now();
-    let (template, _) = Template::load(&req.recipe_dir, &req.template)?;
-    let epoch = req.source_date_epoch.unwrap_or(template.source_date_epoch);
-    let kernel_inputs = choose_kernel(req, &template, tools, epoch, progress)?;
     // The image key needs the agent; the two stage keys do not.
-    let hashes = input_hashes(&req.recipe_dir, &template, "", &kernel_inputs, epoch)?;
+    let p = plan(req, tools, progress, "")?;
     let stages = run_stages(
         req,
-        &template,
+        &p.template,
         tools,
         progress,
-        &kernel_inputs,
-        &hashes,
-        epoch,
+        &p.kernel_inputs,
+        &p.hashes,
+        p.epoch,
     )?;
     Ok(PrepareOutcome {
         kernel_source: stages.kernel_meta.source,

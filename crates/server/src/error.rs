@@ -198,21 +198,16 @@ impl ApiError {
             }
             Self::TooLarge(_) => simple(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::Unauthorized => simple(StatusCode::UNAUTHORIZED, "unauthorized"),
-            Self::RateLimited { retry_after, .. } => {
+            Self::RateLimited { retry_after, .. } | Self::AuthThrottled { retry_after } => {
                 let secs = retry_after.as_secs().max(1);
+                let code = if matches!(self, Self::AuthThrottled { .. }) {
+                    "auth_throttled"
+                } else {
+                    "rate_limited"
+                };
                 (
                     StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited".into(),
-                    msg.clone(),
-                    Some(serde_json::json!({ "retry_after_secs": secs })),
-                    Some(secs),
-                )
-            }
-            Self::AuthThrottled { retry_after } => {
-                let secs = retry_after.as_secs().max(1);
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "auth_throttled".into(),
+                    code.into(),
                     msg.clone(),
                     Some(serde_json::json!({ "retry_after_secs": secs })),
                     Some(secs),
