@@ -433,7 +433,15 @@ async fn qemu_mechanics_without_agent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_guest_poweroff_then_shutdown_is_quick() {
     let Some(image) = image_dir() else { return };
-    for acpi in [true, false] {
+    // Debian's kernel (an image with an initrd) finds virtio-mmio devices
+    // through ACPI only: without ACPI it has no disk (docs/image.md).
+    let acpi_modes: &[bool] = if locale2b_testkit::initrd_of(&image).is_some() {
+        println!("Debian kernel: only with ACPI (no virtio-mmio command-line devices)");
+        &[true]
+    } else {
+        &[true, false]
+    };
+    for &acpi in acpi_modes {
         let tmp = tempfile::tempdir().expect("tempdir");
         let disk = tmp.path().join("disk.ext4");
         make_disk(&disk);
