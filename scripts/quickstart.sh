@@ -123,7 +123,7 @@ if python3 -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["kernel"].
   cat <<TXT
 
 The guest image uses Debian's prebuilt kernel (no compile was needed). The
-minimal kernel boots about twice as fast; compile it once (a few minutes,
+minimal kernel cold-boots about three times as fast; compile it once (a few minutes,
 cached) and rebuild the image:
   ./scripts/setup.sh --kernel-build && $BIN image build --kernel build --agent target/$PROFILE/locale2b-agent
 TXT
