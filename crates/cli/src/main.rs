@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod doctor;
 mod image;
+mod key;
 mod serve;
 
 /// Self-hosted microVM sandboxes for AI agents.
@@ -38,6 +39,10 @@ enum Command {
     /// Workspaces on a server: ls, rm.
     #[command(subcommand)]
     Workspace(client::WorkspaceCommand),
+    /// API keys in a keys file (LOCALE2B_API_KEYS_FILE): add one (only its hash is written) or
+    /// revoke one; a running server picks the change up on the next request.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
     /// Saved servers for the client commands (like `docker context`).
     #[command(subcommand)]
     Context(client::ContextCommand),
@@ -78,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         Command::Sandbox(cmd) => client_exit(on_runtime(client::sandbox(&cli.target, cmd))),
         Command::Workspace(cmd) => client_exit(on_runtime(client::workspace(&cli.target, cmd))),
         Command::Context(cmd) => client_exit(client::context(cmd)),
+        Command::Key(cmd) => key::run(cmd),
         Command::Completion { shell } => {
             use clap::CommandFactory as _;
             clap_complete::generate(

@@ -217,7 +217,9 @@ pub struct ServerConfig {
     /// A single API key. When neither this nor `api_keys_file` is set, a key
     /// is generated on first start and stored 0600 in `<base_dir>/api-key`.
     pub api_key: Option<Secret>,
-    /// File with one API key per line (`name:key` or `key`); `#` comments.
+    /// File of API keys, one per line: `name:sha256:<hex>` (or `name:key`,
+    /// or `key`) and optional `admin=true max_sandboxes=N max_memory_mb=N`;
+    /// `#` comments. Re-read when it changes (no restart to add or revoke).
     pub api_keys_file: Option<PathBuf>,
     /// An extra header that carries the API key, besides `X-API-Key` and
     /// `Authorization: Bearer` (CompyMac's client lets its users rename it).
@@ -245,8 +247,9 @@ pub struct ServerConfig {
     /// exposed port (names under `localhost` resolve to the loopback in
     /// browsers and curl). Empty: no Host-header routing.
     pub ports_domain: String,
-    /// Names of API keys (comma-separated) that see every sandbox; any
-    /// other key sees only the sandboxes it created.
+    /// Names of API keys (comma-separated) that see every sandbox and
+    /// workspace (as does `admin=true` in the keys file); any other key
+    /// sees only what it created.
     pub admin_keys: String,
     /// The audit log (JSON lines: every mutating call and every failed
     /// authentication); default `<base_dir>/audit.log`.
@@ -259,6 +262,12 @@ pub struct ServerConfig {
     /// all its requests are refused (429) for the rest of that minute;
     /// 0 = no limit.
     pub auth_failures_per_min: u32,
+    /// Sandboxes (any state) one API key may have; 0 = no limit. A key's
+    /// `max_sandboxes=` in the keys file overrides it.
+    pub key_max_sandboxes: u32,
+    /// Guest RAM one API key's running sandboxes may hold together, MiB;
+    /// 0 = no limit. A key's `max_memory_mb=` overrides it.
+    pub key_max_memory_mb: u64,
 }
 
 impl Default for ServerConfig {
@@ -282,6 +291,8 @@ impl Default for ServerConfig {
             audit_log_max_mb: 64,
             audit_log_keep: 5,
             auth_failures_per_min: 20,
+            key_max_sandboxes: 0,
+            key_max_memory_mb: 0,
         }
     }
 }
@@ -754,6 +765,8 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("audit_log_max_mb", "server", Int),
         ("audit_log_keep", "server", Int),
         ("auth_failures_per_min", "server", Int),
+        ("key_max_sandboxes", "server", Int),
+        ("key_max_memory_mb", "server", Int),
         ("vmm", "vmm", Str),
         ("firecracker_bin", "vmm", Str),
         ("jailer_bin", "vmm", Str),

@@ -83,6 +83,10 @@ pub enum ManagerError {
     /// minus the configured margin); the message gives the figures.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// The owner (API key) of the sandbox is at one of its quotas; the
+    /// message names the quota and the figures.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// No room for another sandbox now.
     #[error("{reason}")]
     AtCapacity {

@@ -359,6 +359,8 @@ pub struct WorkspaceInfo {
     pub created_at: String,
     /// History.
     pub lineage: Vec<LineageEvent>,
+    /// Name of the API key that created it, if recorded.
+    pub owner: Option<String>,
 }
 
 /// A command to run in a sandbox (`/bin/sh -c command`).

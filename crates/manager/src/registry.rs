@@ -37,6 +37,24 @@ pub struct CapacityLimits {
     pub overcommit: bool,
 }
 
+/// What one owner (an API key) may hold; 0 = no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerQuota {
+    /// Most sandboxes the owner may have in any state (running, paused or
+    /// dead: each holds a disk until destroyed).
+    pub max_sandboxes: u32,
+    /// Most guest RAM over the owner's sandboxes that hold a VM, MiB.
+    pub max_memory_mb: u64,
+}
+
+/// Where admission reads an owner's quota from (the server's API keys,
+/// which may change while it runs). Called under the registry's lock:
+/// it must not call back into the manager.
+pub trait QuotaSource: Send + Sync + std::fmt::Debug {
+    /// The quota of `owner`; `None` = no limit.
+    fn quota(&self, owner: &str) -> Option<OwnerQuota>;
+}
+
 /// Counts over the table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -76,6 +94,7 @@ struct Table {
 pub struct Registry {
     table: Mutex<Table>,
     limits: CapacityLimits,
+    quotas: std::sync::RwLock<Option<Arc<dyn QuotaSource>>>,
 }
 
 impl Registry {
@@ -87,7 +106,16 @@ impl Registry {
                 ..Table::default()
             }),
             limits,
+            quotas: std::sync::RwLock::new(None),
         }
+    }
+
+    /// Enforces the owners' quotas of `source` from now on.
+    pub fn set_quota_source(&self, source: Arc<dyn QuotaSource>) {
+        *self
+            .quotas
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(source);
     }
 
     /// The limits enforced.
@@ -162,6 +190,7 @@ impl Registry {
         let mut table = lock(&self.table);
         let used = usage_of(table.sandboxes.values().map(|s| s.as_ref()), Some(&sb.id));
         let memory_mb = sb.record().memory_mb;
+        self.check_quota(&table, sb, how)?;
         if used.active >= self.limits.max_sandboxes {
             return Err(ManagerError::AtCapacity {
                 reason: format!(
@@ -207,6 +236,51 @@ impl Registry {
                 r.error = None;
                 r.updated_at = crate::store::now_rfc3339();
             }),
+        }
+        Ok(())
+    }
+}
+
+impl Registry {
+    /// The owner's quota, checked before the host's capacity so that a
+    /// key over its quota never makes another key's sandbox be evicted.
+    fn check_quota(&self, table: &Table, sb: &Arc<Sandbox>, how: Admission) -> Result<()> {
+        let r = sb.record();
+        let Some(owner) = r.owner.as_deref() else {
+            return Ok(());
+        };
+        let source = self
+            .quotas
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let Some(quota) = source.and_then(|s| s.quota(owner)) else {
+            return Ok(());
+        };
+        let mut count = 0u32;
+        let mut memory = 0u64;
+        for other in table.sandboxes.values().filter(|o| o.id != sb.id) {
+            let o = other.record();
+            if o.owner.as_deref() != Some(owner) {
+                continue;
+            }
+            count += 1;
+            if holds_vm(o.status) {
+                memory += u64::from(o.memory_mb);
+            }
+        }
+        if how == Admission::New && quota.max_sandboxes > 0 && count >= quota.max_sandboxes {
+            return Err(ManagerError::QuotaExceeded(format!(
+                "API key {owner:?} is at its quota max_sandboxes={}: it has {count} sandboxes (running, paused or dead); destroy one, or have the operator raise max_sandboxes in the keys file or LOCALE2B_KEY_MAX_SANDBOXES",
+                quota.max_sandboxes
+            )));
+        }
+        let asked = u64::from(r.memory_mb);
+        if quota.max_memory_mb > 0 && memory + asked > quota.max_memory_mb {
+            return Err(ManagerError::QuotaExceeded(format!(
+                "API key {owner:?} is over its quota max_memory_mb={}: its running sandboxes have {memory} MiB and this one asks for {asked} MiB; pause or destroy one, or have the operator raise max_memory_mb in the keys file or LOCALE2B_KEY_MAX_MEMORY_MB",
+                quota.max_memory_mb
+            )));
         }
         Ok(())
     }

@@ -53,6 +53,11 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     fn metrics_text(&self) -> String {
         String::new()
     }
+    /// Enforces the owners' quotas `source` gives at every admission
+    /// (create, fork, resume) from now on.
+    fn set_quota_source(&self, source: Arc<dyn crate::registry::QuotaSource>) {
+        let _ = source;
+    }
     /// Host and guest figures of one sandbox.
     async fn sandbox_metrics(&self, id: &SandboxId) -> Result<crate::SandboxMetrics> {
         Err(crate::ManagerError::NotFound {

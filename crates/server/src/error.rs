@@ -157,6 +157,9 @@ impl ApiError {
                 M::InsufficientStorage(_) => {
                     simple(StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
                 }
+                // Not 429: retrying does not help until the key's own
+                // sandboxes are destroyed or paused.
+                M::QuotaExceeded(_) => simple(StatusCode::FORBIDDEN, "quota_exceeded"),
                 M::AtCapacity { retry_after, .. } => {
                     let secs = retry_after.as_secs().max(1);
                     (

@@ -54,7 +54,10 @@ pub mod rate;
 pub mod route_host;
 
 pub use error::{ApiError, ErrorDetail, ErrorResponse};
-pub use keys::{load_or_create_api_keys, ApiKeys, KeyError, KeySource, GENERATED_KEY_FILE};
+pub use keys::{
+    generate_key, key_file_line, load_or_create_api_keys, ApiKeys, KeyEntry, KeyError, KeySource,
+    GENERATED_KEY_FILE,
+};
 pub use locale2b_config::ServerConfig;
 
 use axum::extract::DefaultBodyLimit;
@@ -96,6 +99,7 @@ impl AppState {
     /// the UI asset directory of `server` (no local UI assets when
     /// `server.ui_dir` is unset: the pages then use the public CDN).
     pub fn new(sandboxes: Arc<dyn SandboxService>, keys: ApiKeys, server: &ServerConfig) -> Self {
+        sandboxes.set_quota_source(Arc::new(keys.clone()));
         Self {
             inner: Arc::new(Inner {
                 sandboxes,
@@ -184,7 +188,13 @@ impl AppState {
     /// Whether key `caller` may see a sandbox owned by `owner`: its own,
     /// unowned ones, and all of them for an admin key.
     pub fn may_see(&self, caller: &str, owner: Option<&str>) -> bool {
-        owner.is_none_or(|o| o == caller) || self.inner.admin_keys.iter().any(|a| a == caller)
+        owner.is_none_or(|o| o == caller) || self.is_admin(caller)
+    }
+
+    /// Whether key `caller` has the admin scope (`LOCALE2B_ADMIN_KEYS`, or
+    /// `admin=true` in the keys file).
+    pub fn is_admin(&self, caller: &str) -> bool {
+        self.inner.admin_keys.iter().any(|a| a == caller) || self.inner.keys.is_admin(caller)
     }
 
     /// The domain of Host-header routing ("" = off).

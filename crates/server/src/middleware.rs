@@ -40,7 +40,7 @@ pub enum Denied {
 /// [`Denied`].
 pub fn check_key(state: &AppState, headers: &axum::http::HeaderMap) -> Result<String, Denied> {
     let name = presented_key(headers, state.inner.api_key_header.as_deref())
-        .and_then(|k| state.inner.keys.check(k).map(str::to_owned))
+        .and_then(|k| state.inner.keys.check(k))
         .ok_or(Denied::NoKey)?;
     state.inner.rate.acquire(&name).map_err(Denied::Limited)?;
     Ok(name)
@@ -98,6 +98,22 @@ pub async fn trace(req: Request, next: Next) -> Response {
 /// not see that sandbox (another key created it) is answered exactly as
 /// for a sandbox that does not exist, so existence is not leaked.
 pub async fn ownership(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if let (Some(id), Some(caller)) = (
+        id_after(req.uri().path(), "/workspaces/")
+            .and_then(|id| id.parse::<locale2b_protocol::WorkspaceId>().ok()),
+        req.extensions().get::<KeyName>(),
+    ) {
+        if let Ok(info) = state.sandboxes().get_workspace(&id).await {
+            if !state.may_see(&caller.0, info.owner.as_deref()) {
+                return ApiError::from(locale2b_manager::ManagerError::NotFound {
+                    kind: "workspace",
+                    id: id.to_string(),
+                })
+                .into_response();
+            }
+        }
+        return next.run(req).await;
+    }
     let (Some(id), Some(caller)) = (
         sandbox_id_of(req.uri().path())
             .and_then(|id| id.parse::<locale2b_protocol::SandboxId>().ok()),
@@ -135,6 +151,43 @@ fn presented_key<'r>(
         .then_some(token.trim())
 }
 
+/// Why [`check_caller`] refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The source address failed authentication too often this minute;
+    /// its key was not even looked at.
+    Throttled(std::time::Duration),
+    /// No key, or an unknown one (counted against the source address).
+    NoKey,
+    /// The key's rate limit.
+    Limited(std::time::Duration),
+}
+
+/// The failed-authentication throttle of the source address, then
+/// [`check_key`]: the key's name, or why not.
+///
+/// # Errors
+/// [`Refused`].
+pub fn check_caller(
+    state: &AppState,
+    peer: Option<std::net::SocketAddr>,
+    headers: &axum::http::HeaderMap,
+) -> Result<String, Refused> {
+    // A Unix-socket peer (tests, a local proxy) has no address: one source.
+    let source = peer.map_or_else(|| "local".to_owned(), |a| a.ip().to_string());
+    if let Some(retry_after) = state.inner.auth_failures.blocked(&source) {
+        return Err(Refused::Throttled(retry_after));
+    }
+    match check_key(state, headers) {
+        Ok(name) => Ok(name),
+        Err(Denied::NoKey) => {
+            state.inner.auth_failures.failed(&source);
+            Err(Refused::NoKey)
+        }
+        Err(Denied::Limited(after)) => Err(Refused::Limited(after)),
+    }
+}
+
 /// Authenticates (except public paths), applies the per-key rate limit and
 /// writes the audit log line of mutating calls.
 pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -148,40 +201,31 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0);
-    // A Unix-socket peer (tests, a local proxy) has no address: one source.
-    let source = peer.map_or_else(|| "local".to_owned(), |a| a.ip().to_string());
     let call = Call {
         peer,
         method: method.as_str(),
         path: &path,
     };
-    if let Some(retry_after) = state.inner.auth_failures.blocked(&source) {
-        let resp = ApiError::AuthThrottled { retry_after }.into_response();
-        audit(&state, &call, None, resp.status().as_u16(), "throttled");
-        return resp;
-    }
-    let checked = check_key(&state, req.headers());
-    if checked == Err(Denied::NoKey) {
-        state.inner.auth_failures.failed(&source);
-    }
-    let key = match &checked {
-        Ok(name) => Some(name.clone()),
-        Err(Denied::Limited(_)) => {
-            presented_key(req.headers(), state.inner.api_key_header.as_deref())
-                .and_then(|k| state.inner.keys.check(k).map(str::to_owned))
+    let (resp, key) = match check_caller(&state, peer, req.headers()) {
+        Err(Refused::Throttled(retry_after)) => {
+            let resp = ApiError::AuthThrottled { retry_after }.into_response();
+            audit(&state, &call, None, resp.status().as_u16(), "throttled");
+            return resp;
         }
-        Err(Denied::NoKey) => None,
-    };
-    let resp = match checked {
-        Err(Denied::NoKey) => ApiError::Unauthorized.into_response(),
-        Err(Denied::Limited(retry_after)) => ApiError::RateLimited {
-            per_sec: state.inner.rate.per_sec,
-            retry_after,
+        Err(Refused::NoKey) => (ApiError::Unauthorized.into_response(), None),
+        Err(Refused::Limited(retry_after)) => {
+            let key = presented_key(req.headers(), state.inner.api_key_header.as_deref())
+                .and_then(|k| state.inner.keys.check(k));
+            let resp = ApiError::RateLimited {
+                per_sec: state.inner.rate.per_sec,
+                retry_after,
+            }
+            .into_response();
+            (resp, key)
         }
-        .into_response(),
         Ok(name) => {
-            req.extensions_mut().insert(KeyName(name));
-            next.run(req).await
+            req.extensions_mut().insert(KeyName(name.clone()));
+            (next.run(req).await, Some(name))
         }
     };
     let status = resp.status().as_u16();
@@ -199,16 +243,24 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
 }
 
 /// The request an audit line is about.
-struct Call<'a> {
-    peer: Option<std::net::SocketAddr>,
-    method: &'a str,
-    path: &'a str,
+pub(crate) struct Call<'a> {
+    pub(crate) peer: Option<std::net::SocketAddr>,
+    pub(crate) method: &'a str,
+    pub(crate) path: &'a str,
 }
 
 /// One audit line: to the audit log file when one is set, and to the
 /// tracing log (target `audit`).
-fn audit(state: &AppState, call: &Call<'_>, key: Option<&str>, status: u16, outcome: &str) {
-    let sandbox_id = sandbox_id_of(call.path);
+pub(crate) fn audit(
+    state: &AppState,
+    call: &Call<'_>,
+    key: Option<&str>,
+    status: u16,
+    outcome: &str,
+) {
+    let sandbox_id = sandbox_id_of(call.path)
+        .or_else(|| id_after(call.path, "/e2b/sandboxes/"))
+        .or_else(|| id_after(call.path, "/e2b/v2/sandboxes/"));
     let workspace_id = id_after(call.path, "/workspaces/");
     tracing::info!(
         target: "audit",

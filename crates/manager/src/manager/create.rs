@@ -223,6 +223,7 @@ impl SandboxManager {
                             disk_size_mb.unwrap_or(cfg.disk_size_mb),
                             fork.map(|f| f.disk.as_path())
                                 .or(from_template.as_ref().map(|t| t.disk.as_path())),
+                            req.owner.as_deref(),
                         )
                         .await?
                 }

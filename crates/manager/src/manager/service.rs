@@ -42,6 +42,9 @@ impl SandboxService for SandboxManager {
     fn metrics_text(&self) -> String {
         SandboxManager::metrics_text(self)
     }
+    fn set_quota_source(&self, source: Arc<dyn crate::registry::QuotaSource>) {
+        self.registry.set_quota_source(source);
+    }
     async fn sandbox_metrics(&self, id: &SandboxId) -> Result<crate::SandboxMetrics> {
         SandboxManager::sandbox_metrics(self, id).await
     }

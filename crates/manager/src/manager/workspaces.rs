@@ -30,6 +30,7 @@ impl SandboxManager {
             snapshot_id: ws.snapshot_id,
             created_at: ws.created_at,
             lineage: ws.lineage,
+            owner: ws.owner,
         }
     }
 

@@ -126,6 +126,7 @@ impl Store {
         ephemeral: bool,
         disk_size_mb: u64,
         disk_from: Option<&Path>,
+        owner: Option<&str>,
     ) -> Result<WorkspaceRecord> {
         create_private_dir(&self.layout.workspace_dir(id))?;
         create_private_dir(&self.layout.snapshots_dir(id))?;
@@ -136,7 +137,8 @@ impl Store {
                 .map_err(|e| crate::ManagerError::vm("cannot copy the template's disk", e))?,
             None => make_disk(&disk, disk_size_mb).await?,
         }
-        let ws = WorkspaceRecord::new(id.clone(), template, ephemeral, disk_size_mb);
+        let mut ws = WorkspaceRecord::new(id.clone(), template, ephemeral, disk_size_mb);
+        ws.owner = owner.map(str::to_owned);
         self.write_workspace(&ws)
             .map_err(|e| crate::ManagerError::io("cannot write workspace.json", e))?;
         Ok(ws)

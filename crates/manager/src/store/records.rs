@@ -130,6 +130,10 @@ pub struct WorkspaceRecord {
     /// History, oldest first, at most [`MAX_LINEAGE`] entries.
     #[serde(default)]
     pub lineage: Vec<LineageEvent>,
+    /// Name of the API key that created it (`None`: made before owners
+    /// were recorded, or by an embedding without keys; any key sees it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 impl WorkspaceRecord {
@@ -150,6 +154,7 @@ impl WorkspaceRecord {
             snapshot_id: None,
             disk_size_mb: Some(disk_size_mb),
             lineage: Vec::new(),
+            owner: None,
         }
     }
 

@@ -131,6 +131,7 @@ impl From<ManagerError> for RpcError {
             }
             ManagerError::TooLarge(_)
             | ManagerError::AtCapacity { .. }
+            | ManagerError::QuotaExceeded(_)
             | ManagerError::InsufficientStorage(_) => Code::ResourceExhausted,
             ManagerError::Guest { kind, .. } => match kind {
                 GuestErrorKind::NotFound => Code::NotFound,

@@ -6,7 +6,7 @@
 
 use super::envd::DEFAULT_USER;
 use super::{lock, CLIENT_ID, ENVD_VERSION};
-use crate::middleware::{check_key, Denied};
+use crate::middleware::{audit, check_caller, Call, Refused};
 use crate::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -66,6 +66,9 @@ impl From<ManagerError> for E2bError {
                 StatusCode::NOT_IMPLEMENTED
             }
             ManagerError::AtCapacity { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            // E2B answers its concurrent-sandbox limit with 429 (the SDKs
+            // raise RateLimitException for it).
+            ManagerError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
             ManagerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ManagerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ManagerError::Vm { .. } => StatusCode::BAD_GATEWAY,
@@ -136,34 +139,89 @@ async fn no_method(req: Request) -> E2bError {
     )
 }
 
-/// The API key (`X-API-KEY`, like every key of the native API) and the
-/// per-key rate limit, with E2B's error shape.
-pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// The API key (`X-API-KEY`, like every key of the native API), the
+/// failed-authentication throttle, the per-key rate limit, ownership (a
+/// sandbox another key created is 404) and the audit line of mutating
+/// calls and refused keys, with E2B's error shape.
+pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
-    let key = match check_key(&state, req.headers()) {
+    let full_path = req
+        .extensions()
+        .get::<axum::extract::OriginalUri>()
+        .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
+    let call = Call {
+        peer,
+        method: method.as_str(),
+        path: &full_path,
+    };
+    let key = match check_caller(&state, peer, req.headers()) {
         Ok(k) => k,
-        Err(Denied::NoKey) => {
-            return E2bError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid or missing API key: send it in X-API-KEY (E2B_API_KEY)",
-            )
-            .into_response()
-        }
-        Err(Denied::Limited(after)) => {
-            let mut e = E2bError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate limit exceeded; retry after the Retry-After delay",
-            );
-            e.retry_after = Some(after);
-            return e.into_response();
+        Err(refused) => {
+            let (status, message, outcome, after) = match refused {
+                Refused::Throttled(after) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many failed authentications from this address; retry after the Retry-After delay",
+                    "throttled",
+                    Some(after),
+                ),
+                Refused::NoKey => (
+                    StatusCode::UNAUTHORIZED,
+                    "invalid or missing API key: send it in X-API-KEY (E2B_API_KEY)",
+                    "unauthenticated",
+                    None,
+                ),
+                Refused::Limited(after) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate limit exceeded; retry after the Retry-After delay",
+                    "error",
+                    Some(after),
+                ),
+            };
+            let mut e = E2bError::new(status, message);
+            e.retry_after = after;
+            let resp = e.into_response();
+            if outcome != "error" || method != Method::GET {
+                audit(&state, &call, None, status.as_u16(), outcome);
+            }
+            return resp;
         }
     };
+    let id = sandbox_id_in(req.uri().path());
+    if let Some(id) = id.as_deref().and_then(|i| i.parse::<SandboxId>().ok()) {
+        if let Ok(info) = state.sandboxes().get(&id).await {
+            if !state.may_see(&key, info.owner.as_deref()) {
+                let resp = E2bError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
+                    .into_response();
+                if method != Method::GET {
+                    audit(&state, &call, Some(&key), 404, "error");
+                }
+                return resp;
+            }
+        }
+    }
+    req.extensions_mut()
+        .insert(crate::middleware::KeyName(key.clone()));
     let resp = next.run(req).await;
     if method != Method::GET {
-        tracing::info!(target: "audit", key = %key, method = %method, path = %path, status = resp.status().as_u16(), "e2b api call");
+        let status = resp.status();
+        let outcome = if status.is_success() { "ok" } else { "error" };
+        audit(&state, &call, Some(&key), status.as_u16(), outcome);
     }
     resp
+}
+
+/// The sandbox id of an E2B control path (`/sandboxes/{id}/...`,
+/// `/v2/sandboxes/{id}/...`).
+fn sandbox_id_in(path: &str) -> Option<String> {
+    let rest = path
+        .strip_prefix("/v2/sandboxes/")
+        .or_else(|| path.strip_prefix("/sandboxes/"))?;
+    let id = rest.split('/').next()?;
+    (!id.is_empty()).then(|| id.to_owned())
 }
 
 /// A JSON body; an empty body is the default value.
@@ -305,12 +363,24 @@ fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
     v
 }
 
-async fn create_v1(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> E2bResult {
-    create(state, headers, bytes, false).await
+type Caller = axum::Extension<crate::middleware::KeyName>;
+
+async fn create_v1(
+    State(state): State<AppState>,
+    axum::Extension(caller): Caller,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> E2bResult {
+    create(state, caller.0, headers, bytes, false).await
 }
 
-async fn create_v2(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> E2bResult {
-    create(state, headers, bytes, true).await
+async fn create_v2(
+    State(state): State<AppState>,
+    axum::Extension(caller): Caller,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> E2bResult {
+    create(state, caller.0, headers, bytes, true).await
 }
 
 fn random_token() -> String {
@@ -320,7 +390,13 @@ fn random_token() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-async fn create(state: AppState, headers: HeaderMap, bytes: Bytes, v2: bool) -> E2bResult {
+async fn create(
+    state: AppState,
+    caller: String,
+    headers: HeaderMap,
+    bytes: Bytes,
+    v2: bool,
+) -> E2bResult {
     let req: NewSandbox = body(&bytes)?;
     if let Some(m) = req.unsupported() {
         return Err(E2bError::bad(m));
@@ -356,6 +432,7 @@ async fn create(state: AppState, headers: HeaderMap, bytes: Bytes, v2: bool) -> 
         metadata: req.metadata.clone().unwrap_or_default(),
         access_token: secure.then(random_token),
         auto_resume: req.auto_resume.as_ref().map(|a| a.enabled),
+        owner: Some(caller.clone()),
         ..CreateSandbox::default()
     };
     let idem = headers
@@ -363,7 +440,7 @@ async fn create(state: AppState, headers: HeaderMap, bytes: Bytes, v2: bool) -> 
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let info = match idem {
-        Some(key) => create_once(&state, &headers, key, create).await?,
+        Some(key) => create_once(&state, &caller, key, create).await?,
         None => detached_create(&state, create).await?,
     };
     Ok((StatusCode::CREATED, Json(sandbox_json(&state, &info))).into_response())
@@ -385,11 +462,10 @@ async fn detached_create(state: &AppState, req: CreateSandbox) -> Result<Sandbox
 /// within [`IDEMPOTENCY_TTL`] answers the sandbox the first call made.
 async fn create_once(
     state: &AppState,
-    headers: &HeaderMap,
+    who: &str,
     key: String,
     req: CreateSandbox,
 ) -> Result<SandboxInfo, E2bError> {
-    let who = check_key(state, headers).unwrap_or_default();
     let slot = {
         let mut map = lock(&state.e2b().idempotency);
         map.retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_TTL);
@@ -645,6 +721,7 @@ fn metadata_filter(raw: &str) -> Result<BTreeMap<String, String>, E2bError> {
 /// The listed sandboxes after the filters, in order.
 fn filtered(
     state: &AppState,
+    caller: &str,
     all: Vec<SandboxInfo>,
     q: &HashMap<String, String>,
     default_states: &[&str],
@@ -676,6 +753,7 @@ fn filtered(
     let template = q.get("template");
     Ok(all
         .into_iter()
+        .filter(|i| state.may_see(caller, i.owner.as_deref()))
         .filter(|i| state_of(i.status).is_some_and(|s| states.iter().any(|x| x == s)))
         .filter(|i| {
             metadata
@@ -695,10 +773,11 @@ fn filtered(
 
 async fn list_v1(
     State(state): State<AppState>,
+    axum::Extension(caller): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> E2bResult {
     let all = state.sandboxes().list().await;
-    let items = filtered(&state, all, &q, &["running"])?;
+    let items = filtered(&state, &caller.0, all, &q, &["running"])?;
     let out: Vec<Value> = items
         .iter()
         .map(|i| listed_json(&state, i, false))
@@ -715,6 +794,7 @@ fn page_token(order: &str, info: &SandboxInfo) -> String {
 
 async fn list_v2(
     State(state): State<AppState>,
+    axum::Extension(caller): Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> E2bResult {
     let limit: usize = match q.get("limit") {
@@ -733,6 +813,7 @@ async fn list_v2(
     }
     let mut items = filtered(
         &state,
+        &caller.0,
         state.sandboxes().list().await,
         &q,
         &["running", "paused"],

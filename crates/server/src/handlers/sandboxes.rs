@@ -17,7 +17,8 @@ use locale2b_protocol::{SandboxId, WorkspaceId};
     responses(
         (status = 200, description = "Sandbox running (a named workspace that already runs answers its sandbox)", body = SandboxResponse),
         (status = 400, description = "Invalid sizes, template or workspace id", body = ErrorResponse),
-        (status = 409, description = "The workspace's sandbox is dead (destroy it first)", body = ErrorResponse),
+        (status = 403, description = "The API key is at one of its quotas (`quota_exceeded`; the message names it)", body = ErrorResponse),
+        (status = 409, description = "The workspace's sandbox is dead (destroy it first), or another API key's workspace has that id", body = ErrorResponse),
         (status = 502, description = "The VM failed to start", body = ErrorResponse),
         (status = 503, description = "At capacity and nothing could be evicted (Retry-After header)", body = ErrorResponse),
         (status = 507, description = "The host disk cannot hold the workspace disk asked for", body = ErrorResponse),
@@ -33,6 +34,15 @@ pub async fn create_sandbox(
         .map(WorkspaceId::try_from)
         .transpose()
         .map_err(|e| ApiError::invalid(e.to_string()))?;
+    if let Some(ws) = &workspace_id {
+        if let Ok(info) = s.sandboxes().get_workspace(ws).await {
+            if !s.may_see(&caller.0, info.owner.as_deref()) {
+                return Err(ApiError::from(locale2b_manager::ManagerError::Conflict(
+                    format!("workspace id {ws} is taken by another API key; choose another workspace_id"),
+                )));
+            }
+        }
+    }
     let req = CreateSandbox {
         memory_mb: body.memory_mb,
         vcpu_count: body.vcpu_count,
@@ -155,6 +165,7 @@ pub async fn pause_sandbox(
         (status = 404, description = "No such sandbox", body = ErrorResponse),
         (status = 409, description = "The parent is not running", body = ErrorResponse),
         (status = 501, description = "The VMM backend cannot fork (firecracker)", body = ErrorResponse),
+        (status = 403, description = "The API key is at one of its quotas (`quota_exceeded`; the message names it)", body = ErrorResponse),
         (status = 503, description = "Not enough capacity for the children (none is left running)", body = ErrorResponse),
     ))]
 pub async fn fork_sandbox(
@@ -186,6 +197,7 @@ pub async fn fork_sandbox(
         (status = 404, description = "No such sandbox", body = ErrorResponse),
         (status = 409, description = "Not in a resumable state, or the snapshot is unusable (`snapshot_invalid`)", body = ErrorResponse),
         (status = 502, description = "Restore failed; the sandbox stays paused", body = ErrorResponse),
+        (status = 403, description = "The API key is over its memory quota (`quota_exceeded`; the message names it)", body = ErrorResponse),
         (status = 503, description = "At capacity (Retry-After header)", body = ErrorResponse),
     ))]
 pub async fn resume_sandbox(

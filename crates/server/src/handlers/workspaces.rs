@@ -9,15 +9,19 @@ use axum::extract::State;
 use axum::Json;
 use locale2b_protocol::WorkspaceId;
 
-/// Lists all workspaces.
+/// Lists the workspaces the key may see (its own; all for an admin key).
 #[utoipa::path(get, path = "/workspaces", tag = "workspaces",
-    responses((status = 200, description = "All workspaces", body = WorkspaceList)))]
-pub async fn list_workspaces(State(s): State<AppState>) -> ApiResult<WorkspaceList> {
+    responses((status = 200, description = "The key's workspaces", body = WorkspaceList)))]
+pub async fn list_workspaces(
+    State(s): State<AppState>,
+    axum::Extension(caller): axum::Extension<crate::middleware::KeyName>,
+) -> ApiResult<WorkspaceList> {
     let workspaces = s
         .sandboxes()
         .list_workspaces()
         .await?
         .into_iter()
+        .filter(|w| s.may_see(&caller.0, w.owner.as_deref()))
         .map(Into::into)
         .collect();
     Ok(Json(WorkspaceList { workspaces }))

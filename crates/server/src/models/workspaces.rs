@@ -23,6 +23,9 @@ pub struct WorkspaceResponse {
     pub created_at: String,
     /// History (created, paused, resumed, ...).
     pub lineage: Vec<LineageEntry>,
+    /// The name of the API key that created it (only it and admin keys
+    /// see the workspace); `null` for workspaces every key sees.
+    pub owner: Option<String>,
 }
 
 /// One lineage event.
@@ -50,6 +53,7 @@ impl From<WorkspaceInfo> for WorkspaceResponse {
             snapshot_id: w.snapshot_id,
             disk_usage_bytes: w.disk_usage_bytes,
             created_at: w.created_at,
+            owner: w.owner,
             lineage: w
                 .lineage
                 .into_iter()

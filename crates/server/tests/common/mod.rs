@@ -60,13 +60,18 @@ impl Server {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(serve(
-            listener,
-            AppState::new(manager, keys, &c.server),
-            async move {
-                let _ = rx.await;
-            },
-        ));
+        let state = AppState::new(manager, keys, &c.server);
+        let audit = c
+            .server
+            .audit_log
+            .clone()
+            .unwrap_or_else(|| base.path().join("audit.log"));
+        state
+            .set_audit_log(locale2b_server::audit::AuditLog::open(&audit, 1 << 20, 2).unwrap())
+            .unwrap();
+        tokio::spawn(serve(listener, state, async move {
+            let _ = rx.await;
+        }));
         Self {
             url,
             http: reqwest::Client::new(),
