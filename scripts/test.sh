@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: host setup, build, guest image (cached), Rust unit and
 # end-to-end tests (real guests under QEMU), a 1-minute soak, a short fuzz
-# run, and the Python client tests against a real server. Prints one closing
+# run, 10,000+ malformed API requests (scripts/api-fuzz.sh), and the Python
+# client tests against a real server. Prints one closing
 # summary line and exits non-zero if anything failed or if the end-to-end
 # tests could not run.
 set -euo pipefail
@@ -103,6 +104,12 @@ step "fuzz smoke (${FUZZ_SECONDS}s)"
 set +e; ./scripts/fuzz.sh "$FUZZ_SECONDS" >"$LOG_DIR/fuzz.log" 2>&1; rc=$?; set -e
 tail -3 "$LOG_DIR/fuzz.log"
 record "fuzz frame_decoder ${FUZZ_SECONDS}s" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
+
+API_FUZZ_EXAMPLES="${LOCALE2B_API_FUZZ_EXAMPLES:-80}"
+step "API fuzz: malformed requests from the OpenAPI documents (schemathesis, ${API_FUZZ_EXAMPLES} per operation)"
+set +e; ./scripts/api-fuzz.sh "$API_FUZZ_EXAMPLES" >"$LOG_DIR/api-fuzz.log" 2>&1; rc=$?; set -e
+grep -E "operations,|api fuzz:|FAILED" "$LOG_DIR/api-fuzz.log" | tail -12 || true
+record "api fuzz: 10,000+ generated requests, no 5xx, server still answering" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
 
 step "Python client and E2B SDK tests against a real server"
 set +e; ./scripts/python-e2e.sh 2>&1 | tee "$LOG_DIR/python.log"; rc=${PIPESTATUS[0]}; set -e

@@ -8,7 +8,8 @@
 #   scripts/with-server.sh python/run-tests.sh -q
 #
 # Environment: LOCALE2B_TEST_IMAGE_DIR (default: the installed image),
-# LOCALE2B_SERVER_MAX_SANDBOXES (default 6). Exit code: the command's, or 1
+# LOCALE2B_SERVER_MAX_SANDBOXES (default 6), LOCALE2B_SERVER_LOG (a file the
+# server's log is copied to at the end). Exit code: the command's, or 1
 # for leftovers or a server that did not start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +43,7 @@ cleanup() {
     kill -9 $leftovers 2>/dev/null || true
     status=1
   fi
+  if [ -n "${LOCALE2B_SERVER_LOG:-}" ]; then cp "$base/server.log" "$LOCALE2B_SERVER_LOG" 2>/dev/null || true; fi
   rm -rf "$base"
 }
 status=0

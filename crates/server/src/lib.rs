@@ -92,6 +92,8 @@ struct Inner {
     e2b: e2b::E2bState,
     auth_failures: rate::AuthFailures,
     audit: std::sync::OnceLock<audit::AuditLog>,
+    /// Responses sent, by status class (1xx … 5xx).
+    responses: [std::sync::atomic::AtomicU64; 5],
 }
 
 impl AppState {
@@ -130,6 +132,7 @@ impl AppState {
                 e2b: e2b::E2bState::default(),
                 auth_failures: rate::AuthFailures::new(server.auth_failures_per_min),
                 audit: std::sync::OnceLock::new(),
+                responses: Default::default(),
             }),
         }
     }
@@ -146,6 +149,28 @@ impl AppState {
     /// The audit log, when one is set.
     pub fn audit_log(&self) -> Option<&audit::AuditLog> {
         self.inner.audit.get()
+    }
+
+    /// Counts a response of status `status` (`locale2b_http_responses_total`).
+    pub fn count_response(&self, status: u16) {
+        if let Some(c) = self.inner.responses.get(usize::from(status / 100).wrapping_sub(1)) {
+            c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// The server's own metrics in the Prometheus text format.
+    pub fn http_metrics_text(&self) -> String {
+        let mut out = String::from(
+            "# HELP locale2b_http_responses_total HTTP responses sent, by status class.\n# TYPE locale2b_http_responses_total counter\n",
+        );
+        for (i, c) in self.inner.responses.iter().enumerate() {
+            out.push_str(&format!(
+                "locale2b_http_responses_total{{class=\"{}xx\"}} {}\n",
+                i + 1,
+                c.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+        }
+        out
     }
 
     /// The sandbox service.
@@ -325,7 +350,10 @@ pub fn router(state: AppState) -> Router {
         state.clone(),
         route_host::route,
     ))
-    .layer(axum::middleware::from_fn(middleware::trace))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        middleware::trace,
+    ))
     .with_state(state)
 }
 

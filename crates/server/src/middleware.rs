@@ -68,7 +68,7 @@ fn new_request_id() -> String {
 /// header), a span with method, path and sandbox id, and logs its status
 /// and latency when done. Its body drains itself if a handler answers
 /// before reading it ([`crate::drain`]).
-pub async fn trace(req: Request, next: Next) -> Response {
+pub async fn trace(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let req = req.map(|b| axum::body::Body::new(crate::drain::DrainOnDrop::new(b)));
     let id = new_request_id();
     let method = req.method().clone();
@@ -86,6 +86,7 @@ pub async fn trace(req: Request, next: Next) -> Response {
         .instrument(span.clone())
         .await;
     let status = resp.status().as_u16();
+    state.count_response(status);
     let latency_ms = start.elapsed().as_millis() as u64;
     span.in_scope(|| tracing::info!(status, latency_ms, "request done"));
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -141,7 +141,8 @@ impl Guest {
     }
 
     /// Resumes the sandbox when it is paused (or being paused) and its
-    /// `auto_resume` is set; otherwise does nothing.
+    /// `auto_resume` is set, or waits for a resume under way; otherwise
+    /// does nothing.
     async fn auto_resume(&self) -> Result<()> {
         let (Some(sb), Some(manager)) = (&self.sandbox, &self.manager) else {
             return Ok(());
@@ -151,9 +152,12 @@ impl Guest {
         }
         if matches!(
             sb.status(),
-            crate::SandboxStatus::Pausing | crate::SandboxStatus::Paused
+            crate::SandboxStatus::Pausing
+                | crate::SandboxStatus::Paused
+                | crate::SandboxStatus::Resuming
         ) {
-            // A pause under way finishes first (its lifecycle lock).
+            // A pause or resume under way finishes first (its lifecycle
+            // lock).
             drop(sb.lifecycle.lock().await);
             if sb.status() == crate::SandboxStatus::Paused {
                 if let Some(m) = manager.upgrade() {

@@ -176,7 +176,9 @@ impl Envd {
         match info.status {
             SandboxStatus::Running => {}
             // Its first guest call resumes it (lifecycle.auto_resume).
-            SandboxStatus::Paused | SandboxStatus::Pausing if info.auto_resume => {}
+            // A resume under way is waited for.
+            SandboxStatus::Paused | SandboxStatus::Pausing | SandboxStatus::Resuming
+                if info.auto_resume => {}
             SandboxStatus::Paused => {
                 return Err(Refusal::NotRunning(format!(
                     "sandbox {} is paused; connect to it (Sandbox.connect) to resume it",

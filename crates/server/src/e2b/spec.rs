@@ -212,6 +212,12 @@ fn operation(route: &Route, control: bool) -> Value {
     if control {
         op["tags"] = json!(["control plane"]);
         op["security"] = json!([{"api_key": []}]);
+        if route.path.contains("{id}") {
+            op["parameters"] = json!([
+                {"name": "id", "in": "path", "required": true,
+                 "schema": {"type": "string"}, "description": "Sandbox id"},
+            ]);
+        }
     } else {
         op["tags"] = json!(["envd"]);
         op["parameters"] = json!([

@@ -27,7 +27,7 @@ pub async fn metrics(State(s): State<AppState>) -> impl axum::response::IntoResp
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        s.sandboxes().metrics_text(),
+        s.sandboxes().metrics_text() + &s.http_metrics_text(),
     )
 }
 
