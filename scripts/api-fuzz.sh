@@ -7,7 +7,8 @@
 #
 #   scripts/api-fuzz.sh [EXAMPLES_PER_OPERATION]   # default 100
 #
-# It starts its own server (scripts/with-server.sh) with a quota of one
+# It starts its own server (scripts/with-server.sh; as the unprivileged
+# user locale2b unless LOCALE2B_SERVER_USER says otherwise, "" = root) with a quota of one
 # sandbox per key and no rate limit. One sandbox is created first; then
 #   1. every operation with generated ids (creates are refused by the quota,
 #      so no VM boots; other ids do not exist),
@@ -23,7 +24,8 @@ ROOT=$PWD
 N="${1:-100}"
 if [[ -z "${LOCALE2B_FUZZ_INSIDE:-}" ]]; then
   export LOCALE2B_FUZZ_INSIDE=1 LOCALE2B_KEY_MAX_SANDBOXES=1 LOCALE2B_RATE_LIMIT_PER_SEC=0 \
-    LOCALE2B_SERVER_MAX_SANDBOXES=2 LOCALE2B_AUTH_FAILURES_PER_MIN=0
+    LOCALE2B_SERVER_MAX_SANDBOXES=2 LOCALE2B_AUTH_FAILURES_PER_MIN=0 \
+    LOCALE2B_SERVER_USER="${LOCALE2B_SERVER_USER-locale2b}"
   export LOCALE2B_SERVER_LOG="${LOCALE2B_SERVER_LOG:-$PWD/target/api-fuzz/server.log}"
   mkdir -p target/api-fuzz
   exec ./scripts/with-server.sh "$0" "$N"
@@ -36,6 +38,9 @@ mkdir -p "$OUT"
 # shellcheck source=venv.sh
 . "$ROOT/scripts/venv.sh"
 VENV="$ROOT/fuzz/api/.venv"
+# Debian's Python (setup.sh installs it): CPython 3.11.7's ast.parse fails
+# with "AST constructor recursion depth mismatch" inside Hypothesis.
+if [[ -z "${PYTHON:-}" && -x /usr/bin/python3 ]]; then export PYTHON=/usr/bin/python3; fi
 ensure_venv "$VENV" "$ROOT/fuzz/api/requirements.txt" -r "$ROOT/fuzz/api/requirements.txt"
 ST="$VENV/bin/st"
 

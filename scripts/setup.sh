@@ -53,6 +53,25 @@ else
     echo "setup: no /dev/kvm: guests will run under QEMU TCG (software emulation, slower)"
 fi
 
+# The unprivileged user the server runs as in a deployment
+# (docs/deployment.md) and in the test suite's unprivileged runs: a system
+# user with its own group, no login, no home; in the kvm group when there
+# is one (Debian gives /dev/kvm to it).
+if ! id -u locale2b >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --comment "locale2b sandbox server" locale2b
+        echo "setup: created the system user locale2b"
+    else
+        echo "setup: no user locale2b (run as root to create it)" >&2
+    fi
+fi
+if id -u locale2b >/dev/null 2>&1 && getent group kvm >/dev/null \
+    && ! id -nG locale2b | tr ' ' '\n' | grep -qx kvm; then
+    usermod -a -G kvm locale2b
+    echo "setup: added locale2b to the kvm group"
+fi
+
 # Base directory layout, private to the service user.
 for d in "$base" "$base/images" "$base/cache" "$base/sandboxes" "$base/workspaces"; do
     if [ ! -d "$d" ]; then

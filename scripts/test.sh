@@ -111,8 +111,11 @@ set +e; ./scripts/api-fuzz.sh "$API_FUZZ_EXAMPLES" >"$LOG_DIR/api-fuzz.log" 2>&1
 grep -E "operations,|api fuzz:|FAILED" "$LOG_DIR/api-fuzz.log" | tail -12 || true
 record "api fuzz: 10,000+ generated requests, no 5xx, server still answering" "$rc"; [ "$rc" -eq 0 ] && passed=$((passed + 1))
 
-step "Python client and E2B SDK tests against a real server"
-set +e; ./scripts/python-e2e.sh 2>&1 | tee "$LOG_DIR/python.log"; rc=${PIPESTATUS[0]}; set -e
+step "Python client and E2B SDK tests against a real server running as the unprivileged user locale2b"
+# The server runs as the unprivileged user setup.sh creates, as in a
+# deployment; with-server.sh fails the run if any of its VMMs ran as root or
+# without QEMU's seccomp filter.
+set +e; LOCALE2B_SERVER_USER=locale2b ./scripts/python-e2e.sh 2>&1 | tee "$LOG_DIR/python.log"; rc=${PIPESTATUS[0]}; set -e
 # pytest's closing lines (one per suite: the client's, then one per e2b
 # release), with or without the ==== decoration (-q drops it); summed.
 p_pass=0; p_fail=0; p_err=0; p_skip=0
