@@ -50,5 +50,303 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         None => println!("disk: {} is not readable yet", probe_dir.display()),
     }
+    println!("deployment:");
+    let checks = deployment_checks(&config);
+    for c in &checks {
+        let mark = match c.verdict {
+            Verdict::Ok => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        println!("  {mark} {:<10} {}", c.what, c.detail);
+    }
+    if checks.iter().any(|c| c.verdict == Verdict::Fail) {
+        anyhow::bail!("a deployment check failed (FAIL above)");
+    }
     Ok(())
+}
+
+/// How a deployment check came out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// As docs/deployment.md recommends.
+    Ok,
+    /// Works, but weaker than recommended.
+    Warn,
+    /// Will not work.
+    Fail,
+}
+
+/// One line of `doctor`'s deployment section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked.
+    pub what: &'static str,
+    /// Its verdict.
+    pub verdict: Verdict,
+    /// The finding and, when not ok, what to do.
+    pub detail: String,
+}
+
+fn check(what: &'static str, verdict: Verdict, detail: impl Into<String>) -> Check {
+    Check {
+        what,
+        verdict,
+        detail: detail.into(),
+    }
+}
+
+/// The ELF program interpreter a binary asks for (`None`: statically
+/// linked, or not a 64-bit little-endian ELF file).
+pub fn elf_interpreter(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
+        return None;
+    }
+    let u16_at = |o: usize| {
+        bytes
+            .get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |o: usize| {
+        bytes
+            .get(o..o + 8)
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(u64::from_le_bytes)
+    };
+    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
+    let phentsize = usize::from(u16_at(0x36)?);
+    let phnum = usize::from(u16_at(0x38)?);
+    for i in 0..phnum {
+        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
+        let p_type = bytes.get(ph..ph + 4)?;
+        if p_type == 3u32.to_le_bytes() {
+            let off = usize::try_from(u64_at(ph + 8)?).ok()?;
+            let size = usize::try_from(u64_at(ph + 32)?).ok()?;
+            let raw = bytes.get(off..off.checked_add(size)?)?;
+            return Some(
+                String::from_utf8_lossy(raw)
+                    .trim_end_matches('\0')
+                    .to_owned(),
+            );
+        }
+    }
+    None
+}
+
+/// The deployment checks: who the server would run as, its base
+/// directory, /dev/kvm, the API keys, the audit log, the jailer.
+pub fn deployment_checks(config: &Config) -> Vec<Check> {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let mut out = Vec::new();
+    let uid = nix::unistd::getuid();
+    let name = nix::unistd::User::from_uid(uid)
+        .ok()
+        .flatten()
+        .map_or_else(|| uid.to_string(), |u| u.name);
+    out.push(if uid.is_root() {
+        check(
+            "user",
+            Verdict::Warn,
+            "running as root: run the server as the unprivileged user locale2b (scripts/install-service.sh, docs/deployment.md)",
+        )
+    } else {
+        check("user", Verdict::Ok, format!("running as {name} (uid {uid})"))
+    });
+
+    let base = &config.manager.base_dir;
+    out.push(match std::fs::metadata(base) {
+        Err(e) => check(
+            "base dir",
+            Verdict::Fail,
+            format!("{}: {e} (scripts/setup.sh creates it)", base.display()),
+        ),
+        Ok(m) if m.uid() != uid.as_raw() => check(
+            "base dir",
+            Verdict::Fail,
+            format!(
+                "{} belongs to uid {}, not to {name}: chown -R {name}: {}",
+                base.display(),
+                m.uid(),
+                base.display()
+            ),
+        ),
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => check(
+            "base dir",
+            Verdict::Warn,
+            format!(
+                "{} has mode {:o}: chmod 0700 it (workspaces and snapshots are private)",
+                base.display(),
+                m.permissions().mode() & 0o777
+            ),
+        ),
+        Ok(_) => check(
+            "base dir",
+            Verdict::Ok,
+            format!("{} owned by {name}, mode 0700", base.display()),
+        ),
+    });
+
+    let kvm = std::path::Path::new("/dev/kvm");
+    out.push(if !kvm.exists() {
+        check(
+            "kvm",
+            Verdict::Warn,
+            "no /dev/kvm: guests run under QEMU TCG (slow)",
+        )
+    } else {
+        match std::fs::OpenOptions::new().read(true).write(true).open(kvm) {
+            Ok(_) => check("kvm", Verdict::Ok, format!("/dev/kvm is usable by {name}")),
+            Err(e) => check(
+                "kvm",
+                Verdict::Warn,
+                format!("/dev/kvm: {e}: add {name} to the kvm group (guests fall back to TCG)"),
+            ),
+        }
+    });
+
+    let server = &config.server;
+    out.push(match (&server.api_keys_file, &server.api_key) {
+        (Some(path), _) => match (std::fs::metadata(path), std::fs::read_to_string(path)) {
+            (Ok(m), Ok(text)) => {
+                let clear = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .filter(|l| !l.split_whitespace().next().unwrap_or("").contains(":sha256:"))
+                    .count();
+                let mode = m.permissions().mode() & 0o777;
+                if mode & 0o007 != 0 {
+                    check("api keys", Verdict::Warn, format!("{} is readable by every user (mode {mode:o}): chmod 0640", path.display()))
+                } else if clear > 0 {
+                    check("api keys", Verdict::Warn, format!("{}: {clear} key(s) stored in clear; `locale2b key new NAME --file {}` stores only hashes", path.display(), path.display()))
+                } else {
+                    check("api keys", Verdict::Ok, format!("{}: hashes only, mode {mode:o}, re-read on change", path.display()))
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => check("api keys", Verdict::Fail, format!("{}: {e}", path.display())),
+        },
+        (None, Some(_)) => check("api keys", Verdict::Warn, "one key from LOCALE2B_API_KEY, in clear in the environment: a keys file with hashes (LOCALE2B_API_KEYS_FILE) can be changed without a restart"),
+        (None, None) => check("api keys", Verdict::Warn, format!("a generated key in {} (in clear): a keys file with hashes (LOCALE2B_API_KEYS_FILE) allows several named keys", base.join(locale2b_server::GENERATED_KEY_FILE).display())),
+    });
+
+    let audit = config.audit_log();
+    let dir = audit
+        .parent()
+        .map_or_else(|| base.clone(), std::path::Path::to_path_buf);
+    out.push(match std::fs::metadata(&dir) {
+        Ok(m) if m.uid() == uid.as_raw() || uid.is_root() => check(
+            "audit log",
+            Verdict::Ok,
+            format!("{} (its directory is writable)", audit.display()),
+        ),
+        Ok(_) => check(
+            "audit log",
+            Verdict::Fail,
+            format!(
+                "{}: the directory belongs to another user; the server will not start",
+                audit.display()
+            ),
+        ),
+        Err(e) => check(
+            "audit log",
+            Verdict::Fail,
+            format!("{}: {e}", dir.display()),
+        ),
+    });
+
+    let vmm = &config.vmm;
+    if vmm.use_jailer {
+        let jailer = &vmm.jailer_bin;
+        out.push(if !jailer.is_file() {
+            check("jailer", Verdict::Fail, format!("{} does not exist (LOCALE2B_JAILER_BIN)", jailer.display()))
+        } else if !uid.is_root() {
+            check("jailer", Verdict::Fail, "the jailer needs root (it chroots, changes user and joins cgroups): run the server as root with the jailer, or as locale2b without it")
+        } else {
+            match std::fs::read(&vmm.firecracker_bin) {
+                Err(e) => check("jailer", Verdict::Fail, format!("{}: {e}", vmm.firecracker_bin.display())),
+                Ok(bytes) => match elf_interpreter(&bytes) {
+                    Some(interp) => check("jailer", Verdict::Fail, format!("{} is dynamically linked ({interp}): inside the jailer's chroot there is no loader; use a statically linked Firecracker (the release binaries are)", vmm.firecracker_bin.display())),
+                    None => check("jailer", Verdict::Ok, format!("{} with a statically linked {}", jailer.display(), vmm.firecracker_bin.display())),
+                },
+            }
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_interpreter_of_a_dynamic_binary_is_found_and_a_static_one_has_none() {
+        let dynamic = std::fs::read("/bin/sh").unwrap();
+        assert!(elf_interpreter(&dynamic).unwrap().contains("ld-linux"));
+        // A minimal static ELF: a header whose only program header is PT_LOAD.
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(elf_interpreter(&elf), None);
+        elf[64..68].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(elf_interpreter(&elf).as_deref(), Some(""));
+        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), None);
+    }
+
+    #[test]
+    fn deployment_checks_name_what_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.manager.base_dir = dir.path().join("base");
+        let checks = deployment_checks(&config);
+        let base = checks.iter().find(|c| c.what == "base dir").unwrap();
+        assert_eq!(base.verdict, Verdict::Fail, "{base:?}");
+        std::fs::create_dir(&config.manager.base_dir).unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(
+            &config.manager.base_dir,
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        let keys = dir.path().join("keys");
+        std::fs::write(&keys, "a:aaaaaaaaaaaaaaaaaaaa\n").unwrap();
+        std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+        config.server.api_keys_file = Some(keys.clone());
+        let checks = deployment_checks(&config);
+        let get = |w: &str| checks.iter().find(|c| c.what == w).unwrap().clone();
+        assert_eq!(get("base dir").verdict, Verdict::Warn);
+        assert!(get("base dir").detail.contains("chmod 0700"));
+        assert_eq!(get("api keys").verdict, Verdict::Warn);
+        assert!(get("api keys").detail.contains("in clear"));
+        std::fs::write(
+            &keys,
+            locale2b_server::key_file_line("a", "aaaaaaaaaaaaaaaaaaaa") + "\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(
+            &config.manager.base_dir,
+            std::fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
+        let checks = deployment_checks(&config);
+        let get = |w: &str| checks.iter().find(|c| c.what == w).unwrap().clone();
+        assert_eq!(
+            get("api keys").verdict,
+            Verdict::Ok,
+            "{:?}",
+            get("api keys")
+        );
+        assert_eq!(get("base dir").verdict, Verdict::Ok);
+        config.vmm.use_jailer = true;
+        config.vmm.jailer_bin = dir.path().join("no-jailer");
+        let checks = deployment_checks(&config);
+        let jailer = checks.iter().find(|c| c.what == "jailer").unwrap();
+        assert_eq!(jailer.verdict, Verdict::Fail);
+        assert!(jailer.detail.contains("does not exist"), "{jailer:?}");
+    }
 }

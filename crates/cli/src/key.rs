@@ -139,9 +139,11 @@ fn revoke(file: &Path, name: &str) -> anyhow::Result<()> {
     replace(file, &out)
 }
 
-/// Writes `text` beside `file` (0600) and renames it over `file`.
+/// Writes `text` beside `file` and renames it over `file`: mode 0600 for
+/// a new file, else the old file's mode, owner and group (a keys file the
+/// server's group may read stays readable to it).
 fn replace(file: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
     let name = file
         .file_name()
         .context("the keys file path has no file name")?
@@ -154,6 +156,17 @@ fn replace(file: &Path, text: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
+    if let Ok(old) = std::fs::metadata(file) {
+        std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid()))
+            .and_then(|()| f.set_permissions(std::fs::Permissions::from_mode(old.mode() & 0o777)))
+            .with_context(|| {
+                format!(
+                    "cannot give {} the owner and mode of {}",
+                    tmp.display(),
+                    file.display()
+                )
+            })?;
+    }
     f.write_all(text.as_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;
@@ -169,7 +182,19 @@ mod tests {
     fn new_keys_are_stored_as_hashes_and_revoked_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("keys");
+        // A new file is created 0600.
+        let fresh = dir.path().join("fresh");
+        add_line(
+            &fresh,
+            "x",
+            &locale2b_server::key_file_line("x", "xxxxxxxxxxxxxxxxxxxx"),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
         std::fs::write(&file, "# ours\nold:aaaaaaaaaaaaaaaaaaaa").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
         let key = locale2b_server::generate_key();
         add_line(
             &file,
@@ -198,8 +223,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("no key named"));
-        use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        // An existing file keeps its mode (the server's group may read it).
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o640)).unwrap();
+        add_line(&file, "bob", &locale2b_server::key_file_line("bob", &key)).unwrap();
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
     }
 }

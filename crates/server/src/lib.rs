@@ -153,7 +153,11 @@ impl AppState {
 
     /// Counts a response of status `status` (`locale2b_http_responses_total`).
     pub fn count_response(&self, status: u16) {
-        if let Some(c) = self.inner.responses.get(usize::from(status / 100).wrapping_sub(1)) {
+        if let Some(c) = self
+            .inner
+            .responses
+            .get(usize::from(status / 100).wrapping_sub(1))
+        {
             c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
