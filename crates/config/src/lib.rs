@@ -394,6 +394,10 @@ pub struct ManagerConfig {
     pub crash_at: Option<String>,
     /// Period of the VM health check.
     pub health_check_interval_sec: u64,
+    /// Size at which a sandbox's console log (its guest's serial output)
+    /// is cut, KiB: the newer half goes to `console.log.1`, the log starts
+    /// again empty. Checked with the health check; 0 = never cut.
+    pub console_log_max_kb: u64,
 
     /// Largest host–guest protocol frame.
     pub max_frame_bytes: usize,
@@ -450,6 +454,7 @@ impl Default for ManagerConfig {
             settle_timeout_sec: 5,
             crash_at: None,
             health_check_interval_sec: 5,
+            console_log_max_kb: 1024,
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             process_retention_sec: 600,
             sandbox_env: BTreeMap::new(),
@@ -753,6 +758,7 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("settle_timeout_sec", "manager", Int),
         ("crash_at", "manager", Str),
         ("health_check_interval_sec", "manager", Int),
+        ("console_log_max_kb", "manager", Int),
         ("max_frame_bytes", "manager", Int),
         ("process_retention_sec", "manager", Int),
         ("sandbox_env", "manager", Map),

@@ -116,8 +116,20 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot write {value:?} to {}: {e}", path.display()))
 }
 
+/// Makes `path` and checks that a sandbox's cgroup can be made in it (a
+/// directory left by an earlier run as another user may exist but not be
+/// ours).
 fn make_dir(path: &Path) -> Result<(), String> {
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    let probe = path.join(format!("probe-{}", std::process::id()));
+    std::fs::create_dir(&probe)
+        .and_then(|()| std::fs::remove_dir(&probe))
+        .map_err(|e| {
+            format!(
+                "cannot create cgroups in {}: {e} (run as root, or give the server's user that subtree, e.g. systemd Delegate=yes)",
+                path.display()
+            )
+        })
 }
 
 impl Cgroups {

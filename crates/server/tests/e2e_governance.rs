@@ -452,3 +452,53 @@ async fn the_reaper_ends_paused_retention_and_removes_unnamed_snapshots() {
         "{text}"
     );
 }
+
+/// A guest that floods its serial console cannot fill the host's disk:
+/// the console log is cut at `console_log_max_kb`, its newer half kept in
+/// `console.log.1`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_flood_is_cut_at_the_configured_size() {
+    let Some(image) = image_dir() else { return };
+    let s = Server::start_with(&image, 2, |c| {
+        c.manager.console_log_max_kb = 16;
+        c.manager.health_check_interval_sec = 1;
+    })
+    .await;
+    let id = create(&s, json!({})).await;
+    // 400 KB of 'x' through the guest's serial port (25 times the limit).
+    let out = exec(
+        &s,
+        &id,
+        "head -c 400000 /dev/zero | tr '\\0' x > /dev/ttyS0 && echo flooded",
+    )
+    .await;
+    assert_eq!(out["exit_code"], 0, "{out}");
+    let dir = s._base.path().join("sandboxes").join(&id);
+    let log = dir.join("console.log");
+    let older = dir.join("console.log.1");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let len = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let kept = std::fs::read(&older).unwrap_or_default();
+        // Cut at least once, the kept half is the flood, and the live log
+        // is back under the limit.
+        if kept.len() == 8 * 1024
+            && kept.iter().filter(|b| **b == b'x').count() > 4096
+            && len <= 16 * 1024
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "console.log is {len} bytes, console.log.1 {} bytes",
+            kept.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The host never held more than a bounded amount of it.
+    let total = std::fs::metadata(&log).unwrap().len() + std::fs::metadata(&older).unwrap().len();
+    assert!(total < 400_000, "{total} bytes of console on the host");
+    // The guest is fine.
+    let out = exec(&s, &id, "echo alive").await;
+    assert_eq!(out["stdout"], "alive\n", "{out}");
+}

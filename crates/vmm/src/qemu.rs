@@ -808,7 +808,12 @@ fn build_args(
     ]);
     push(&[
         "-chardev",
-        &format!("file,id=console,path={}", opt_escape(&paths.console)),
+        // Append mode: the manager cuts the file when it grows too big
+        // (console_log_max_kb) and QEMU goes on at its new end.
+        &format!(
+            "file,id=console,path={},append=on",
+            opt_escape(&paths.console)
+        ),
         "-serial",
         "chardev:console",
     ]);

@@ -296,7 +296,17 @@ impl SandboxManager {
     /// Marks running sandboxes whose VM exited as dead, with the console tail.
     async fn health_check(&self) {
         self.sample_usage();
+        let max_console = self.config.console_log_max_kb.saturating_mul(1024);
         for sb in self.registry.all() {
+            if crate::sandbox::holds_vm(sb.status()) {
+                match self.store.cut_console(&sb.id, max_console) {
+                    Ok(true) => {
+                        tracing::info!(sandbox_id = %sb.id, max_kb = self.config.console_log_max_kb, "console log cut (the newer half is in console.log.1)")
+                    }
+                    Ok(false) => {}
+                    Err(e) => warn!(sandbox_id = %sb.id, error = %e, "cannot cut the console log"),
+                }
+            }
             if sb.status() != SandboxStatus::Running {
                 continue;
             }

@@ -151,8 +151,9 @@ impl Store {
 
     /// The last `lines` lines of a sandbox's console log, joined with ` | `.
     pub fn console_tail(&self, id: &SandboxId, lines: usize) -> String {
-        let text =
-            std::fs::read(self.layout.sandbox_dir(id).join("console.log")).unwrap_or_default();
+        let dir = self.layout.sandbox_dir(id);
+        let mut text = std::fs::read(dir.join("console.log.1")).unwrap_or_default();
+        text.extend(std::fs::read(dir.join("console.log")).unwrap_or_default());
         let text = String::from_utf8_lossy(&text);
         let tail: Vec<&str> = text.lines().rev().take(lines).collect();
         let joined = tail.into_iter().rev().collect::<Vec<_>>().join(" | ");
@@ -161,6 +162,43 @@ impl Store {
         } else {
             joined
         }
+    }
+}
+
+impl Store {
+    /// Cuts a sandbox's console log when it is over `max_bytes`: its newer
+    /// half replaces `console.log.1` and `console.log` is emptied (the VMM
+    /// writes it in append mode, so it goes on at the new end). Answers
+    /// whether it was cut.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn cut_console(&self, id: &SandboxId, max_bytes: u64) -> std::io::Result<bool> {
+        use std::io::{Read as _, Seek as _};
+        let dir = self.layout.sandbox_dir(id);
+        let log = dir.join("console.log");
+        let len = match std::fs::metadata(&log) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        if max_bytes == 0 || len <= max_bytes {
+            return Ok(false);
+        }
+        let keep = max_bytes / 2;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&log)?;
+        f.seek(std::io::SeekFrom::Start(len - keep))?;
+        let mut tail = Vec::with_capacity(usize::try_from(keep).unwrap_or(0));
+        f.by_ref().take(keep).read_to_end(&mut tail)?;
+        let older = dir.join("console.log.1");
+        let tmp = dir.join("console.log.1.tmp");
+        std::fs::write(&tmp, &tail)?;
+        std::fs::rename(&tmp, &older)?;
+        f.set_len(0)?;
+        Ok(true)
     }
 }
 
