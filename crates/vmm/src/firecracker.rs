@@ -163,8 +163,15 @@ impl FirecrackerVmm {
             std::fs::create_dir_all(&layout.root)
                 .map_err(|e| io_err(format!("creating jail root {}", layout.root.display()), e))?;
         }
-        Self::link_disks(spec, &layout)?;
+        Self::link_disks(spec, &layout, self.jail_owner()?)?;
         Ok(layout)
+    }
+
+    /// The uid/gid Firecracker runs as inside the jail (`None` without the
+    /// jailer): files it must write (writable drives, its log and metrics
+    /// files) are given to it, as the jailer's documentation requires.
+    fn jail_owner(&self) -> Result<Option<(u32, u32)>> {
+        Ok(self.jailer()?.map(|j| (j.uid, j.gid)))
     }
 
     /// Prepares sockets and log files, spawns Firecracker and waits for its
@@ -182,6 +189,7 @@ impl FirecrackerVmm {
                 .append(true)
                 .open(&path)
                 .map_err(|e| io_err(format!("creating {}", path.display()), e))?;
+            hand_over(&path, self.jail_owner()?)?;
         }
         let console = append_file(&spec.run_dir.join(CONSOLE_LOG))?;
         let stderr = append_file(&spec.run_dir.join(PROCESS_LOG))?;
@@ -350,8 +358,9 @@ impl FirecrackerVmm {
             .map(drop)
     }
 
-    /// Checks disks and links them into the VM root.
-    fn link_disks(spec: &VmSpec, layout: &Layout) -> Result<()> {
+    /// Checks disks and links them into the VM root; in a jail, writable
+    /// ones are given to the user Firecracker runs as.
+    fn link_disks(spec: &VmSpec, layout: &Layout, owner: Option<(u32, u32)>) -> Result<()> {
         if spec.disks.is_empty() {
             return Err(VmmError::MissingFile {
                 what: "root disk",
@@ -368,6 +377,9 @@ impl FirecrackerVmm {
             layout
                 .link_in(&disk.path, &Layout::drive_name(i))
                 .map_err(|e| io_err(format!("linking disk {}", disk.path.display()), e))?;
+            if !disk.read_only {
+                hand_over(&layout.host_path(&Layout::drive_name(i)), owner)?;
+            }
         }
         Ok(())
     }
@@ -771,6 +783,19 @@ fn check_executable(path: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Gives `path` to `owner` (uid, gid) when there is one (jailer mode).
+fn hand_over(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    match owner {
+        Some((uid, gid)) => std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(|e| {
+            io_err(
+                format!("giving {} to the jail user {uid}:{gid}", path.display()),
+                e,
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 fn append_file(path: &Path) -> Result<std::fs::File> {

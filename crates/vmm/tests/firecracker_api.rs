@@ -6,6 +6,15 @@
 //! The real variant needs a kernel: `$LOCALE2B_TEST_IMAGE_DIR/vmlinux` (or
 //! the default image directory). Guests need not boot: these tests check
 //! API flows, files, sockets and processes, not guest behaviour.
+//!
+//! Each scenario also runs through a jailer (`…::jailed`): a stand-in
+//! that does what Firecracker's jailer documents (copies the binary into
+//! `<base>/<exec name>/<id>/root`, gives that root to the uid/gid, chroots
+//! and drops to them; it also copies the fake's shared libraries, which the
+//! real jailer, made for static binaries, does not need), so the fake runs
+//! chrooted as an unprivileged user; needs root. With
+//! `LOCALE2B_JAILER_BIN` and `LOCALE2B_FIRECRACKER_BIN` the real jailer
+//! runs them (`…::real_jailed`).
 
 use locale2b_vmm::firecracker::{FirecrackerConfig, FirecrackerVmm, BASE_BOOT_ARGS};
 use locale2b_vmm::{DiskSpec, MemMib, SnapshotFiles, VmHandle, VmSpec, VmStatus, Vmm, VmmError};
@@ -42,7 +51,40 @@ struct Harness {
     rootfs: PathBuf,
     /// Requests can be checked (fake server only).
     fake: bool,
+    /// Started through this jailer.
+    jail: Option<locale2b_vmm::firecracker::JailerConfig>,
 }
+
+/// uid/gid the jailed scenarios drop to.
+const JAIL_ID: u32 = 4321;
+
+/// A stand-in for Firecracker's jailer, following its documented steps
+/// (see the module docs); it ignores cgroups.
+const FAKE_JAILER: &str = r#"
+set -eu
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --id) id=$2; shift 2 ;;
+    --exec-file) exe=$2; shift 2 ;;
+    --uid) uid=$2; shift 2 ;;
+    --gid) gid=$2; shift 2 ;;
+    --chroot-base-dir) base=$2; shift 2 ;;
+    --cgroup-version) shift 2 ;;
+    --) shift; break ;;
+    *) echo "fake jailer: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+name=$(basename "$exe")
+root="$base/$name/$id/root"
+mkdir -p "$root"
+cp "$exe" "$root/$name"
+for lib in $(ldd "$exe" | grep -o '/[^ ]*'); do
+  mkdir -p "$root$(dirname "$lib")"
+  cp -L "$lib" "$root$lib"
+done
+chown "$uid:$gid" "$root"
+exec chroot --userspec="$uid:$gid" "$root" "/$name" --id "$id" "$@"
+"#;
 
 impl Harness {
     fn fake() -> Self {
@@ -57,6 +99,73 @@ impl Harness {
             kernel,
             rootfs,
             fake: true,
+            jail: None,
+        }
+    }
+
+    /// The fake API server started through the stand-in jailer.
+    fn jailed() -> Option<Self> {
+        if !nix_is_root() {
+            locale2b_testkit::skip("jailed Firecracker tests need root (chroot, uid switch)");
+            return None;
+        }
+        let mut h = Self::fake();
+        let jailer = script(h.dir.path(), "fake-jailer", FAKE_JAILER);
+        h.jail = Some(locale2b_vmm::firecracker::JailerConfig {
+            chroot_base: h.dir.path().join("jail"),
+            ..locale2b_vmm::firecracker::JailerConfig::new(jailer, JAIL_ID, JAIL_ID)
+        });
+        // The jail user must reach nothing outside its root; the kernel
+        // link inside it must be readable.
+        std::fs::set_permissions(&h.kernel, std::fs::Permissions::from_mode(0o444)).expect("chmod");
+        Some(h)
+    }
+
+    /// A real Firecracker through a real jailer.
+    fn real_jailed() -> Option<Self> {
+        let Some(jailer) = std::env::var_os("LOCALE2B_JAILER_BIN") else {
+            locale2b_testkit::skip("LOCALE2B_JAILER_BIN not set (a real jailer runs these too)");
+            return None;
+        };
+        let mut h = Self::real()?;
+        h.jail = Some(locale2b_vmm::firecracker::JailerConfig {
+            chroot_base: h.dir.path().join("jail"),
+            ..locale2b_vmm::firecracker::JailerConfig::new(jailer, JAIL_ID, JAIL_ID)
+        });
+        Some(h)
+    }
+
+    /// Host directory Firecracker's paths are relative to: the run
+    /// directory, or the jail's root.
+    fn root(&self, spec: &VmSpec) -> PathBuf {
+        match &self.jail {
+            Some(j) => j.chroot_root(&self.binary, &spec.sandbox_id),
+            None => spec.run_dir.clone(),
+        }
+    }
+
+    /// How Firecracker names file `name` of the VM root.
+    fn vm_path(&self, name: &str) -> String {
+        match &self.jail {
+            Some(_) => format!("/{name}"),
+            None => name.to_owned(),
+        }
+    }
+
+    /// How Firecracker is told a host file outside the VM root: linked
+    /// into the jail as `jail_name`, or by its absolute host path.
+    fn outside(&self, host: &Path, jail_name: &str) -> String {
+        match &self.jail {
+            Some(_) => format!("/{jail_name}"),
+            None => host.to_string_lossy().into_owned(),
+        }
+    }
+
+    /// How Firecracker is told the kernel's path.
+    fn kernel_in_vm(&self) -> String {
+        match &self.jail {
+            Some(_) => "/vmlinux".into(),
+            None => self.kernel.to_string_lossy().into_owned(),
         }
     }
 
@@ -76,11 +185,21 @@ impl Harness {
             kernel,
             rootfs,
             fake: false,
+            jail: None,
         })
     }
 
+    fn config(&self) -> FirecrackerConfig {
+        let mut cfg = FirecrackerConfig::new(&self.binary);
+        if let Some(j) = &self.jail {
+            cfg.use_jailer = true;
+            cfg.jailer = Some(j.clone());
+        }
+        cfg
+    }
+
     fn vmm(&self) -> FirecrackerVmm {
-        FirecrackerVmm::new(FirecrackerConfig::new(&self.binary))
+        FirecrackerVmm::new(self.config())
     }
 
     /// A spec with its own run directory and writable disk.
@@ -112,6 +231,11 @@ impl Harness {
             guest_cid: 3,
         }
     }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() == 0 }
 }
 
 fn tempdir() -> tempfile::TempDir {
@@ -223,8 +347,8 @@ async fn lifecycle(h: Harness) {
     let vm = vmm.start(&spec).await.expect("start");
     let p = vm.process().clone();
     assert!(pid_running(p.pid));
-    assert_eq!(p.control_path, spec.run_dir.join("firecracker.sock"));
-    assert_eq!(vm.vsock_path(), spec.run_dir.join("vsock.sock"));
+    assert_eq!(p.control_path, h.root(&spec).join("firecracker.sock"));
+    assert_eq!(vm.vsock_path(), h.root(&spec).join("vsock.sock"));
     assert!(
         is_socket(vm.vsock_path()),
         "vsock socket exists after start"
@@ -267,7 +391,7 @@ async fn lifecycle(h: Harness) {
     assert!(processes_mentioning(&p.control_path.to_string_lossy()).is_empty());
 
     if h.fake {
-        let reqs = requests(&spec.run_dir);
+        let reqs = requests(&h.root(&spec));
         assert_eq!(
             request_lines(&reqs)[..8],
             [
@@ -283,14 +407,14 @@ async fn lifecycle(h: Harness) {
         );
         assert_eq!(
             body_of(&reqs, "PUT /logger")["log_path"],
-            json!("fc-logger.log")
+            json!(h.vm_path("fc-logger.log"))
         );
         assert_eq!(
             body_of(&reqs, "PUT /machine-config"),
             &json!({"vcpu_count": 1, "mem_size_mib": MEM_MIB, "smt": false})
         );
         let boot = body_of(&reqs, "PUT /boot-source");
-        assert_eq!(boot["kernel_image_path"], json!(h.kernel.to_string_lossy()));
+        assert_eq!(boot["kernel_image_path"], json!(h.kernel_in_vm()));
         assert_eq!(
             boot["boot_args"],
             json!(format!(
@@ -300,15 +424,15 @@ async fn lifecycle(h: Harness) {
         assert!(!boot["boot_args"].as_str().expect("args").contains("root="));
         assert_eq!(
             body_of(&reqs, "PUT /drives/drive_0"),
-            &json!({"drive_id": "drive_0", "path_on_host": "drive_0", "is_root_device": true, "is_read_only": true})
+            &json!({"drive_id": "drive_0", "path_on_host": h.vm_path("drive_0"), "is_root_device": true, "is_read_only": true})
         );
         assert_eq!(
             body_of(&reqs, "PUT /drives/drive_1"),
-            &json!({"drive_id": "drive_1", "path_on_host": "drive_1", "is_root_device": false, "is_read_only": false})
+            &json!({"drive_id": "drive_1", "path_on_host": h.vm_path("drive_1"), "is_root_device": false, "is_read_only": false})
         );
         assert_eq!(
             body_of(&reqs, "PUT /vsock"),
-            &json!({"guest_cid": 3, "uds_path": "vsock.sock"})
+            &json!({"guest_cid": 3, "uds_path": h.vm_path("vsock.sock")})
         );
         assert_eq!(reqs[7].2, json!({"action_type": "InstanceStart"}));
         let patches: Vec<&Value> = reqs
@@ -324,8 +448,8 @@ async fn lifecycle(h: Harness) {
             body_of(&reqs, "PUT /snapshot/create"),
             &json!({
                 "snapshot_type": "Full",
-                "snapshot_path": files.state.to_string_lossy(),
-                "mem_file_path": files.memory.to_string_lossy(),
+                "snapshot_path": h.outside(&files.state, "snapshot-state"),
+                "mem_file_path": h.outside(&files.memory, "snapshot-memory"),
             })
         );
         assert_eq!(
@@ -354,9 +478,17 @@ async fn missing_kernel(h: Harness) {
             assert!(!message.is_empty());
             assert!(err.to_string().contains(message.as_str()), "{err}");
         }
+        // In a jail the kernel must be linked in first, so a missing one
+        // is found before Firecracker is asked.
+        VmmError::MissingFile {
+            what: "kernel",
+            path,
+        } if h.jail.is_some() => {
+            assert_eq!(*path, spec.kernel);
+        }
         other => panic!("expected an API error, got {other:?}"),
     }
-    let sock = spec.run_dir.join("firecracker.sock");
+    let sock = h.root(&spec).join("firecracker.sock");
     assert!(
         eventually(Duration::from_secs(5), || processes_mentioning(
             &sock.to_string_lossy()
@@ -379,7 +511,8 @@ async fn initrd(h: Harness) {
         .expect_err("start without initrd");
     assert!(
         matches!(&err, VmmError::Api { request, message, .. }
-            if request == "PUT /boot-source" && message.contains("initrd")),
+            if request == "PUT /boot-source" && message.contains("initrd"))
+            || (h.jail.is_some() && matches!(&err, VmmError::MissingFile { what: "initrd", .. })),
         "{err:?}"
     );
     if !h.fake {
@@ -391,10 +524,10 @@ async fn initrd(h: Harness) {
     std::fs::write(&initrd, b"070701 stand-in").expect("initrd");
     spec.initrd = Some(initrd.clone());
     let vm = h.vmm().start(&spec).await.expect("start with an initrd");
-    let reqs = requests(&spec.run_dir);
+    let reqs = requests(&h.root(&spec));
     let boot = body_of(&reqs, "PUT /boot-source");
-    assert_eq!(boot["initrd_path"], json!(initrd.to_string_lossy()));
-    assert_eq!(boot["kernel_image_path"], json!(h.kernel.to_string_lossy()));
+    assert_eq!(boot["initrd_path"], json!(h.outside(&initrd, "initrd")));
+    assert_eq!(boot["kernel_image_path"], json!(h.kernel_in_vm()));
     vm.kill().await.expect("kill");
 }
 
@@ -436,13 +569,14 @@ async fn restore(h: Harness) {
     // Restore into another sandbox's run directory, over a stale vsock socket.
     let mut spec = h.spec("clone");
     spec.disks[0] = orig.disks[0].clone();
-    let stale = spec.run_dir.join("vsock.sock");
+    let stale = h.root(&spec).join("vsock.sock");
+    std::fs::create_dir_all(h.root(&spec)).expect("VM root");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("stale socket"));
     assert!(is_socket(&stale));
 
     let vm = h.vmm().restore(&spec, &files).await.expect("restore");
     assert_eq!(vm.status().await, VmStatus::Running);
-    assert_eq!(vm.vsock_path(), spec.run_dir.join("vsock.sock"));
+    assert_eq!(vm.vsock_path(), h.root(&spec).join("vsock.sock"));
     assert!(is_socket(vm.vsock_path()));
     assert!(
         !orig.run_dir.join("vsock.sock").exists(),
@@ -456,7 +590,7 @@ async fn restore(h: Harness) {
     assert_gone(vm.as_ref()).await;
 
     if h.fake {
-        let reqs = requests(&spec.run_dir);
+        let reqs = requests(&h.root(&spec));
         assert_eq!(
             request_lines(&reqs)[..3],
             ["PUT /logger", "PUT /metrics", "PUT /snapshot/load"]
@@ -464,8 +598,8 @@ async fn restore(h: Harness) {
         assert_eq!(
             reqs[2].2,
             json!({
-                "snapshot_path": files.state.to_string_lossy(),
-                "mem_backend": {"backend_type": "File", "backend_path": files.memory.to_string_lossy()},
+                "snapshot_path": h.outside(&files.state, "snapshot-state"),
+                "mem_backend": {"backend_type": "File", "backend_path": h.outside(&files.memory, "snapshot-memory")},
                 "resume_vm": true,
             })
         );
@@ -476,21 +610,21 @@ async fn restore(h: Harness) {
 async fn restore_with_vsock_override(h: Harness) {
     let (_, files) = make_snapshot(&h, "ovr").await;
     let spec = h.spec("ovr2");
-    let mut cfg = FirecrackerConfig::new(&h.binary);
+    let mut cfg = h.config();
     cfg.snapshot_vsock_override = true;
     let vm = FirecrackerVmm::new(cfg)
         .restore(&spec, &files)
         .await
         .expect("restore with vsock_override");
-    assert!(is_socket(&spec.run_dir.join("vsock.sock")));
+    assert!(is_socket(&h.root(&spec).join("vsock.sock")));
     assert_eq!(vm.status().await, VmStatus::Running);
     vm.kill().await.expect("kill");
     assert_gone(vm.as_ref()).await;
     if h.fake {
-        let reqs = requests(&spec.run_dir);
+        let reqs = requests(&h.root(&spec));
         assert_eq!(
             body_of(&reqs, "PUT /snapshot/load")["vsock_override"],
-            json!({"uds_path": "vsock.sock"})
+            json!({"uds_path": h.vm_path("vsock.sock")})
         );
     }
 }
@@ -513,7 +647,7 @@ async fn clone_from_template(h: Harness) {
         spec.disks[0] = orig.disks[0].clone();
         let vm = vmm.clone_from(&spec, &files).await.expect("clone");
         assert_eq!(vm.status().await, VmStatus::Running);
-        assert_eq!(vm.vsock_path(), spec.run_dir.join("vsock.sock"));
+        assert_eq!(vm.vsock_path(), h.root(&spec).join("vsock.sock"));
         assert!(is_socket(vm.vsock_path()));
         clones.push((spec, vm));
     }
@@ -521,11 +655,11 @@ async fn clone_from_template(h: Harness) {
         vm.kill().await.expect("kill");
         assert_gone(vm.as_ref()).await;
         if h.fake {
-            let reqs = requests(&spec.run_dir);
+            let reqs = requests(&h.root(&spec));
             let load = body_of(&reqs, "PUT /snapshot/load");
             assert_eq!(
                 load["mem_backend"],
-                json!({"backend_type": "File", "backend_path": files.memory.to_string_lossy()})
+                json!({"backend_type": "File", "backend_path": h.outside(&files.memory, "snapshot-memory")})
             );
         }
     }
@@ -555,7 +689,7 @@ async fn restore_failure(h: Harness) {
         }
         other => panic!("expected the load to be refused, got {other:?}"),
     }
-    let sock = spec.run_dir.join("firecracker.sock");
+    let sock = h.root(&spec).join("firecracker.sock");
     assert!(
         eventually(Duration::from_secs(5), || processes_mentioning(
             &sock.to_string_lossy()
@@ -565,7 +699,7 @@ async fn restore_failure(h: Harness) {
         "firecracker left running after a failed restore"
     );
     assert!(!sock.exists());
-    assert!(!spec.run_dir.join("vsock.sock").exists());
+    assert!(!h.root(&spec).join("vsock.sock").exists());
 
     let missing = SnapshotFiles {
         state: h.dir.path().join("nope/state"),
@@ -638,6 +772,20 @@ macro_rules! both {
             #[tokio::test]
             async fn real() {
                 if let Some(h) = super::Harness::real() {
+                    super::$name(h).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn jailed() {
+                if let Some(h) = super::Harness::jailed() {
+                    super::$name(h).await;
+                }
+            }
+
+            #[tokio::test]
+            async fn real_jailed() {
+                if let Some(h) = super::Harness::real_jailed() {
                     super::$name(h).await;
                 }
             }
