@@ -655,7 +655,7 @@ async fn clone_from_template(h: Harness) {
         vm.kill().await.expect("kill");
         assert_gone(vm.as_ref()).await;
         if h.fake {
-            let reqs = requests(&h.root(&spec));
+            let reqs = requests(&h.root(spec));
             let load = body_of(&reqs, "PUT /snapshot/load");
             assert_eq!(
                 load["mem_backend"],
