@@ -96,43 +96,6 @@ fn check(what: &'static str, verdict: Verdict, detail: impl Into<String>) -> Che
     }
 }
 
-/// The ELF program interpreter a binary asks for (`None`: statically
-/// linked, or not a 64-bit little-endian ELF file).
-pub fn elf_interpreter(bytes: &[u8]) -> Option<String> {
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
-        return None;
-    }
-    let u16_at = |o: usize| {
-        bytes
-            .get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]))
-    };
-    let u64_at = |o: usize| {
-        bytes
-            .get(o..o + 8)
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .map(u64::from_le_bytes)
-    };
-    let phoff = usize::try_from(u64_at(0x20)?).ok()?;
-    let phentsize = usize::from(u16_at(0x36)?);
-    let phnum = usize::from(u16_at(0x38)?);
-    for i in 0..phnum {
-        let ph = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        let p_type = bytes.get(ph..ph + 4)?;
-        if p_type == 3u32.to_le_bytes() {
-            let off = usize::try_from(u64_at(ph + 8)?).ok()?;
-            let size = usize::try_from(u64_at(ph + 32)?).ok()?;
-            let raw = bytes.get(off..off.checked_add(size)?)?;
-            return Some(
-                String::from_utf8_lossy(raw)
-                    .trim_end_matches('\0')
-                    .to_owned(),
-            );
-        }
-    }
-    None
-}
-
 /// The deployment checks: who the server would run as, its base
 /// directory, /dev/kvm, the API keys, the audit log, the jailer.
 pub fn deployment_checks(config: &Config) -> Vec<Check> {
@@ -264,7 +227,7 @@ pub fn deployment_checks(config: &Config) -> Vec<Check> {
         } else {
             match std::fs::read(&vmm.firecracker_bin) {
                 Err(e) => check("jailer", Verdict::Fail, format!("{}: {e}", vmm.firecracker_bin.display())),
-                Ok(bytes) => match elf_interpreter(&bytes) {
+                Ok(bytes) => match locale2b_vmm::firecracker::jailer::elf_interpreter(&bytes) {
                     Some(interp) => check("jailer", Verdict::Fail, format!("{} is dynamically linked ({interp}): inside the jailer's chroot there is no loader; use a statically linked Firecracker (the release binaries are)", vmm.firecracker_bin.display())),
                     None => check("jailer", Verdict::Ok, format!("{} with a statically linked {}", jailer.display(), vmm.firecracker_bin.display())),
                 },
@@ -278,25 +241,6 @@ pub fn deployment_checks(config: &Config) -> Vec<Check> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn the_interpreter_of_a_dynamic_binary_is_found_and_a_static_one_has_none() {
-        let dynamic = std::fs::read("/bin/sh").unwrap();
-        assert!(elf_interpreter(&dynamic).unwrap().contains("ld-linux"));
-        // A minimal static ELF: a header whose only program header is PT_LOAD.
-        let mut elf = vec![0u8; 64 + 56];
-        elf[..4].copy_from_slice(b"\x7fELF");
-        elf[4] = 2;
-        elf[5] = 1;
-        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
-        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
-        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
-        elf[64..68].copy_from_slice(&1u32.to_le_bytes());
-        assert_eq!(elf_interpreter(&elf), None);
-        elf[64..68].copy_from_slice(&3u32.to_le_bytes());
-        assert_eq!(elf_interpreter(&elf).as_deref(), Some(""));
-        assert_eq!(elf_interpreter(b"#!/bin/sh\n"), None);
-    }
 
     #[test]
     fn deployment_checks_name_what_to_fix() {

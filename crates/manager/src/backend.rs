@@ -53,6 +53,17 @@ pub async fn build(
             let mut fc = FirecrackerConfig::new(vmm.firecracker_bin.clone());
             fc.use_jailer = vmm.use_jailer;
             if vmm.use_jailer {
+                // The jail holds no dynamic loader: refuse at start, not
+                // at the first create.
+                if let Ok(bytes) = std::fs::read(&vmm.firecracker_bin) {
+                    if let Some(loader) = locale2b_vmm::firecracker::jailer::elf_interpreter(&bytes)
+                    {
+                        return Err(ManagerError::InvalidInput(format!(
+                            "LOCALE2B_USE_JAILER=true but {} is dynamically linked (it needs {loader}, which the jail does not hold); use a statically linked Firecracker (the release binaries are)",
+                            vmm.firecracker_bin.display()
+                        )));
+                    }
+                }
                 let mut j =
                     JailerConfig::new(vmm.jailer_bin.clone(), vmm.jailer_uid, vmm.jailer_gid);
                 j.chroot_base = vmm.jailer_chroot_base.clone();

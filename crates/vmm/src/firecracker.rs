@@ -269,12 +269,16 @@ impl FirecrackerVmm {
         {
             Some(p) => Ok(p),
             None => {
-                s.layout
-                    .link_in(path, link)
-                    .map_err(|_| VmmError::MissingFile {
-                        what,
-                        path: path.to_owned(),
-                    })?;
+                s.layout.link_in(path, link).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        VmmError::MissingFile {
+                            what,
+                            path: path.to_owned(),
+                        }
+                    } else {
+                        link_err(&s.layout, path, e)
+                    }
+                })?;
                 Ok::<_, VmmError>(s.layout.vm_path(link))
             }
         };
@@ -329,9 +333,9 @@ impl FirecrackerVmm {
                     (&snapshot.state, JAIL_SNAPSHOT_STATE),
                     (&snapshot.memory, JAIL_SNAPSHOT_MEMORY),
                 ] {
-                    s.layout.link_in(src, name).map_err(|e| {
-                        io_err(format!("linking {} into the jail", src.display()), e)
-                    })?;
+                    s.layout
+                        .link_in(src, name)
+                        .map_err(|e| link_err(&s.layout, src, e))?;
                 }
                 (
                     s.layout.vm_path(JAIL_SNAPSHOT_STATE),
@@ -376,7 +380,7 @@ impl FirecrackerVmm {
             }
             layout
                 .link_in(&disk.path, &Layout::drive_name(i))
-                .map_err(|e| io_err(format!("linking disk {}", disk.path.display()), e))?;
+                .map_err(|e| link_err(layout, &disk.path, e))?;
             if !disk.read_only {
                 hand_over(&layout.host_path(&Layout::drive_name(i)), owner)?;
             }
@@ -765,6 +769,25 @@ fn boot_args(spec: &VmSpec) -> String {
 
 fn io_err(context: String, source: std::io::Error) -> VmmError {
     VmmError::Io { context, source }
+}
+
+/// The error of linking `src` into the VM root: a jail needs hard links,
+/// which cannot cross file systems, so that case says what to change.
+fn link_err(layout: &Layout, src: &Path, e: std::io::Error) -> VmmError {
+    if layout.jailed && e.raw_os_error() == Some(libc::EXDEV) {
+        return io_err(
+            format!(
+                "linking {} into the jail {}: the jail must be on the same file system as the base directory (hard links); set LOCALE2B_JAILER_CHROOT_BASE to a directory there",
+                src.display(),
+                layout.root.display()
+            ),
+            e,
+        );
+    }
+    io_err(
+        format!("linking {} into {}", src.display(), layout.root.display()),
+        e,
+    )
 }
 
 fn check_executable(path: &Path) -> Result<()> {

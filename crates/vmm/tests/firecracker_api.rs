@@ -1000,3 +1000,34 @@ async fn firecracker_jailer_command_and_jail_layout() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn firecracker_jail_on_another_file_system_says_so() {
+    let h = Harness::fake();
+    let other_fs = std::path::Path::new("/dev/shm");
+    let same_fs = |a: &Path, b: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(a).map(|m| m.dev()).ok() == std::fs::metadata(b).map(|m| m.dev()).ok()
+    };
+    if !other_fs.is_dir() || same_fs(other_fs, h.dir.path()) {
+        locale2b_testkit::skip("no second file system (/dev/shm) to put a jail on");
+        return;
+    }
+    let jail = tempfile::tempdir_in(other_fs).expect("jail base");
+    let jailer = script(h.dir.path(), "never-run-jailer", "exit 3");
+    let mut cfg = FirecrackerConfig::new(&h.binary);
+    cfg.use_jailer = true;
+    cfg.jailer = Some(locale2b_vmm::firecracker::JailerConfig {
+        chroot_base: jail.path().to_owned(),
+        ..locale2b_vmm::firecracker::JailerConfig::new(&jailer, 1234, 1234)
+    });
+    let err = FirecrackerVmm::new(cfg)
+        .start(&h.spec("xdev"))
+        .await
+        .expect_err("hard links across file systems");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("same file system") && msg.contains("LOCALE2B_JAILER_CHROOT_BASE"),
+        "{msg}"
+    );
+}
