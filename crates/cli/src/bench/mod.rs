@@ -21,6 +21,7 @@ mod baseline;
 mod console;
 mod report;
 mod server;
+mod ports;
 mod soak;
 mod stats;
 mod streams;
@@ -683,6 +684,7 @@ impl Bench {
         let mut m = Vec::new();
         m.extend(self.exec_overhead(&id).await);
         m.extend(streams::metrics(&self.api, &id, self.counts.ops).await);
+        m.extend(ports::metrics(&self.api, &id, self.counts.ops).await);
         m.extend(self.agent_ping(&id).await);
         m.extend(self.files(&id).await);
         m.extend(transfer::metrics(&self.api, &id, self.counts.transfers).await);
