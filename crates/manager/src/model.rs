@@ -281,7 +281,16 @@ pub struct ExposedPort {
     pub url: String,
     /// When it was exposed (RFC 3339).
     pub created_at: String,
+    /// When set, every connection must present it: HTTP requests in the
+    /// `e2b-traffic-access-token` header (E2B's name), checked on the
+    /// first request of each connection to the listener and on every
+    /// request routed by Host header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
+
+/// The header that carries an exposed port's access token.
+pub const PORT_TOKEN_HEADER: &str = "e2b-traffic-access-token";
 
 /// Figures of one sandbox (`GET /sandboxes/{id}/metrics`). Host figures
 /// come from the health check's last sample of its VMM; guest figures are

@@ -77,7 +77,12 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()>;
     /// Exposes guest port `port` on a host listener; `true` with it when
     /// it was exposed already.
-    async fn expose_port(&self, id: &SandboxId, _port: u16) -> Result<(crate::ExposedPort, bool)> {
+    async fn expose_port(
+        &self,
+        id: &SandboxId,
+        _port: u16,
+        _protect: bool,
+    ) -> Result<(crate::ExposedPort, bool)> {
         Err(ports_unsupported(id))
     }
     /// The sandbox's exposed ports, by port.

@@ -51,7 +51,27 @@ fn refuse(status: StatusCode, message: String) -> Response {
 
 async fn proxy(s: &AppState, id: SandboxId, port: u16, mut req: Request) -> Response {
     match s.sandboxes().list_ports(&id).await {
-        Ok(ports) if ports.iter().any(|p| p.port == port) => {}
+        Ok(ports) if ports.iter().any(|p| p.port == port) => {
+            let token = ports
+                .iter()
+                .find(|p| p.port == port)
+                .and_then(|p| p.access_token.clone());
+            if let Some(token) = token {
+                let presented = req
+                    .headers()
+                    .get(locale2b_manager::PORT_TOKEN_HEADER)
+                    .map(|v| v.as_bytes().trim_ascii());
+                let ok = presented.is_some_and(|p| {
+                    bool::from(subtle::ConstantTimeEq::ct_eq(p, token.as_bytes()))
+                });
+                if !ok {
+                    return refuse(
+                        StatusCode::FORBIDDEN,
+                        format!("port {port} of sandbox {id} needs its access token in the {} header", locale2b_manager::PORT_TOKEN_HEADER),
+                    );
+                }
+            }
+        }
         Ok(_) => {
             return refuse(
                 StatusCode::NOT_FOUND,

@@ -291,3 +291,86 @@ async fn exposed_ports_carry_http_and_websockets_through_both_ways_in() {
         .await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 }
+
+/// GET `url` with `headers` (host, token).
+async fn get_with(url: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let mut r = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = tokio::time::timeout(WAIT, r.send()).await.unwrap().unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+/// A port exposed with `require_token` answers only requests that carry
+/// its token, both through its listener and through Host-header routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protected_port_needs_its_access_token_both_ways_in() {
+    let Some(image) = image_dir() else { return };
+    let s = Server::start(&image, 2).await;
+    let (st, sb) = s
+        .call(M::POST, "/sandboxes", Some(json!({"memory_mb": 256})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{sb}");
+    let id = sb["sandbox_id"].as_str().unwrap().to_owned();
+    s.exec_ok(
+        &id,
+        "mkdir -p /tmp/www && echo secret-page > /tmp/www/p.txt",
+    )
+    .await;
+    start(
+        &s,
+        &id,
+        "cd /tmp/www && exec python3 -m http.server 8000 --bind 127.0.0.1",
+    )
+    .await;
+    listening(&s, &id, 8000).await;
+    let (st, p) = s
+        .call(
+            M::POST,
+            &format!("/sandboxes/{id}/ports/expose"),
+            Some(json!({"port": 8000, "require_token": true})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{p}");
+    let token = p["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(token.len(), 64, "{p}");
+    let page = format!("{}p.txt", p["url"].as_str().unwrap());
+    let host = p["route_host"].as_str().unwrap().to_owned();
+    let routed = format!("{}/p.txt", s.url);
+
+    // The port's own listener.
+    let (st, body) = get_with(&page, &[]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("e2b-traffic-access-token"), "{body}");
+    let (st, _) = get_with(&page, &[("e2b-traffic-access-token", "wrong")]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, body) = get_with(&page, &[("e2b-traffic-access-token", &token)]).await;
+    assert_eq!((st, body.as_str()), (StatusCode::OK, "secret-page\n"));
+    // Host-header routing through the API server.
+    let (st, body) = get_with(&routed, &[("host", &host)]).await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{body}");
+    let (st, body) = get_with(
+        &routed,
+        &[("host", &host), ("e2b-traffic-access-token", &token)],
+    )
+    .await;
+    assert_eq!((st, body.as_str()), (StatusCode::OK, "secret-page\n"));
+
+    // The token is listed with the port; exposing it again without
+    // require_token is refused rather than silently opening it.
+    let (_, list) = s
+        .call(M::GET, &format!("/sandboxes/{id}/ports"), None)
+        .await;
+    assert_eq!(list["ports"][0]["access_token"], token.as_str(), "{list}");
+    let (st, again) = s
+        .call(
+            M::POST,
+            &format!("/sandboxes/{id}/ports/expose"),
+            Some(json!({"port": 8000})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{again}");
+    let (st, _) = s.call(M::DELETE, &format!("/sandboxes/{id}"), None).await;
+    assert_eq!(st, StatusCode::OK);
+}

@@ -19,9 +19,9 @@
 mod api;
 mod baseline;
 mod console;
+mod ports;
 mod report;
 mod server;
-mod ports;
 mod soak;
 mod stats;
 mod streams;

@@ -59,7 +59,8 @@ async fn ping(addr: &str) -> anyhow::Result<()> {
 async fn guest_to_host(addr: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("send {BULK_BYTES}\n").as_bytes()).await?;
+    s.write_all(format!("send {BULK_BYTES}\n").as_bytes())
+        .await?;
     let mut buf = vec![0u8; 1 << 16];
     let mut got = 0u64;
     loop {
@@ -76,7 +77,8 @@ async fn guest_to_host(addr: &str) -> anyhow::Result<f64> {
 async fn host_to_guest(addr: &str) -> anyhow::Result<f64> {
     let t = Instant::now();
     let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("recv {BULK_BYTES}\n").as_bytes()).await?;
+    s.write_all(format!("recv {BULK_BYTES}\n").as_bytes())
+        .await?;
     let block = vec![b'y'; 1 << 16];
     let mut left = BULK_BYTES;
     while left > 0 {
@@ -127,8 +129,15 @@ async fn setup(api: &Api, id: &str) -> anyhow::Result<(String, u64)> {
 
 /// The exposed-port figures for the working sandbox `id`.
 pub async fn metrics(api: &Api, id: &str, ops: usize) -> Vec<Metric> {
-    eprintln!("bench: exposed port (connect x{ops}, {} MiB each way)", BULK_BYTES >> 20);
-    let names = ["port.connect", "port.throughput.guest_to_host", "port.throughput.host_to_guest"];
+    eprintln!(
+        "bench: exposed port (connect x{ops}, {} MiB each way)",
+        BULK_BYTES >> 20
+    );
+    let names = [
+        "port.connect",
+        "port.throughput.guest_to_host",
+        "port.throughput.host_to_guest",
+    ];
     let (addr, pid) = match setup(api, id).await {
         Ok(v) => v,
         Err(e) => {
@@ -165,9 +174,15 @@ pub async fn metrics(api: &Api, id: &str, ops: usize) -> Vec<Metric> {
         m.push(Metric::new(
             name,
             "MiB/s",
-            run.as_ref().map(|v| vec![*v]).unwrap_or_default().as_slice(),
+            run.as_ref()
+                .map(|v| vec![*v])
+                .unwrap_or_default()
+                .as_slice(),
             Some(match &run {
-                Ok(_) => format!("{} MiB over one connection through the exposed port", BULK_BYTES >> 20),
+                Ok(_) => format!(
+                    "{} MiB over one connection through the exposed port",
+                    BULK_BYTES >> 20
+                ),
                 Err(e) => err_note(e),
             }),
         ));

@@ -54,13 +54,19 @@ impl Ports {
 
 impl SandboxManager {
     /// Exposes guest port `port` of sandbox `id` on a new host listener;
-    /// `true` with the answer when it was exposed already.
+    /// `true` with the answer when it was exposed already. With `protect`
+    /// the port gets an access token that every connection must present.
     ///
     /// # Errors
     /// InvalidInput for port 0 or too many ports, NotFound, Conflict for
     /// a sandbox being destroyed or failed, Internal when no host port can
     /// be bound.
-    pub async fn expose_port(&self, id: &SandboxId, port: u16) -> Result<(ExposedPort, bool)> {
+    pub async fn expose_port(
+        &self,
+        id: &SandboxId,
+        port: u16,
+        protect: bool,
+    ) -> Result<(ExposedPort, bool)> {
         if port == 0 {
             return Err(ManagerError::InvalidInput(
                 "port must be between 1 and 65535".into(),
@@ -85,6 +91,12 @@ impl SandboxManager {
         }
         let record = sb.record();
         if let Some(p) = record.exposed_ports.iter().find(|p| p.port == port) {
+            if p.access_token.is_some() != protect {
+                return Err(ManagerError::Conflict(format!(
+                    "port {port} of sandbox {id} is exposed already {}; close it first to change that",
+                    if protect { "without an access token" } else { "with an access token" }
+                )));
+            }
             return Ok((p.clone(), true));
         }
         let max = self.config.max_exposed_ports as usize;
@@ -93,7 +105,8 @@ impl SandboxManager {
                 "sandbox {id} has {max} exposed ports already (max_exposed_ports); close one first"
             )));
         }
-        let exposed = self.listen(id, port, 0).await?;
+        let token = protect.then(new_token);
+        let exposed = self.listen(id, port, 0, token).await?;
         sb.update(|r| {
             r.exposed_ports.push(exposed.clone());
             r.exposed_ports.sort_by_key(|p| p.port);
@@ -145,9 +158,12 @@ impl SandboxManager {
         };
         let mut reopened = Vec::new();
         for p in sb.record().exposed_ports {
-            let again = match self.listen(id, p.port, p.host_port).await {
+            let again = match self
+                .listen(id, p.port, p.host_port, p.access_token.clone())
+                .await
+            {
                 Ok(e) => Ok(e),
-                Err(_) => self.listen(id, p.port, 0).await,
+                Err(_) => self.listen(id, p.port, 0, p.access_token.clone()).await,
             };
             match again {
                 Ok(e) => {
@@ -166,7 +182,13 @@ impl SandboxManager {
 
     /// Binds a listener for guest port `port` on `ports_host:host_port`
     /// (0: any free port) and starts serving it.
-    async fn listen(&self, id: &SandboxId, port: u16, host_port: u16) -> Result<ExposedPort> {
+    async fn listen(
+        &self,
+        id: &SandboxId,
+        port: u16,
+        host_port: u16,
+        access_token: Option<String>,
+    ) -> Result<ExposedPort> {
         let addr = SocketAddr::new(self.config.ports_host, host_port);
         let listener = TcpListener::bind(addr).await.map_err(|e| {
             ManagerError::io(format!("bind a listener for port {port} on {addr}"), e)
@@ -181,6 +203,7 @@ impl SandboxManager {
             port,
             listener,
             cancel.clone(),
+            access_token.clone(),
         ));
         let old = self
             .ports
@@ -199,6 +222,7 @@ impl SandboxManager {
                 host_and_port(&self.public_host(), bound.port())
             ),
             created_at: crate::store::now_rfc3339(),
+            access_token,
         })
     }
 
@@ -217,6 +241,77 @@ impl SandboxManager {
     }
 }
 
+/// A fresh access token: 32 random bytes, hex.
+fn new_token() -> String {
+    use rand::RngCore as _;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Largest HTTP request head read to find a port's access token.
+const MAX_HEAD: usize = 16 * 1024;
+/// How long a client may take to send that head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether an HTTP request head carries `token` in
+/// [`crate::PORT_TOKEN_HEADER`] (compared in constant time).
+pub fn head_has_token(head: &[u8], token: &str) -> bool {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n").skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case(crate::PORT_TOKEN_HEADER)
+                && bool::from(subtle::ConstantTimeEq::ct_eq(
+                    value.trim().as_bytes(),
+                    token.as_bytes(),
+                ))
+        })
+    })
+}
+
+/// Reads the first request head of a connection to a protected port; the
+/// bytes read (to be passed on) when it carries the token, else answers
+/// 403 (or 400 for something that is not an HTTP head) and `None`.
+async fn admit(tcp: &mut tokio::net::TcpStream, token: &str) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
+        let mut chunk = [0u8; 2048];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < MAX_HEAD {
+            let n = tcp.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(())
+    })
+    .await;
+    let complete = matches!(read, Ok(Some(()))) && buf.windows(4).any(|w| w == b"\r\n\r\n");
+    if complete && head_has_token(&buf, token) {
+        return Some(buf);
+    }
+    let (status, why) = if complete {
+        (
+            "403 Forbidden",
+            "this port needs its access token in the e2b-traffic-access-token header",
+        )
+    } else {
+        ("400 Bad Request", "this port needs an HTTP request with its access token in the e2b-traffic-access-token header")
+    };
+    let body = format!("{why}\n");
+    let _ = tcp
+        .write_all(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await;
+    None
+}
+
 /// `host:port`, with brackets around an IPv6 address.
 fn host_and_port(host: &str, port: u16) -> String {
     match host.parse::<IpAddr>() {
@@ -232,6 +327,7 @@ async fn serve(
     port: u16,
     listener: TcpListener,
     cancel: CancellationToken,
+    access_token: Option<String>,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -249,9 +345,19 @@ async fn serve(
         let Some(m) = manager.upgrade() else { return };
         let guest = m.guest(&id);
         drop(m);
-        let (id, cancel) = (id.clone(), cancel.clone());
+        let (id, cancel, token) = (id.clone(), cancel.clone(), access_token.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
+            let head = match &token {
+                Some(t) => match admit(&mut tcp, t).await {
+                    Some(head) => head,
+                    None => {
+                        debug!(sandbox_id = %id, port, %peer, "connection without the port's access token refused");
+                        return;
+                    }
+                },
+                None => Vec::new(),
+            };
             let mut conn = match guest.open_port(port).await {
                 Ok(c) => c,
                 Err(e) => {
@@ -259,6 +365,12 @@ async fn serve(
                     return;
                 }
             };
+            if !head.is_empty() {
+                use tokio::io::AsyncWriteExt as _;
+                if conn.write_all(&head).await.is_err() {
+                    return;
+                }
+            }
             tokio::select! {
                 () = cancel.cancelled() => {}
                 r = tokio::io::copy_bidirectional(&mut tcp, &mut conn) => {
@@ -271,7 +383,20 @@ async fn serve(
 
 #[cfg(test)]
 mod tests {
-    use super::host_and_port;
+    use super::{head_has_token, host_and_port};
+
+    #[test]
+    fn tokens_are_found_in_request_heads() {
+        let head = b"GET / HTTP/1.1\r\nHost: x\r\nE2B-Traffic-Access-Token:  abc \r\n\r\n";
+        assert!(head_has_token(head, "abc"));
+        assert!(!head_has_token(head, "abd"));
+        assert!(!head_has_token(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", "abc"));
+        // Not in the request line.
+        assert!(!head_has_token(
+            b"GET /e2b-traffic-access-token:abc HTTP/1.1\r\n\r\n",
+            "abc"
+        ));
+    }
 
     #[test]
     fn urls_bracket_ipv6() {

@@ -60,8 +60,13 @@ impl SandboxService for SandboxManager {
     async fn delete_workspace(&self, id: &WorkspaceId) -> Result<()> {
         SandboxManager::delete_workspace(self, id).await
     }
-    async fn expose_port(&self, id: &SandboxId, port: u16) -> Result<(crate::ExposedPort, bool)> {
-        SandboxManager::expose_port(self, id, port).await
+    async fn expose_port(
+        &self,
+        id: &SandboxId,
+        port: u16,
+        protect: bool,
+    ) -> Result<(crate::ExposedPort, bool)> {
+        SandboxManager::expose_port(self, id, port, protect).await
     }
     async fn list_ports(&self, id: &SandboxId) -> Result<Vec<crate::ExposedPort>> {
         SandboxManager::list_ports(self, id)

@@ -19,6 +19,7 @@ fn response(s: &AppState, id: &SandboxId, p: ExposedPort, already: Option<bool>)
         route_host: s.route_host(id, p.port),
         created_at: p.created_at,
         already_exposed: already,
+        access_token: p.access_token,
     }
 }
 
@@ -34,7 +35,7 @@ fn response(s: &AppState, id: &SandboxId, p: ExposedPort, already: Option<bool>)
         (status = 200, description = "Exposed (or already exposed)", body = PortResponse),
         (status = 400, description = "Port outside 1–65535, or too many exposed ports", body = ErrorResponse),
         (status = 404, description = "No such sandbox", body = ErrorResponse),
-        (status = 409, description = "The sandbox is being destroyed or is dead", body = ErrorResponse),
+        (status = 409, description = "The sandbox is being destroyed or is dead, or the port is exposed already with the other `require_token`", body = ErrorResponse),
     ))]
 pub async fn expose_port(
     State(s): State<AppState>,
@@ -42,7 +43,10 @@ pub async fn expose_port(
     ApiJson(body): ApiJson<ExposeBody>,
 ) -> ApiResult<PortResponse> {
     let port = check_port(body.port)?;
-    let (p, already) = s.sandboxes().expose_port(&id, port).await?;
+    let (p, already) = s
+        .sandboxes()
+        .expose_port(&id, port, body.require_token)
+        .await?;
     Ok(Json(response(&s, &id, p, Some(already))))
 }
 

@@ -11,6 +11,11 @@ pub struct ExposeBody {
     /// all addresses), 1–65535.
     #[schema(example = 8000)]
     pub port: u64,
+    /// Require an access token on every connection (E2B's
+    /// `allowPublicTraffic: false`): the answer's `access_token` must be
+    /// sent in the `e2b-traffic-access-token` header. Default false.
+    #[serde(default)]
+    pub require_token: bool,
 }
 
 /// One exposed port.
@@ -37,6 +42,11 @@ pub struct PortResponse {
     /// is then the existing one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub already_exposed: Option<bool>,
+    /// The token every connection must present in the
+    /// `e2b-traffic-access-token` header, when the port was exposed with
+    /// `require_token`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
 }
 
 /// `GET /sandboxes/{id}/ports`.
