@@ -198,10 +198,7 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
     }
     let method = req.method().clone();
     let mutating = !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS);
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
+    let peer = peer_of(&req);
     let call = Call {
         peer,
         method: method.as_str(),
@@ -241,6 +238,13 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
         audit(&state, &call, key.as_deref(), status, outcome);
     }
     resp
+}
+
+/// The TCP peer of a request (`None` over a Unix socket).
+pub(crate) fn peer_of(req: &Request) -> Option<std::net::SocketAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0)
 }
 
 /// The request an audit line is about.

@@ -26,20 +26,7 @@ async fn as_key(
     path: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut r = s
-        .http
-        .request(method, format!("{}{path}", s.url))
-        .header("X-API-Key", key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let resp = r.send().await.unwrap();
-    let status = resp.status();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    s.call_as(key, method, path, body).await
 }
 
 fn ids(list: &Value, field: &str, key: &str) -> Vec<String> {

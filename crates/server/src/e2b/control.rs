@@ -149,10 +149,7 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
         .extensions()
         .get::<axum::extract::OriginalUri>()
         .map_or_else(|| req.uri().path().to_owned(), |u| u.path().to_owned());
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0);
+    let peer = crate::middleware::peer_of(&req);
     let call = Call {
         peer,
         method: method.as_str(),

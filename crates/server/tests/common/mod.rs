@@ -92,7 +92,21 @@ impl Server {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut r = self.req(method, path);
+        self.call_as(KEY, method, path, body).await
+    }
+
+    /// [`Server::call`] with API key `key`.
+    pub async fn call_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .header("X-API-Key", key);
         if let Some(b) = body {
             r = r.json(&b);
         }
