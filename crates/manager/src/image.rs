@@ -86,6 +86,7 @@ impl Image {
             extra_boot_args: boot_args(sandbox_id.as_str()),
             run_dir,
             guest_cid,
+            net: None,
         }
     }
 

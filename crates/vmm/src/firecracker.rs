@@ -46,6 +46,8 @@ const PROCESS_LOG: &str = "firecracker.log";
 const LOGGER_FILE: &str = "fc-logger.log";
 /// Firecracker's metrics output (`PUT /metrics`).
 const METRICS_FILE: &str = "fc-metrics.json";
+/// The guest NIC's id in Firecracker's API (`eth0` in the guest).
+const NET_IFACE: &str = "eth0";
 /// Kernel link name inside a jail.
 const KERNEL_LINK: &str = "vmlinux";
 const INITRD_LINK: &str = "initrd";
@@ -196,7 +198,7 @@ impl FirecrackerVmm {
 
         let mut cmd = match jailer {
             None => {
-                let mut cmd = tokio::process::Command::new(&self.config.binary);
+                let mut cmd = crate::command_in(&self.config.binary, spec.net.as_ref());
                 cmd.arg("--api-sock")
                     .arg(&api_sock)
                     .arg("--id")
@@ -206,7 +208,11 @@ impl FirecrackerVmm {
             }
             Some(j) => {
                 let mut cmd = tokio::process::Command::new(&j.binary);
-                cmd.args(j.args(&self.config.binary, &spec.sandbox_id));
+                cmd.args(j.args(
+                    &self.config.binary,
+                    &spec.sandbox_id,
+                    spec.net.as_ref().map(|n| n.netns.as_path()),
+                ));
                 cmd
             }
         };
@@ -310,6 +316,17 @@ impl FirecrackerVmm {
                 &json!({"guest_cid": spec.guest_cid, "uds_path": s.layout.vm_path(VSOCK_SOCKET)}),
             )
             .await?;
+        if let Some(net) = &spec.net {
+            // The tap is opened in Firecracker's own network namespace
+            // (spawned inside it, or the jailer's `--netns`); a snapshot
+            // loaded later re-opens the same name there.
+            s.api
+                .put(
+                    &format!("/network-interfaces/{NET_IFACE}"),
+                    &json!({"iface_id": NET_IFACE, "host_dev_name": net.tap, "guest_mac": net.mac}),
+                )
+                .await?;
+        }
         s.api
             .call(
                 "PUT",
@@ -912,6 +929,7 @@ mod tests {
             extra_boot_args: String::new(),
             run_dir: "/tmp".into(),
             guest_cid: 3,
+            net: None,
         };
         assert_eq!(boot_args(&spec), BASE_BOOT_ARGS);
         spec.extra_boot_args = " init=/usr/local/bin/locale2b-agent ".into();

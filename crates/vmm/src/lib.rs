@@ -83,6 +83,40 @@ pub struct VmSpec {
     pub run_dir: PathBuf,
     /// Guest vsock CID (firecracker); qemu ignores it.
     pub guest_cid: u32,
+    /// The guest's network device, when it has one: a tap device in a
+    /// network namespace the caller made. `None` = no NIC at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<NetSpec>,
+}
+
+/// A guest NIC: the VMM runs inside `netns` and opens the tap `tap` there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetSpec {
+    /// The network namespace file (`/run/netns/<name>`).
+    pub netns: PathBuf,
+    /// Name of the tap device inside that namespace.
+    pub tap: String,
+    /// The guest's MAC address (`02:…`, locally administered).
+    pub mac: String,
+}
+
+/// Where `nsenter` is looked for (util-linux).
+pub const NSENTER: &str = "nsenter";
+
+/// A command for `program`, run inside the network namespace of `net` when
+/// there is one (through `nsenter --net=…`, which `exec`s the program: the
+/// PID is the program's).
+pub fn command_in(program: &Path, net: Option<&NetSpec>) -> tokio::process::Command {
+    match net {
+        None => tokio::process::Command::new(program),
+        Some(n) => {
+            let mut c = tokio::process::Command::new(NSENTER);
+            c.arg(format!("--net={}", n.netns.display()))
+                .arg("--")
+                .arg(program);
+            c
+        }
+    }
 }
 
 /// What the driver persists about a running VM so that a restarted server

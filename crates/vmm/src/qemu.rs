@@ -168,7 +168,7 @@ impl QemuVmm {
         let log2 = log
             .try_clone()
             .map_err(|e| io_err("duplicate log file handle", e))?;
-        let mut cmd = tokio::process::Command::new(&self.config.binary);
+        let mut cmd = crate::command_in(&self.config.binary, spec.net.as_ref());
         cmd.args(self.args_with(spec, incoming, ram))
             .stdout(log)
             .stderr(log2);
@@ -858,6 +858,19 @@ fn build_args(
         "-device",
         "virtio-rng-device",
     ]);
+    if let Some(net) = &spec.net {
+        // QEMU runs inside the sandbox's network namespace (see
+        // `command_in`) and opens its tap there; no scripts, no vhost.
+        push(&[
+            "-netdev",
+            &format!(
+                "tap,id=net0,ifname={},script=no,downscript=no",
+                opt_escape(std::path::Path::new(&net.tap))
+            ),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+        ]);
+    }
     if incoming {
         push(&["-S", "-incoming", "defer"]);
     }
@@ -1136,6 +1149,7 @@ mod tests {
             extra_boot_args: " init=/usr/local/bin/locale2b-agent ".into(),
             run_dir: dir.join("run"),
             guest_cid: 3,
+            net: None,
         }
     }
 
@@ -1147,6 +1161,33 @@ mod tests {
             "console=ttyS0 root=/dev/vda ro rootfstype=ext4 panic=-1 reboot=t tsc_early_khz=2596124 init=/x quiet"
         );
         assert!(!kernel_cmdline(None, "").contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn a_nic_is_a_tap_in_the_namespace_and_none_without_one() {
+        let dir = Path::new("/r");
+        let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
+        let none = build_args(&cfg, &spec(dir), "console=ttyS0", false, &Ram::Own).join(" ");
+        assert!(!none.contains("-netdev") && !none.contains("virtio-net"), "{none}");
+        let net = crate::NetSpec {
+            netns: "/run/netns/l2b-x".into(),
+            tap: "tap0".into(),
+            mac: "02:4c:32:62:00:02".into(),
+        };
+        let s = VmSpec {
+            net: Some(net.clone()),
+            ..spec(dir)
+        };
+        let with = build_args(&cfg, &s, "console=ttyS0", false, &Ram::Own).join(" ");
+        assert!(
+            with.contains("-netdev tap,id=net0,ifname=tap0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:4c:32:62:00:02"),
+            "{with}"
+        );
+        let cmd = crate::command_in(Path::new("/usr/bin/qemu"), Some(&net));
+        let std = cmd.as_std();
+        assert_eq!(std.get_program(), crate::NSENTER);
+        let args: Vec<_> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        assert_eq!(args, ["--net=/run/netns/l2b-x", "--", "/usr/bin/qemu"]);
     }
 
     #[test]

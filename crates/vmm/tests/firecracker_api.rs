@@ -70,6 +70,7 @@ while [ $# -gt 0 ]; do
     --gid) gid=$2; shift 2 ;;
     --chroot-base-dir) base=$2; shift 2 ;;
     --cgroup-version) shift 2 ;;
+    --netns) netns=$2; shift 2 ;;
     --) shift; break ;;
     *) echo "fake jailer: unknown argument $1" >&2; exit 2 ;;
   esac
@@ -83,6 +84,9 @@ for lib in $(ldd "$exe" | grep -o '/[^ ]*'); do
   cp -L "$lib" "$root$lib"
 done
 chown "$uid:$gid" "$root"
+if [ -n "${netns:-}" ]; then
+  exec nsenter --net="$netns" -- chroot --userspec="$uid:$gid" "$root" "/$name" --id "$id" "$@"
+fi
 exec chroot --userspec="$uid:$gid" "$root" "/$name" --id "$id" "$@"
 "#;
 
@@ -229,6 +233,7 @@ impl Harness {
             extra_boot_args: "init=/usr/local/bin/locale2b-agent".into(),
             run_dir,
             guest_cid: 3,
+            net: None,
         }
     }
 }
@@ -531,6 +536,96 @@ async fn initrd(h: Harness) {
     vm.kill().await.expect("kill");
 }
 
+/// A network namespace with a tap device `tap0`, made for one test and
+/// deleted on drop.
+struct TestNetns(String);
+
+impl TestNetns {
+    fn new() -> Option<Self> {
+        if !nix_is_root() {
+            locale2b_testkit::skip("network namespace tests need root");
+            return None;
+        }
+        let name = format!("l2bt-fc-{}", std::process::id() ^ rand_u32());
+        let ns = Self(name);
+        for args in [
+            vec!["netns", "add", ns.0.as_str()],
+            vec!["-n", ns.0.as_str(), "tuntap", "add", "dev", "tap0", "mode", "tap"],
+        ] {
+            let out = std::process::Command::new("ip").args(&args).output().expect("ip");
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Some(ns)
+    }
+
+    fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0))
+    }
+}
+
+impl Drop for TestNetns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(42);
+    h.finish() as u32
+}
+
+/// The inode of a network namespace file (`/proc/<pid>/ns/net` or a
+/// `/run/netns` handle): equal inodes = the same namespace.
+fn netns_inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(path).expect("netns file").ino()
+}
+
+async fn network(h: Harness) {
+    let Some(ns) = TestNetns::new() else {
+        return;
+    };
+    let mut spec = h.spec("net");
+    let net = locale2b_vmm::NetSpec {
+        netns: ns.path(),
+        tap: "tap0".into(),
+        mac: "02:4c:32:62:00:02".into(),
+    };
+    spec.net = Some(net.clone());
+    let vm = h.vmm().start(&spec).await.expect("start with a NIC");
+    let in_ns = |pid: u32| netns_inode(Path::new(&format!("/proc/{pid}/ns/net")));
+    assert_eq!(in_ns(vm.process().pid), netns_inode(&ns.path()), "Firecracker runs in the sandbox's namespace");
+    assert_ne!(in_ns(vm.process().pid), in_ns(std::process::id()));
+    if h.fake {
+        let reqs = requests(&h.root(&spec));
+        let nic = body_of(&reqs, "PUT /network-interfaces/eth0");
+        assert_eq!(*nic, json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": net.mac}));
+        let at = |what: &str| reqs.iter().position(|(m, p, _)| format!("{m} {p}") == what).expect(what);
+        assert!(at("PUT /network-interfaces/eth0") < at("PUT /actions"), "the NIC is configured before InstanceStart");
+    }
+    // A snapshot is loaded by a process in the same namespace (Firecracker
+    // re-opens the tap by name there).
+    vm.pause().await.expect("pause");
+    let snap = h.dir.path().join("net-snap");
+    std::fs::create_dir_all(&snap).expect("snapshot dir");
+    let files = vm.snapshot(&snap).await.expect("snapshot");
+    vm.kill().await.expect("kill");
+    let restored = h.vmm().restore(&spec, &files).await.expect("restore with a NIC");
+    assert_eq!(in_ns(restored.process().pid), netns_inode(&ns.path()));
+    restored.kill().await.expect("kill");
+    // Without a NIC nothing about networks is sent and the VMM stays here.
+    let plain = h.spec("nonet");
+    let vm = h.vmm().start(&plain).await.expect("start without a NIC");
+    assert_eq!(in_ns(vm.process().pid), in_ns(std::process::id()));
+    if h.fake {
+        let reqs = requests(&h.root(&plain));
+        assert!(!reqs.iter().any(|(_, p, _)| p.starts_with("/network-interfaces")), "{reqs:?}");
+    }
+    vm.kill().await.expect("kill");
+}
+
 async fn snapshot_requires_pause(h: Harness) {
     let spec = h.spec("snaprun");
     let vm = h.vmm().start(&spec).await.expect("start");
@@ -804,7 +899,8 @@ mod firecracker {
         restore_failure,
         restore_with_vsock_override,
         clone_from_template,
-        attach
+        attach,
+        network
     );
 }
 

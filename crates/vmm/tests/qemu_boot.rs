@@ -68,6 +68,7 @@ fn spec(image: &Path, disk: &Path, run_dir: &Path) -> VmSpec {
         extra_boot_args: "init=/usr/local/bin/locale2b-agent".into(),
         run_dir: run_dir.to_owned(),
         guest_cid: 3,
+        net: None,
     }
 }
 

@@ -47,6 +47,7 @@ impl Baseline {
             vcpus: 1,
             run_dir: run,
             guest_cid: 3,
+            net: None,
         })
     }
 

@@ -60,7 +60,7 @@ impl JailerConfig {
 
     /// The jailer's command line (without the program itself). Firecracker's
     /// own arguments follow `--`; the jailer passes `--id` to it by itself.
-    pub fn args(&self, firecracker: &Path, id: &SandboxId) -> Vec<OsString> {
+    pub fn args(&self, firecracker: &Path, id: &SandboxId, netns: Option<&Path>) -> Vec<OsString> {
         let mut args: Vec<OsString> = vec![
             "--id".into(),
             id.as_str().into(),
@@ -73,6 +73,12 @@ impl JailerConfig {
             "--chroot-base-dir".into(),
             self.chroot_base.clone().into(),
         ];
+        if let Some(ns) = netns {
+            // The jailer joins the namespace before it drops privileges:
+            // Firecracker opens the guest's tap there.
+            args.push("--netns".into());
+            args.push(ns.into());
+        }
         if let Some(v) = self.cgroup_version {
             args.push("--cgroup-version".into());
             args.push(v.to_string().into());
@@ -221,7 +227,7 @@ mod tests {
         let mut cfg = JailerConfig::new("/usr/bin/jailer", 123, 456);
         cfg.chroot_base = "/srv/j".into();
         let fc = Path::new("/opt/fc/firecracker-v1.17");
-        let args = cfg.args(fc, &id("sb-abc123"));
+        let args = cfg.args(fc, &id("sb-abc123"), None);
         let args: Vec<String> = args
             .iter()
             .map(|a| a.to_string_lossy().into_owned())
@@ -244,8 +250,12 @@ mod tests {
                 "/firecracker.sock"
             ]
         );
+        let with_ns = cfg.args(fc, &id("sb-abc123"), Some(Path::new("/run/netns/l2b-x")));
+        let pos = with_ns.iter().position(|a| a == "--netns").expect("netns flag");
+        assert_eq!(with_ns[pos + 1], "/run/netns/l2b-x");
+        assert!(pos < with_ns.iter().position(|a| a == "--").expect("separator"));
         cfg.cgroup_version = Some(2);
-        let args = cfg.args(fc, &id("sb-abc123"));
+        let args = cfg.args(fc, &id("sb-abc123"), None);
         let pos = args
             .iter()
             .position(|a| a == "--cgroup-version")

@@ -105,6 +105,29 @@ struct Vsock {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct NetworkInterface {
+    iface_id: String,
+    host_dev_name: String,
+    #[serde(default)]
+    guest_mac: Option<String>,
+    #[serde(default)]
+    rx_rate_limiter: Option<serde_json::Value>,
+    #[serde(default)]
+    tx_rate_limiter: Option<serde_json::Value>,
+}
+
+/// `02:4c:…`: six hex byte pairs separated by colons.
+fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct Action {
     action_type: String,
 }
@@ -315,6 +338,32 @@ impl Vm {
                         }
                         self.drives.retain(|x| x.drive_id != d.drive_id);
                         self.drives.push(d);
+                        self.configured = true;
+                        ok()
+                    }
+                }
+            }
+            ("PUT", p) if p.starts_with("/network-interfaces/") => {
+                if self.state != State::NotStarted {
+                    return fault(NOT_AFTER_START);
+                }
+                let id = &p["/network-interfaces/".len()..];
+                if !valid_resource_id(id) {
+                    return fault("API Resource IDs can only contain alphanumeric characters and underscores.");
+                }
+                match parse::<NetworkInterface>(body) {
+                    Err(e) => fault(e),
+                    Ok(n) if n.iface_id != id => {
+                        fault("The id from the path does not match the id from the body!")
+                    }
+                    Ok(n) if n.host_dev_name.is_empty() || n.host_dev_name.len() > 15 => fault(format!(
+                        "Could not create the network device: Open tap device failed: invalid name {:?}",
+                        n.host_dev_name
+                    )),
+                    Ok(n) if n.guest_mac.as_deref().is_some_and(|m| !valid_mac(m)) => {
+                        fault("Invalid MAC address")
+                    }
+                    Ok(_) => {
                         self.configured = true;
                         ok()
                     }
