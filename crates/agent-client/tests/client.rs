@@ -122,6 +122,7 @@ async fn connect_handshake_and_typed_calls() {
             env: Default::default(),
             entropy_b64: None,
             process_retention_sec: None,
+            network: None,
         })
         .await
         .expect("init");

@@ -355,6 +355,7 @@ mod tests {
                 env: Default::default(),
                 entropy_b64: None,
                 process_retention_sec: None,
+                network: None,
             }),
             Request::Sync,
             Request::Shutdown,

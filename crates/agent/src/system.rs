@@ -79,6 +79,116 @@ pub fn bring_up_loopback() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The guest's NIC.
+pub const NIC: &str = "eth0";
+
+fn sockaddr_in(ip: std::net::Ipv4Addr) -> libc::sockaddr {
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: sockaddr_in and sockaddr have the same size on Linux; the
+    // kernel reads the first as the second for AF_INET.
+    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+}
+
+fn ioctl_ifreq(
+    fd: &std::os::fd::OwnedFd,
+    request: libc::c_ulong,
+    req: &mut libc::ifreq,
+) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: the SIOC*IF* requests read/write the ifreq passed, which
+    // outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), request as _, req as *mut libc::ifreq) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Gives `eth0` its address, brings it up, adds the default route and
+/// writes `/etc/resolv.conf` (the host's resolver for this sandbox).
+/// Idempotent: a restored or cloned guest gets it again.
+///
+/// # Errors
+/// The OS error of the step that failed (no `eth0`: `NotFound`).
+pub fn configure_network(net: &locale2b_protocol::GuestNetwork) -> std::io::Result<()> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_owned());
+    let (addr, prefix) = net
+        .address
+        .split_once('/')
+        .ok_or_else(|| bad("address needs a /prefix"))?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad("address is not IPv4"))?;
+    let prefix: u32 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= 32)
+        .ok_or_else(|| bad("bad prefix"))?;
+    let gateway: std::net::Ipv4Addr = net
+        .gateway
+        .parse()
+        .map_err(|_| bad("gateway is not IPv4"))?;
+    let mask = std::net::Ipv4Addr::from(if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    });
+    if !std::path::Path::new("/sys/class/net").join(NIC).exists() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the guest has no eth0",
+        ));
+    }
+    // SAFETY: socket() takes no pointers; its descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: an all-zero ifreq is valid (a C struct of plain data).
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(NIC.bytes().chain([0])) {
+        *d = s as libc::c_char;
+    }
+    req.ifr_ifru.ifru_addr = sockaddr_in(addr);
+    ioctl_ifreq(&fd, libc::SIOCSIFADDR, &mut req)?;
+    req.ifr_ifru.ifru_netmask = sockaddr_in(mask);
+    ioctl_ifreq(&fd, libc::SIOCSIFNETMASK, &mut req)?;
+    ioctl_ifreq(&fd, libc::SIOCGIFFLAGS, &mut req)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    ioctl_ifreq(&fd, libc::SIOCSIFFLAGS, &mut req)?;
+    // SAFETY: an all-zero rtentry is valid (plain data, null pointers).
+    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
+    route.rt_dst = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    route.rt_genmask = sockaddr_in(std::net::Ipv4Addr::UNSPECIFIED);
+    route.rt_gateway = sockaddr_in(gateway);
+    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
+    // SAFETY: SIOCADDRT reads the rtentry passed, which outlives the call.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCADDRT as _, &route) } < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) {
+            return Err(e);
+        }
+    }
+    // resolv.conf may be a symlink into a read-only place: replace it.
+    let _ = std::fs::remove_file("/etc/resolv.conf");
+    std::fs::write(
+        "/etc/resolv.conf",
+        format!("nameserver {}\n", net.nameserver),
+    )?;
+    tracing::info!(address = %net.address, gateway = %net.gateway, "eth0 configured");
+    Ok(())
+}
+
 /// `/etc/hosts` text with the `127.0.1.1` line naming `hostname` (added
 /// when there is none), so the name resolves (`sudo` and many tools look
 /// their own host up).
@@ -215,6 +325,9 @@ pub async fn init(ctx: &Arc<AgentContext>, req: InitRequest) -> Result<Response,
         }
         if let Some(ms) = req.unix_time_ms {
             set_clock(ms).map_err(|e| ErrorBody::io("clock_settime", &e))?;
+        }
+        if let Some(net) = &req.network {
+            configure_network(net).map_err(|e| ErrorBody::io("configuring eth0", &e))?;
         }
     }
     if let Some(secs) = req.process_retention_sec {

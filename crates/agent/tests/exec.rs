@@ -80,6 +80,7 @@ async fn exec_env_merges_init_defaults() {
             env,
             entropy_b64: Some(base64::engine::general_purpose::STANDARD.encode([7u8; 64])),
             process_retention_sec: Some(60),
+            network: None,
         }))
         .await
         .unwrap();
@@ -110,6 +111,7 @@ async fn exec_env_merges_init_defaults() {
             env: BTreeMap::new(),
             entropy_b64: Some("***".into()),
             process_retention_sec: None,
+            network: None,
         }))
         .await
         .unwrap_err();

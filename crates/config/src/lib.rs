@@ -414,6 +414,15 @@ pub struct ManagerConfig {
     pub public_host: Option<String>,
     /// Most ports one sandbox may have exposed at once.
     pub max_exposed_ports: u32,
+    /// Addresses for the veth pairs of networked sandboxes (a /30 each,
+    /// IPv4 CIDR).
+    pub network_pool: String,
+    /// The network namespace (a name under `/run/netns`) sandboxes' traffic
+    /// leaves through; unset = the server's own.
+    pub network_uplink_netns: Option<String>,
+    /// The DNS server sandbox resolvers ask (IPv4); unset = the first IPv4
+    /// `nameserver` of `/etc/resolv.conf`.
+    pub network_dns_upstream: Option<String>,
 }
 
 impl Default for ManagerConfig {
@@ -461,6 +470,9 @@ impl Default for ManagerConfig {
             ports_host: IpAddr::from([127, 0, 0, 1]),
             public_host: None,
             max_exposed_ports: 32,
+            network_pool: "10.213.0.0/16".into(),
+            network_uplink_netns: None,
+            network_dns_upstream: None,
         }
     }
 }
@@ -573,6 +585,29 @@ impl ManagerConfig {
                 "default_template {:?} is not a valid name (1-64 of [A-Za-z0-9._-], starting with a letter or digit)",
                 self.default_template
             ));
+        }
+        let pool_ok = self.network_pool.split_once('/').is_some_and(|(a, p)| {
+            a.parse::<std::net::Ipv4Addr>().is_ok() && p.parse::<u8>().is_ok_and(|p| p <= 29)
+        });
+        if !pool_ok {
+            return bad(format!(
+                "network_pool {:?} must be an IPv4 CIDR with a prefix of at most /29, e.g. 10.213.0.0/16",
+                self.network_pool
+            ));
+        }
+        if let Some(up) = &self.network_dns_upstream {
+            if up.parse::<std::net::Ipv4Addr>().is_err() {
+                return bad(format!(
+                    "network_dns_upstream {up:?} must be an IPv4 address"
+                ));
+            }
+        }
+        if let Some(ns) = &self.network_uplink_netns {
+            if !is_valid_name(ns) {
+                return bad(format!(
+                    "network_uplink_netns {ns:?} must be the name of a network namespace under /run/netns"
+                ));
+            }
         }
         for name in self.sandbox_env.keys() {
             if !is_env_name(name) {
@@ -765,6 +800,9 @@ const SETTINGS: &[(&str, &str, Kind)] = {
         ("ports_host", "manager", Str),
         ("public_host", "manager", Str),
         ("max_exposed_ports", "manager", Int),
+        ("network_pool", "manager", Str),
+        ("network_uplink_netns", "manager", Str),
+        ("network_dns_upstream", "manager", Str),
         ("ports_domain", "server", Str),
         ("admin_keys", "server", Str),
         ("audit_log", "server", Str),

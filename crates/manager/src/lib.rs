@@ -33,6 +33,7 @@ pub mod image;
 mod manager;
 pub mod metrics;
 pub mod model;
+pub mod network;
 pub mod registry;
 pub mod sandbox;
 pub mod service;

@@ -99,6 +99,8 @@ pub struct CreateSandbox {
     /// The name of the API key that creates it; only that key (and an
     /// admin key) sees it. `None`: every key does.
     pub owner: Option<String>,
+    /// Its egress policy; `None` = no network (mode `none`).
+    pub network: Option<crate::network::NetworkPolicy>,
 }
 
 /// Checks environment variable names (POSIX: letters, digits and `_`, not
@@ -229,6 +231,9 @@ pub struct SandboxInfo {
     /// See [`CreateSandbox::access_token`]; never serialized.
     #[serde(skip)]
     pub access_token: Option<Secret>,
+    /// Its egress policy.
+    #[serde(default)]
+    pub network: crate::network::NetworkPolicy,
 }
 
 /// Capacity figures for `/health`.

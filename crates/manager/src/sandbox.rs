@@ -328,6 +328,7 @@ impl Sandbox {
             forked_from: r.forked_from.clone(),
             owner: r.owner.clone(),
             access_token: r.access_token.clone().map(crate::Secret::new),
+            network: r.network.clone(),
         }
     }
 

@@ -93,6 +93,16 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn close_port(&self, id: &SandboxId, _port: u16) -> Result<()> {
         Err(ports_unsupported(id))
     }
+    /// Changes a sandbox's egress policy.
+    async fn set_network(
+        &self,
+        id: &SandboxId,
+        _policy: crate::network::NetworkPolicy,
+    ) -> Result<SandboxInfo> {
+        Err(crate::ManagerError::BackendUnsupported(format!(
+            "sandbox {id}: this server has no egress networks"
+        )))
+    }
 }
 
 fn ports_unsupported(id: &SandboxId) -> crate::ManagerError {

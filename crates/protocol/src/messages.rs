@@ -694,6 +694,20 @@ pub struct InitRequest {
     /// (protocol 2; only sent to an agent that speaks it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_retention_sec: Option<u64>,
+    /// Addressing of the guest's NIC (`eth0`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<GuestNetwork>,
+}
+
+/// How `init` sets up the guest's network device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestNetwork {
+    /// The guest's address with its prefix, e.g. `10.254.0.2/30`.
+    pub address: String,
+    /// Default gateway.
+    pub gateway: String,
+    /// The only `nameserver` of `/etc/resolv.conf`.
+    pub nameserver: String,
 }
 
 #[cfg(test)]

@@ -61,7 +61,7 @@ pub use keys::{
 pub use locale2b_config::ServerConfig;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::Router;
 use locale2b_manager::SandboxService;
 use std::future::Future;
@@ -265,6 +265,7 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{id}/fork", post(h::fork_sandbox))
         .route("/sandboxes/{id}/resume", post(h::resume_sandbox))
         .route("/sandboxes/{id}/timeout", post(h::set_timeout))
+        .route("/sandboxes/{id}/network", put(h::set_network))
         .route("/sandboxes/{id}/exec", post(h::exec))
         .route("/sandboxes/{id}/files/write", post(h::write_file))
         .route("/sandboxes/{id}/files/read", get(h::read_file))

@@ -41,6 +41,7 @@ use utoipa::{Modify, OpenApi};
         handlers::fork_sandbox,
         handlers::resume_sandbox,
         handlers::set_timeout,
+        handlers::set_network,
         handlers::exec,
         handlers::write_file,
         handlers::read_file,
@@ -187,6 +188,11 @@ fn constrain(doc: &mut Value, l: &Limits) {
             json!({"maxProperties": locale2b_manager::MAX_METADATA_ENTRIES,
                    "propertyNames": {"minLength": 1, "maxLength": locale2b_manager::MAX_METADATA_KEY},
                    "additionalProperties": {"type": "string", "maxLength": locale2b_manager::MAX_METADATA_VALUE}}),
+        ),
+        (
+            "NetworkBody",
+            "mode",
+            json!({"enum": ["none", "allowlist", "full"]}),
         ),
         (
             "SetTimeoutBody",

@@ -84,6 +84,7 @@ fn info(id: &str) -> SandboxInfo {
         forked_from: None,
         owner: None,
         access_token: None,
+        network: Default::default(),
     }
 }
 

@@ -1168,7 +1168,10 @@ mod tests {
         let dir = Path::new("/r");
         let cfg = QemuConfig::new("qemu-system-x86_64", Accel::Tcg);
         let none = build_args(&cfg, &spec(dir), "console=ttyS0", false, &Ram::Own).join(" ");
-        assert!(!none.contains("-netdev") && !none.contains("virtio-net"), "{none}");
+        assert!(
+            !none.contains("-netdev") && !none.contains("virtio-net"),
+            "{none}"
+        );
         let net = crate::NetSpec {
             netns: "/run/netns/l2b-x".into(),
             tap: "tap0".into(),
@@ -1186,7 +1189,10 @@ mod tests {
         let cmd = crate::command_in(Path::new("/usr/bin/qemu"), Some(&net));
         let std = cmd.as_std();
         assert_eq!(std.get_program(), crate::NSENTER);
-        let args: Vec<_> = std.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let args: Vec<_> = std
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(args, ["--net=/run/netns/l2b-x", "--", "/usr/bin/qemu"]);
     }
 

@@ -550,10 +550,26 @@ impl TestNetns {
         let ns = Self(name);
         for args in [
             vec!["netns", "add", ns.0.as_str()],
-            vec!["-n", ns.0.as_str(), "tuntap", "add", "dev", "tap0", "mode", "tap"],
+            vec![
+                "-n",
+                ns.0.as_str(),
+                "tuntap",
+                "add",
+                "dev",
+                "tap0",
+                "mode",
+                "tap",
+            ],
         ] {
-            let out = std::process::Command::new("ip").args(&args).output().expect("ip");
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            let out = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .expect("ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Some(ns)
     }
@@ -565,7 +581,9 @@ impl TestNetns {
 
 impl Drop for TestNetns {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
     }
 }
 
@@ -596,14 +614,28 @@ async fn network(h: Harness) {
     spec.net = Some(net.clone());
     let vm = h.vmm().start(&spec).await.expect("start with a NIC");
     let in_ns = |pid: u32| netns_inode(Path::new(&format!("/proc/{pid}/ns/net")));
-    assert_eq!(in_ns(vm.process().pid), netns_inode(&ns.path()), "Firecracker runs in the sandbox's namespace");
+    assert_eq!(
+        in_ns(vm.process().pid),
+        netns_inode(&ns.path()),
+        "Firecracker runs in the sandbox's namespace"
+    );
     assert_ne!(in_ns(vm.process().pid), in_ns(std::process::id()));
     if h.fake {
         let reqs = requests(&h.root(&spec));
         let nic = body_of(&reqs, "PUT /network-interfaces/eth0");
-        assert_eq!(*nic, json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": net.mac}));
-        let at = |what: &str| reqs.iter().position(|(m, p, _)| format!("{m} {p}") == what).expect(what);
-        assert!(at("PUT /network-interfaces/eth0") < at("PUT /actions"), "the NIC is configured before InstanceStart");
+        assert_eq!(
+            *nic,
+            json!({"iface_id": "eth0", "host_dev_name": "tap0", "guest_mac": net.mac})
+        );
+        let at = |what: &str| {
+            reqs.iter()
+                .position(|(m, p, _)| format!("{m} {p}") == what)
+                .expect(what)
+        };
+        assert!(
+            at("PUT /network-interfaces/eth0") < at("PUT /actions"),
+            "the NIC is configured before InstanceStart"
+        );
     }
     // A snapshot is loaded by a process in the same namespace (Firecracker
     // re-opens the tap by name there).
@@ -612,7 +644,11 @@ async fn network(h: Harness) {
     std::fs::create_dir_all(&snap).expect("snapshot dir");
     let files = vm.snapshot(&snap).await.expect("snapshot");
     vm.kill().await.expect("kill");
-    let restored = h.vmm().restore(&spec, &files).await.expect("restore with a NIC");
+    let restored = h
+        .vmm()
+        .restore(&spec, &files)
+        .await
+        .expect("restore with a NIC");
     assert_eq!(in_ns(restored.process().pid), netns_inode(&ns.path()));
     restored.kill().await.expect("kill");
     // Without a NIC nothing about networks is sent and the VMM stays here.
@@ -621,7 +657,12 @@ async fn network(h: Harness) {
     assert_eq!(in_ns(vm.process().pid), in_ns(std::process::id()));
     if h.fake {
         let reqs = requests(&h.root(&plain));
-        assert!(!reqs.iter().any(|(_, p, _)| p.starts_with("/network-interfaces")), "{reqs:?}");
+        assert!(
+            !reqs
+                .iter()
+                .any(|(_, p, _)| p.starts_with("/network-interfaces")),
+            "{reqs:?}"
+        );
     }
     vm.kill().await.expect("kill");
 }

@@ -16,14 +16,21 @@ use std::time::Instant;
 impl SandboxManager {
     pub(super) fn vm_spec(&self, r: &SandboxRecord, image: &Image) -> VmSpec {
         let layout = self.store.layout();
-        image.vm_spec(
-            &r.sandbox_id,
-            layout.workspace_disk(&r.workspace_id),
-            r.memory_mb,
-            r.vcpu_count,
-            layout.sandbox_dir(&r.sandbox_id),
-            r.guest_cid,
-        )
+        VmSpec {
+            // A sandbox created with a network keeps its NIC whatever its
+            // policy becomes (a VM's devices are fixed).
+            net: r
+                .net_slot
+                .map(|_| crate::network::Networks::vm_net(&r.sandbox_id)),
+            ..image.vm_spec(
+                &r.sandbox_id,
+                layout.workspace_disk(&r.workspace_id),
+                r.memory_mb,
+                r.vcpu_count,
+                layout.sandbox_dir(&r.sandbox_id),
+                r.guest_cid,
+            )
+        }
     }
 
     pub(super) fn new_client(&self, vsock: Option<PathBuf>) -> AgentClient {
@@ -98,6 +105,9 @@ impl SandboxManager {
                 entropy_b64: Some(base64::engine::general_purpose::STANDARD.encode(entropy)),
                 // Only an agent that has a process table knows the field.
                 process_retention_sec: speaks_v2.then_some(self.config.process_retention_sec),
+                network: record
+                    .net_slot
+                    .map(|_| crate::network::Networks::guest_config()),
             })
             .await
             .map_err(|e| ManagerError::vm(format!("init of sandbox {} failed", sb.id), e))

@@ -98,6 +98,13 @@ impl SandboxManager {
         }
         crate::check_metadata(&req.metadata)?;
         crate::check_env("env", &req.env)?;
+        let network = req.network.clone().unwrap_or_default();
+        network.compile().map_err(ManagerError::InvalidInput)?;
+        if network.networked() {
+            self.networks
+                .check_available()
+                .map_err(ManagerError::BackendUnsupported)?;
+        }
         let template = req
             .template
             .clone()
@@ -156,7 +163,12 @@ impl SandboxManager {
         let boot = req.boot.unwrap_or(cfg.boot);
         // Boot time includes building the template on first use.
         let started = Instant::now();
-        let from_template = if fork.is_none() && boot == Boot::Template && existing.is_none() {
+        // Template snapshots have no NIC: a networked sandbox boots cold.
+        let from_template = if fork.is_none()
+            && boot == Boot::Template
+            && existing.is_none()
+            && !network.networked()
+        {
             let disk_mb = disk_size_mb.unwrap_or(cfg.disk_size_mb);
             match self
                 .template_for(&template, &image, memory_mb, vcpus, disk_mb)
@@ -205,6 +217,8 @@ impl SandboxManager {
             forked_from: None,
             owner: req.owner.clone(),
             exposed_ports: Vec::new(),
+            network: network.clone(),
+            net_slot: None,
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;
@@ -233,6 +247,17 @@ impl SandboxManager {
             self.crash_point("create:recorded");
             if sb.is_doomed() {
                 return Err(destroyed_while_starting(&sandbox_id));
+            }
+            if network.networked() {
+                let slot = self.networks.allocate().map_err(ManagerError::BackendUnsupported)?;
+                sb.update(|r| r.net_slot = Some(slot));
+                self.networks
+                    .up(&sandbox_id, slot, &network, true)
+                    .await
+                    .map_err(|e| ManagerError::Vm {
+                        message: format!("cannot set up the network of sandbox {sandbox_id}: {e}"),
+                        source: None,
+                    })?;
             }
             let spec = self.vm_spec(&sb.record(), &image);
             if let Some(f) = fork {
@@ -345,6 +370,9 @@ impl SandboxManager {
                     }
                 }
                 drop(vm_slot);
+                if let Some(slot) = sb.record().net_slot {
+                    self.networks.down(&sandbox_id, Some(slot)).await;
+                }
                 self.registry.remove(&sandbox_id);
                 self.release_cgroup(&sandbox_id);
                 let _ = std::fs::remove_dir_all(self.store.layout().sandbox_dir(&sandbox_id));

@@ -84,6 +84,9 @@ impl SandboxManager {
             host::kill_process(&p);
         }
         self.crash_point("destroy:vm_stopped");
+        if let Some(slot) = sb.record().net_slot {
+            self.networks.down(id, Some(slot)).await;
+        }
         let workspace_id = sb.record().workspace_id;
         self.remove_sandbox_dir(id);
         self.registry.remove(id);

@@ -188,5 +188,6 @@ fn child_request(r: &SandboxRecord) -> CreateSandbox {
         disk_size_mb: r.disk_size_mb,
         boot: None,
         owner: r.owner.clone(),
+        network: Some(r.network.clone()),
     }
 }

@@ -32,6 +32,7 @@ mod destroy;
 mod fork;
 mod govern;
 mod lifetime;
+mod network;
 mod pause;
 mod ports;
 mod recover;
@@ -74,6 +75,8 @@ pub struct SandboxManager {
     templates: template::Templates,
     /// Listeners of exposed ports.
     ports: ports::Ports,
+    /// Egress networks of networked sandboxes.
+    networks: crate::network::Networks,
 }
 
 /// The points where `crash_at` (testing only) kills the server, in the
@@ -147,12 +150,23 @@ impl SandboxManager {
         } else {
             tracing::warn!(cgroups = %cgroups.describe(), "sandboxes run without host limits (memory, CPU, pids)");
         }
+        let networks = crate::network::Networks::new(crate::network::NetworkConfig {
+            pool: config.network_pool.parse().map_err(|e| {
+                ManagerError::InvalidInput(format!("network_pool {:?} {e}", config.network_pool))
+            })?,
+            uplink_netns: config.network_uplink_netns.clone(),
+            dns_upstream: config
+                .network_dns_upstream
+                .as_deref()
+                .and_then(|s| s.parse().ok()),
+        });
         let manager = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             metrics: Arc::default(),
             cgroups,
             templates: template::Templates::default(),
             ports: ports::Ports::default(),
+            networks,
             config,
             vmm,
             accel,

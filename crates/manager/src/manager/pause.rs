@@ -272,6 +272,16 @@ impl SandboxManager {
         };
         let spec = self.vm_spec(&record, &image);
         let result = async {
+            if let Some(slot) = record.net_slot {
+                // Kept while paused; made again after a host reboot.
+                self.networks
+                    .up(id, slot, &record.network, false)
+                    .await
+                    .map_err(|e| ManagerError::Vm {
+                        message: format!("cannot set up the network of sandbox {id}: {e}"),
+                        source: None,
+                    })?;
+            }
             let vm = self.vmm.restore(&spec, &files).await.map_err(|e| {
                 ManagerError::vm(
                     format!("failed to restore sandbox {id} from snapshot {snapshot_id}"),

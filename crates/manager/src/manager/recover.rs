@@ -21,7 +21,14 @@ impl SandboxManager {
             match self.store.read_sandbox(&id) {
                 Ok(record) => {
                     let ports = !record.exposed_ports.is_empty();
+                    let net = record.net_slot.map(|s| (s, record.network.clone()));
+                    if let Some((slot, _)) = &net {
+                        self.networks.claim(*slot);
+                    }
                     self.recover_one(record).await;
+                    if let Some((slot, policy)) = net {
+                        self.recover_network(&id, slot, &policy).await;
+                    }
                     if ports {
                         self.reopen_ports(&id).await;
                     }
@@ -30,6 +37,26 @@ impl SandboxManager {
                     warn!(sandbox_id = %id, error = %crate::error::chain(&err), "unreadable state.json; leaving the directory alone");
                 }
             }
+        }
+    }
+
+    /// A recovered sandbox's network: its rules and resolver again for a
+    /// running one (the namespace outlived the server), nothing for a
+    /// paused one (its resume does it), removed for one that is gone.
+    async fn recover_network(
+        &self,
+        id: &locale2b_protocol::SandboxId,
+        slot: u32,
+        policy: &crate::network::NetworkPolicy,
+    ) {
+        match self.registry.get(id).map(|sb| sb.record().status) {
+            Some(SandboxStatus::Running) => {
+                if let Err(e) = self.networks.up(id, slot, policy, false).await {
+                    warn!(sandbox_id = %id, error = %e, "cannot restore the sandbox's network after a restart");
+                }
+            }
+            Some(_) => {}
+            None => self.networks.down(id, Some(slot)).await,
         }
     }
 

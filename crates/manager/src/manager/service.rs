@@ -74,4 +74,11 @@ impl SandboxService for SandboxManager {
     async fn close_port(&self, id: &SandboxId, port: u16) -> Result<()> {
         SandboxManager::close_port(self, id, port).await
     }
+    async fn set_network(
+        &self,
+        id: &SandboxId,
+        policy: crate::network::NetworkPolicy,
+    ) -> Result<SandboxInfo> {
+        SandboxManager::set_network(self, id, policy).await
+    }
 }

@@ -102,6 +102,12 @@ pub struct SandboxRecord {
     /// Its exposed ports (their listeners are bound again after a restart).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exposed_ports: Vec<crate::ExposedPort>,
+    /// Its egress policy (mode `none`: no NIC).
+    #[serde(default)]
+    pub network: crate::network::NetworkPolicy,
+    /// The slot of the network pool its veth pair uses (networked only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_slot: Option<u32>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.

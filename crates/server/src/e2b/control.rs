@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
+use locale2b_manager::network::{NetworkMode, NetworkPolicy};
 use locale2b_manager::{
     CreateSandbox, ExecSpec, ManagerError, OnTimeout, SandboxInfo, SandboxStatus,
 };
@@ -269,11 +270,6 @@ impl NewSandbox {
         if self.mcp.is_some() {
             return Some("the MCP gateway (mcp) is not supported by this server".into());
         }
-        if self.network.is_some() {
-            return Some(
-                "network rules (network) are not supported yet: sandboxes have no network".into(),
-            );
-        }
         if self.volume_mounts.as_ref().is_some_and(|v| !v.is_empty()) {
             return Some("volume mounts (volumeMounts) are not supported by this server".into());
         }
@@ -282,6 +278,52 @@ impl NewSandbox {
         }
         None
     }
+}
+
+/// E2B's `network` at create.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, rename_all = "camelCase")]
+struct E2bNetwork {
+    allow_out: Vec<String>,
+    deny_out: Vec<String>,
+    allow_public_traffic: Option<bool>,
+    mask_request_host: Option<String>,
+}
+
+/// E2B's egress settings as a locale2b policy: E2B allows everything but
+/// `denyOut`, and `allowOut` wins over it; `denyOut: ["0.0.0.0/0"]` makes
+/// it an allowlist of `allowOut`. `allow_internet_access: false` is no
+/// network. Without `network`, no network either: locale2b's default (the
+/// SDK sends `allow_internet_access: true` on every create).
+fn e2b_policy(req: &NewSandbox) -> Result<Option<NetworkPolicy>, String> {
+    let Some(raw) = &req.network else {
+        return Ok(None);
+    };
+    let net: E2bNetwork = serde_json::from_value(raw.clone())
+        .map_err(|e| format!("network is not E2B's network configuration: {e}"))?;
+    if net.allow_public_traffic == Some(false) {
+        return Err("network.allowPublicTraffic=false is not supported: expose ports with require_token (POST /sandboxes/{id}/ports/expose) instead".into());
+    }
+    if net.mask_request_host.is_some() {
+        return Err("network.maskRequestHost is not supported by this server".into());
+    }
+    if req.allow_internet_access == Some(false) {
+        return Ok(Some(NetworkPolicy::default()));
+    }
+    let everything = net.deny_out.iter().any(|d| d == "0.0.0.0/0");
+    Ok(Some(if everything {
+        NetworkPolicy {
+            mode: NetworkMode::Allowlist,
+            allow: net.allow_out,
+            deny: Vec::new(),
+        }
+    } else {
+        NetworkPolicy {
+            mode: NetworkMode::Full,
+            allow: net.allow_out,
+            deny: net.deny_out,
+        }
+    }))
 }
 
 /// The template name E2B clients see: the default template is `base`.
@@ -351,7 +393,7 @@ fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
             .as_ref()
             .map_or(Value::Null, |t| Value::String(t.expose().to_owned()));
         v["domain"] = Value::Null;
-        v["allowInternetAccess"] = Value::Bool(false);
+        v["allowInternetAccess"] = Value::Bool(info.network.networked());
         v["lifecycle"] = json!({
             "autoResume": info.auto_resume,
             "onTimeout": match info.on_timeout { OnTimeout::Pause => "pause", OnTimeout::Destroy => "kill" },
@@ -409,7 +451,8 @@ async fn create(
     if timeout == 0 {
         return Err(E2bError::bad("timeout must be at least 1 second"));
     }
-    let _ = (req.allow_internet_access, req.auto_pause_memory);
+    let _ = req.auto_pause_memory;
+    let network = e2b_policy(&req).map_err(E2bError::bad)?;
     let template_id = req.template_id.clone().unwrap_or_else(|| "base".into());
     let template = (template_id != "base").then(|| template_id.clone());
     let mut env = BTreeMap::from([
@@ -430,6 +473,7 @@ async fn create(
         access_token: secure.then(random_token),
         auto_resume: req.auto_resume.as_ref().map(|a| a.enabled),
         owner: Some(caller.clone()),
+        network,
         ..CreateSandbox::default()
     };
     let idem = headers

@@ -58,6 +58,11 @@ pub async fn create_sandbox(
         disk_size_mb: body.disk_size_mb,
         boot: body.boot,
         owner: Some(caller.0),
+        network: body
+            .network
+            .map(NetworkBody::policy)
+            .transpose()
+            .map_err(|m| ApiError::from(locale2b_manager::ManagerError::InvalidInput(m)))?,
     };
     let m = s.sandboxes().clone();
     let info = detached(async move { m.create(req).await }).await?;
@@ -232,4 +237,30 @@ pub async fn set_timeout(
             .await?
             .into(),
     ))
+}
+
+/// Changes the sandbox's egress policy. On a running sandbox the rules and
+/// its DNS resolver change at once (connections already open stay); on a
+/// paused one they apply at its resume. Only a sandbox created with a
+/// network (mode `allowlist` or `full`) has a network device; mode `none`
+/// on it cuts all traffic without removing the device.
+#[utoipa::path(put, path = "/sandboxes/{id}/network", tag = "sandboxes",
+    params(("id" = String, Path, description = "Sandbox id")),
+    request_body = NetworkBody,
+    responses(
+        (status = 200, description = "The policy is in force", body = SandboxResponse),
+        (status = 400, description = "A bad mode, or an allow/deny entry that is not a domain name, IPv4 address or CIDR (the message names it)", body = ErrorResponse),
+        (status = 404, description = "No such sandbox", body = ErrorResponse),
+        (status = 409, description = "The sandbox was created without a network (its VM has no network device), or is being destroyed or dead", body = ErrorResponse),
+        (status = 501, description = "This server cannot make networks (not root, or ip/nft missing; the message says which)", body = ErrorResponse),
+    ))]
+pub async fn set_network(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<SandboxId>,
+    ApiJson(body): ApiJson<NetworkBody>,
+) -> ApiResult<SandboxResponse> {
+    let policy = body.policy().map_err(ApiError::invalid)?;
+    let m = s.sandboxes().clone();
+    let info = detached(async move { m.set_network(&id, policy).await }).await?;
+    Ok(Json(info.into()))
 }

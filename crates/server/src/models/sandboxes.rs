@@ -60,6 +60,64 @@ pub struct CreateSandboxBody {
     /// used; the answer's `boot` says which happened.
     #[schema(value_type = Option<String>, example = "template")]
     pub boot: Option<Boot>,
+    /// Egress policy; absent = mode `none` (no network device at all).
+    /// A sandbox created with `allowlist` or `full` can change its policy
+    /// later (`PUT /sandboxes/{id}/network`); one created without cannot
+    /// gain a network.
+    pub network: Option<NetworkBody>,
+}
+
+/// An egress policy (`docs/network.md`).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
+pub struct NetworkBody {
+    /// `none` (no network device), `allowlist` (only `allow`) or `full`
+    /// (any public address but `deny`).
+    #[schema(example = "allowlist")]
+    pub mode: String,
+    /// Domain names (`pypi.org`, `*.github.com` for every name below),
+    /// IPv4 addresses and CIDRs the guest may reach. A CIDR here also
+    /// opens a private range.
+    #[serde(default)]
+    #[schema(example = json!(["pypi.org", "*.pythonhosted.org", "1.1.1.1/32"]))]
+    pub allow: Vec<String>,
+    /// Domain names and CIDRs it may not (mode `full`); `allow` wins.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+impl NetworkBody {
+    /// The manager's policy.
+    ///
+    /// # Errors
+    /// A message for a mode that is not one of the three.
+    pub fn policy(self) -> Result<locale2b_manager::network::NetworkPolicy, String> {
+        use locale2b_manager::network::NetworkMode as M;
+        let mode = match self.mode.as_str() {
+            "none" => M::None,
+            "allowlist" => M::Allowlist,
+            "full" => M::Full,
+            other => {
+                return Err(format!(
+                    "network.mode {other:?} is not one of \"none\", \"allowlist\", \"full\""
+                ))
+            }
+        };
+        Ok(locale2b_manager::network::NetworkPolicy {
+            mode,
+            allow: self.allow,
+            deny: self.deny,
+        })
+    }
+}
+
+impl From<locale2b_manager::network::NetworkPolicy> for NetworkBody {
+    fn from(p: locale2b_manager::network::NetworkPolicy) -> Self {
+        Self {
+            mode: p.mode.to_string(),
+            allow: p.allow,
+            deny: p.deny,
+        }
+    }
 }
 
 /// `POST /sandboxes/{id}/fork`.
@@ -146,6 +204,8 @@ pub struct SandboxResponse {
     /// The name of the API key that created it (only it and admin keys
     /// see the sandbox); `null` for sandboxes every key sees.
     pub owner: Option<String>,
+    /// Its egress policy.
+    pub network: NetworkBody,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -174,6 +234,7 @@ impl From<SandboxInfo> for SandboxResponse {
             forked_from: s.forked_from.map(Into::into),
             owner: s.owner,
             disk_size_mb: s.disk_size_mb,
+            network: s.network.into(),
         }
     }
 }

@@ -146,3 +146,5 @@ impl Drop for Server {
         locale2b_testkit::kill_mentioning(self._base.path());
     }
 }
+
+pub mod fake_internet;

@@ -251,7 +251,10 @@ mod tests {
             ]
         );
         let with_ns = cfg.args(fc, &id("sb-abc123"), Some(Path::new("/run/netns/l2b-x")));
-        let pos = with_ns.iter().position(|a| a == "--netns").expect("netns flag");
+        let pos = with_ns
+            .iter()
+            .position(|a| a == "--netns")
+            .expect("netns flag");
         assert_eq!(with_ns[pos + 1], "/run/netns/l2b-x");
         assert!(pos < with_ns.iter().position(|a| a == "--").expect("separator"));
         cfg.cgroup_version = Some(2);
