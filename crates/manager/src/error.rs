@@ -87,6 +87,10 @@ pub enum ManagerError {
     /// message names the quota and the figures.
     #[error("{0}")]
     QuotaExceeded(String),
+    /// This server cannot give sandboxes a network (not root, tools
+    /// missing); the message says why.
+    #[error("{0}")]
+    NetworkUnavailable(String),
     /// No room for another sandbox now.
     #[error("{reason}")]
     AtCapacity {

@@ -99,7 +99,7 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
         id: &SandboxId,
         _policy: crate::network::NetworkPolicy,
     ) -> Result<SandboxInfo> {
-        Err(crate::ManagerError::BackendUnsupported(format!(
+        Err(crate::ManagerError::NetworkUnavailable(format!(
             "sandbox {id}: this server has no egress networks"
         )))
     }

@@ -160,6 +160,7 @@ impl ApiError {
                 // Not 429: retrying does not help until the key's own
                 // sandboxes are destroyed or paused.
                 M::QuotaExceeded(_) => simple(StatusCode::FORBIDDEN, "quota_exceeded"),
+                M::NetworkUnavailable(_) => simple(StatusCode::FORBIDDEN, "network_unavailable"),
                 M::AtCapacity { retry_after, .. } => {
                     let secs = retry_after.as_secs().max(1);
                     (

@@ -181,6 +181,34 @@ async fn egress_policies_allow_what_they_name_and_nothing_private_and_leave_noth
         "direct DNS is dropped: {out}"
     );
 
+    // A fork gets its own namespace with the parent's policy.
+    let (st, forked) = s
+        .call(M::POST, &format!("/sandboxes/{id}/fork"), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{forked}");
+    let child = forked["sandboxes"][0]["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    namespaces.0.push(child.clone());
+    assert_eq!(forked["sandboxes"][0]["network"]["mode"], "allowlist");
+    assert!(FakeInternet::netns_names().contains(&format!("l2b-{child}")));
+    assert_eq!(
+        fetch(&s, &child, "http://a.test/").await,
+        format!("{} rc=0", net::A_BODY)
+    );
+    assert_eq!(fetch(&s, &child, "http://b.test/").await, "rc=6");
+    let (st, body) = s
+        .call(M::DELETE, &format!("/sandboxes/{child}"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert!(!FakeInternet::netns_names().contains(&format!("l2b-{child}")));
+    assert_eq!(
+        fetch(&s, &id, "http://a.test/").await,
+        format!("{} rc=0", net::A_BODY),
+        "the parent is unaffected"
+    );
+
     // full, changed on the running sandbox: both servers, by name and
     // address; still nothing private, nor the host.
     let (st, body) = set_network(&s, &id, json!({"mode": "full"})).await;

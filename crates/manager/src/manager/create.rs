@@ -103,7 +103,7 @@ impl SandboxManager {
         if network.networked() {
             self.networks
                 .check_available()
-                .map_err(ManagerError::BackendUnsupported)?;
+                .map_err(ManagerError::NetworkUnavailable)?;
         }
         let template = req
             .template
@@ -249,7 +249,7 @@ impl SandboxManager {
                 return Err(destroyed_while_starting(&sandbox_id));
             }
             if network.networked() {
-                let slot = self.networks.allocate().map_err(ManagerError::BackendUnsupported)?;
+                let slot = self.networks.allocate().map_err(ManagerError::NetworkUnavailable)?;
                 sb.update(|r| r.net_slot = Some(slot));
                 self.networks
                     .up(&sandbox_id, slot, &network, true)

@@ -14,7 +14,7 @@ impl SandboxManager {
     /// # Errors
     /// InvalidInput naming a bad entry; Conflict for a sandbox created
     /// without a network (its VM has no NIC: create a new one with a
-    /// policy) or one being destroyed; BackendUnsupported when this host
+    /// policy) or one being destroyed; NetworkUnavailable when this host
     /// cannot make networks; Vm when the rules cannot be applied.
     pub async fn set_network(&self, id: &SandboxId, policy: NetworkPolicy) -> Result<SandboxInfo> {
         policy.compile().map_err(ManagerError::InvalidInput)?;
@@ -37,7 +37,7 @@ impl SandboxManager {
         }
         self.networks
             .check_available()
-            .map_err(ManagerError::BackendUnsupported)?;
+            .map_err(ManagerError::NetworkUnavailable)?;
         match sb.status() {
             SandboxStatus::Stopping | SandboxStatus::Dead => {
                 return Err(ManagerError::Conflict(format!(

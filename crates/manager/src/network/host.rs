@@ -31,6 +31,10 @@ pub const GUEST_PREFIX: u8 = 30;
 /// The guest's MAC address (locally administered; the same in every
 /// sandbox, each on its own tap).
 pub const GUEST_MAC: &str = "02:4c:32:62:00:02";
+/// The tap's MAC address: fixed, so that a guest cloned from another
+/// sandbox's snapshot (a fork), whose ARP cache holds the gateway's
+/// address, still finds its own gateway.
+pub const GATEWAY_MAC: &str = "02:4c:32:62:00:01";
 /// The nftables table in each sandbox's namespace.
 pub const TABLE: &str = "locale2b";
 /// The nftables table in the uplink namespace (masquerade of the pool).

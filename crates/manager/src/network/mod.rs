@@ -276,11 +276,13 @@ impl Networks {
              link set {up} up\n\
              route add default via {outer}\n\
              tuntap add dev {tap} mode tap\n\
+             link set {tap} address {mac}\n\
              addr add {gw}/{prefix} dev {tap}\n\
              link set {tap} up\n",
             up = host::UPLINK_IF,
             tap = host::TAP,
             gw = host::GATEWAY,
+            mac = host::GATEWAY_MAC,
             prefix = host::GUEST_PREFIX,
         );
         host::run(Some(&ns), "ip", &["-batch", "-"], Some(&inner_cmds)).await?;

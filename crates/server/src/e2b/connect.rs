@@ -129,6 +129,7 @@ impl From<ManagerError> for RpcError {
             ManagerError::Unsupported(_) | ManagerError::BackendUnsupported(_) => {
                 Code::Unimplemented
             }
+            ManagerError::NetworkUnavailable(_) => Code::PermissionDenied,
             ManagerError::TooLarge(_)
             | ManagerError::AtCapacity { .. }
             | ManagerError::QuotaExceeded(_)

@@ -70,6 +70,7 @@ impl From<ManagerError> for E2bError {
             // E2B answers its concurrent-sandbox limit with 429 (the SDKs
             // raise RateLimitException for it).
             ManagerError::QuotaExceeded(_) => StatusCode::TOO_MANY_REQUESTS,
+            ManagerError::NetworkUnavailable(_) => StatusCode::FORBIDDEN,
             ManagerError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
             ManagerError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ManagerError::Vm { .. } => StatusCode::BAD_GATEWAY,
@@ -1034,5 +1035,61 @@ mod tests {
         assert_eq!(m["diskUsed"], 123_456);
         assert_eq!(m["timestampUnix"], 10);
         assert!(parse_metrics("garbage", SystemTime::now()).is_none());
+    }
+
+    fn req(body: Value) -> NewSandbox {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn e2b_network_settings_map_onto_policies() {
+        // The SDK's default: no network here.
+        assert_eq!(
+            e2b_policy(&req(json!({"allow_internet_access": true}))).unwrap(),
+            None
+        );
+        // denyOut everything + allowOut = an allowlist.
+        let p = e2b_policy(&req(
+            json!({"network": {"denyOut": ["0.0.0.0/0"], "allowOut": ["1.1.1.1", "pypi.org"]}}),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(p.mode, NetworkMode::Allowlist);
+        assert_eq!(p.allow, ["1.1.1.1", "pypi.org"]);
+        // Otherwise everything public but denyOut, allowOut winning.
+        let p = e2b_policy(&req(
+            json!({"network": {"denyOut": ["8.8.8.8/32"], "allowOut": ["8.8.8.8"]}}),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (p.mode, p.deny.as_slice(), p.allow.as_slice()),
+            (
+                NetworkMode::Full,
+                &["8.8.8.8/32".to_owned()][..],
+                &["8.8.8.8".to_owned()][..]
+            )
+        );
+        assert_eq!(
+            e2b_policy(&req(json!({"network": {}, "allow_internet_access": false}))).unwrap(),
+            Some(NetworkPolicy::default())
+        );
+        for (body, says) in [
+            (
+                json!({"network": {"allowPublicTraffic": false}}),
+                "allowPublicTraffic",
+            ),
+            (
+                json!({"network": {"maskRequestHost": "x"}}),
+                "maskRequestHost",
+            ),
+            (
+                json!({"network": {"allowOut": "1.1.1.1"}}),
+                "network is not",
+            ),
+        ] {
+            let err = e2b_policy(&req(body)).unwrap_err();
+            assert!(err.contains(says), "{err}");
+        }
     }
 }

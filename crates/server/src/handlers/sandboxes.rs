@@ -17,7 +17,7 @@ use locale2b_protocol::{SandboxId, WorkspaceId};
     responses(
         (status = 200, description = "Sandbox running (a named workspace that already runs answers its sandbox)", body = SandboxResponse),
         (status = 400, description = "Invalid sizes, template or workspace id", body = ErrorResponse),
-        (status = 403, description = "The API key is at one of its quotas (`quota_exceeded`; the message names it)", body = ErrorResponse),
+        (status = 403, description = "The API key is at one of its quotas (`quota_exceeded`; the message names it), or a network policy was asked of a server that cannot make networks (`network_unavailable`)", body = ErrorResponse),
         (status = 409, description = "The workspace's sandbox is dead (destroy it first), or another API key's workspace has that id", body = ErrorResponse),
         (status = 502, description = "The VM failed to start", body = ErrorResponse),
         (status = 503, description = "At capacity and nothing could be evicted (Retry-After header)", body = ErrorResponse),
@@ -252,7 +252,7 @@ pub async fn set_timeout(
         (status = 400, description = "A bad mode, or an allow/deny entry that is not a domain name, IPv4 address or CIDR (the message names it)", body = ErrorResponse),
         (status = 404, description = "No such sandbox", body = ErrorResponse),
         (status = 409, description = "The sandbox was created without a network (its VM has no network device), or is being destroyed or dead", body = ErrorResponse),
-        (status = 501, description = "This server cannot make networks (not root, or ip/nft missing; the message says which)", body = ErrorResponse),
+        (status = 403, description = "This server cannot make networks (`network_unavailable`: not root, or ip/nft missing; the message says which)", body = ErrorResponse),
     ))]
 pub async fn set_network(
     State(s): State<AppState>,
