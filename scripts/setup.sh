@@ -26,7 +26,7 @@ done
 # (kmod, cpio, lz4) and the Python client's needs.
 packages=(
     qemu-system-x86 mmdebstrap e2fsprogs cpio kmod lz4 xz-utils zstd
-    iproute2 python3 python3-venv python3-pip ca-certificates curl procps
+    iproute2 nftables python3 python3-venv python3-pip ca-certificates curl procps
 )
 # Compiling the minimal guest kernel.
 if [ "$kernel_build" -eq 1 ]; then

@@ -217,6 +217,29 @@ pub fn deployment_checks(config: &Config) -> Vec<Check> {
         ),
     });
 
+    out.push(match locale2b_manager::network::probe() {
+        Some(why) => check(
+            "egress networks",
+            Verdict::Warn,
+            format!("{why}; sandboxes asking for a network policy get 403 network_unavailable (docs/network.md)"),
+        ),
+        None => {
+            let configured = config
+                .manager
+                .network_dns_upstream
+                .as_deref()
+                .and_then(|s| s.parse().ok());
+            match locale2b_manager::network::dns_upstream(configured) {
+                Ok(ip) => check(
+                    "egress networks",
+                    Verdict::Ok,
+                    format!("available; sandbox resolvers ask {ip}"),
+                ),
+                Err(why) => check("egress networks", Verdict::Warn, why),
+            }
+        }
+    });
+
     let vmm = &config.vmm;
     if vmm.use_jailer {
         let jailer = &vmm.jailer_bin;

@@ -64,7 +64,7 @@ fn find_program(name: &str) -> bool {
 }
 
 /// Why this process cannot make sandbox networks, if it cannot.
-fn probe() -> Option<String> {
+pub fn probe() -> Option<String> {
     if !nix::unistd::geteuid().is_root() {
         return Some(format!(
             "egress networks need root (network namespaces, taps and nftables); this server runs as uid {}",
@@ -82,6 +82,30 @@ fn probe() -> Option<String> {
         return Some("egress networks need /dev/net/tun (the tun kernel module)".into());
     }
     None
+}
+
+/// The DNS server sandbox resolvers ask: `configured`, else the first
+/// IPv4 `nameserver` of `/etc/resolv.conf`.
+///
+/// # Errors
+/// When there is none, or it is a loopback address (a stub resolver such
+/// as systemd-resolved's, which a sandbox's namespace cannot reach).
+pub fn dns_upstream(configured: Option<Ipv4Addr>) -> Result<Ipv4Addr, String> {
+    if let Some(ip) = configured {
+        return Ok(ip);
+    }
+    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let ip = conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .find_map(|v| v.trim().parse::<Ipv4Addr>().ok())
+        .ok_or("no IPv4 nameserver in /etc/resolv.conf: set LOCALE2B_NETWORK_DNS_UPSTREAM")?;
+    if ip.is_loopback() {
+        return Err(format!(
+            "the host's resolver {ip} is a loopback address, which a sandbox's namespace cannot reach: set LOCALE2B_NETWORK_DNS_UPSTREAM to a DNS server it can"
+        ));
+    }
+    Ok(ip)
 }
 
 impl Networks {
@@ -163,21 +187,7 @@ impl Networks {
     }
 
     fn upstream(&self) -> Result<Ipv4Addr, String> {
-        if let Some(ip) = self.config.dns_upstream {
-            return Ok(ip);
-        }
-        let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-        let ip = conf
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("nameserver"))
-            .find_map(|v| v.trim().parse::<Ipv4Addr>().ok())
-            .ok_or("no IPv4 nameserver in /etc/resolv.conf: set LOCALE2B_NETWORK_DNS_UPSTREAM")?;
-        if ip.is_loopback() {
-            return Err(format!(
-                "the host's resolver {ip} is a loopback address, which a sandbox's namespace cannot reach: set LOCALE2B_NETWORK_DNS_UPSTREAM to a DNS server it can"
-            ));
-        }
-        Ok(ip)
+        dns_upstream(self.config.dns_upstream)
     }
 
     /// Forwarding and masquerade in the uplink namespace, once.
