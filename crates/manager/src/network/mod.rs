@@ -49,6 +49,20 @@ pub struct Networks {
     uplink_ready: tokio::sync::Mutex<bool>,
 }
 
+impl Drop for Networks {
+    /// A manager that goes away (server shutdown, tests) takes its
+    /// resolvers with it; the namespaces stay for the VMs that outlive it.
+    fn drop(&mut self) {
+        let live = self
+            .live
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (_, l) in live.drain() {
+            l.resolver.abort();
+        }
+    }
+}
+
 impl std::fmt::Debug for Networks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Networks")

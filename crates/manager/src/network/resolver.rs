@@ -18,6 +18,8 @@ use tracing::{debug, warn};
 
 /// How long the upstream server has to answer.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long the resolver's port may stay taken by a previous resolver.
+const BIND_WAIT: Duration = Duration::from_secs(3);
 /// Shortest time a learned address stays allowed (an answer with TTL 0
 /// must still let the connection that follows it through).
 pub const MIN_LEARN_SEC: u64 = 30;
@@ -52,8 +54,21 @@ fn sockets_in(
     std::thread::spawn(move || {
         nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
             .map_err(|e| format!("entering the sandbox's network namespace: {e}"))?;
-        let listen = std::net::UdpSocket::bind(SocketAddrV4::new(host::GATEWAY, 53))
-            .map_err(|e| format!("binding the resolver to {}:53: {e}", host::GATEWAY))?;
+        // A resolver of a server that just went away may hold the port for
+        // a moment longer.
+        let deadline = std::time::Instant::now() + BIND_WAIT;
+        let listen = loop {
+            match std::net::UdpSocket::bind(SocketAddrV4::new(host::GATEWAY, 53)) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(format!("binding the resolver to {}:53: {e}", host::GATEWAY)),
+            }
+        };
         let up = std::net::UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0))
             .map_err(|e| format!("binding the resolver's upstream socket: {e}"))?;
         up.connect(SocketAddrV4::new(upstream, 53))
@@ -126,6 +141,19 @@ impl Handle {
         };
         if policy.learns() && !keep.is_empty() {
             learn(&self.shared, &keep).await;
+        }
+    }
+
+    /// Stops the resolver without waiting (its sockets close when the
+    /// runtime drops the task).
+    pub fn abort(&self) {
+        if let Some(t) = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+        {
+            t.abort();
         }
     }
 
