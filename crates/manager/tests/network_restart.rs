@@ -26,7 +26,7 @@ async fn fetch(
         .guest(id)
         .exec(ExecSpec {
             timeout: Some(Duration::from_secs(30)),
-            ..ExecSpec::shell(&format!("curl -s -m 3 {url}; echo \" rc=$?\""))
+            ..ExecSpec::shell(format!("curl -s -m 3 {url}; echo \" rc=$?\""))
         })
         .await
         .unwrap();
@@ -104,6 +104,7 @@ async fn a_networked_sandbox_keeps_its_network_across_a_server_restart() {
     );
     m.destroy(&id).await.unwrap();
     assert!(!FakeInternet::netns_names().contains(&netns));
+    assert!(pids_mentioning(base.path().to_str().unwrap()).is_empty());
     drop(guard);
 }
 
