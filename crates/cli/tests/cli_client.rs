@@ -372,6 +372,33 @@ async fn every_client_subcommand_against_a_real_server() {
         "20971520"
     );
 
+    // network: a sandbox created without one cannot get one (409, said);
+    // mode none is accepted; a bad entry at create is a 400 naming it.
+    let out = cli.run(&["sandbox", "network", &id, "--mode", "full"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without a network") && err.contains("HTTP 409"),
+        "{err}"
+    );
+    assert!(cli
+        .ok(&["sandbox", "network", &id, "--mode", "none"])
+        .contains("\"mode\":\"none\""));
+    let out = cli.run(&[
+        "sandbox",
+        "create",
+        "--network",
+        "allowlist",
+        "--allow",
+        "exa mple.com",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"exa mple.com\" is not a valid domain name") && err.contains("HTTP 400"),
+        "{err}"
+    );
+
     // rm; the sandbox is gone, and an error says what the server said.
     cli.ok(&["sandbox", "rm", &id]);
     let out = cli.run(&["sandbox", "info", &id]);

@@ -40,9 +40,35 @@ pub enum SandboxCommand {
         /// Lifetime in seconds (then destroyed, or paused with the server's on_timeout).
         #[arg(long)]
         timeout: Option<u64>,
+        /// Egress policy: `none` (default: no network device), `allowlist`
+        /// or `full` (docs/network.md).
+        #[arg(long)]
+        network: Option<String>,
+        /// A domain name (`*.example.com` for every name below), IPv4
+        /// address or CIDR the sandbox may reach; repeatable.
+        #[arg(long)]
+        allow: Vec<String>,
+        /// One it may not (mode `full`); repeatable.
+        #[arg(long)]
+        deny: Vec<String>,
         /// Print the whole answer as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a sandbox's egress policy (it must have been created with a
+    /// network); takes effect at once.
+    Network {
+        /// Sandbox id.
+        id: String,
+        /// `none`, `allowlist` or `full`.
+        #[arg(long)]
+        mode: String,
+        /// Allowed names and CIDRs; repeatable.
+        #[arg(long)]
+        allow: Vec<String>,
+        /// Denied names and CIDRs; repeatable.
+        #[arg(long)]
+        deny: Vec<String>,
     },
     /// List sandboxes.
     #[command(alias = "list")]
@@ -193,6 +219,9 @@ pub async fn sandbox(target: &Target, cmd: SandboxCommand) -> anyhow::Result<i32
             template,
             boot,
             timeout,
+            network,
+            allow,
+            deny,
             json,
         } => {
             let mut body = serde_json::Map::new();
@@ -207,6 +236,13 @@ pub async fn sandbox(target: &Target, cmd: SandboxCommand) -> anyhow::Result<i32
             put("template", template.map(Value::from));
             put("boot", boot.map(Value::from));
             put("timeout_sec", timeout.map(Value::from));
+            if network.is_some() || !allow.is_empty() || !deny.is_empty() {
+                let mode = network.unwrap_or_else(|| "allowlist".into());
+                put(
+                    "network",
+                    Some(serde_json::json!({"mode": mode, "allow": allow, "deny": deny})),
+                );
+            }
             let sb = api
                 .call(M::POST, "/sandboxes", Some(Value::Object(body)))
                 .await?;
@@ -276,6 +312,21 @@ pub async fn sandbox(target: &Target, cmd: SandboxCommand) -> anyhow::Result<i32
         } => return exec(&api, &id, cwd, timeout, &env, &command).await,
         C::Shell { id, cmd } => return shell::run(&api, &id, cmd.as_deref()).await,
         C::Cp { src, dst } => cp::run(&api, &src, &dst).await?,
+        C::Network {
+            id,
+            mode,
+            allow,
+            deny,
+        } => {
+            let sb = api
+                .call(
+                    M::PUT,
+                    &format!("/sandboxes/{}/network", q(&id)),
+                    Some(serde_json::json!({"mode": mode, "allow": allow, "deny": deny})),
+                )
+                .await?;
+            println!("{id} network: {}", sb["network"]);
+        }
         C::Pause { id } => {
             api.call(M::POST, &format!("/sandboxes/{}/pause", q(&id)), None)
                 .await?;
