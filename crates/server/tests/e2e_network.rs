@@ -304,6 +304,42 @@ async fn egress_policies_allow_what_they_name_and_nothing_private_and_leave_noth
         fetch(&s, &id, &format!("http://{}/", net::A_ADDR)).await,
         "rc=28"
     );
+    assert_eq!(
+        fetch(&s, &id, "http://a.test/").await,
+        "rc=28",
+        "DNS is dropped too"
+    );
+    // Its fork has the device too (the snapshot has it) and the same
+    // policy; a new policy opens it again.
+    let (st, forked) = s
+        .call(M::POST, &format!("/sandboxes/{id}/fork"), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{forked}");
+    let child = forked["sandboxes"][0]["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    namespaces.0.push(child.clone());
+    assert_eq!(forked["sandboxes"][0]["network"]["mode"], "none");
+    assert_eq!(
+        fetch(&s, &child, &format!("http://{}/", net::A_ADDR)).await,
+        "rc=28"
+    );
+    let (st, body) = set_network(
+        &s,
+        &child,
+        json!({"mode": "allowlist", "allow": ["a.test"]}),
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    assert_eq!(
+        fetch(&s, &child, "http://a.test/").await,
+        format!("{} rc=0", net::A_BODY)
+    );
+    let (st, body) = s
+        .call(M::DELETE, &format!("/sandboxes/{child}"), None)
+        .await;
+    assert_eq!(st, StatusCode::OK, "{body}");
 
     // A sandbox without a network has no interface but lo, and cannot get one.
     let (st, plain) = s.call(M::POST, "/sandboxes", Some(json!({}))).await;

@@ -100,7 +100,7 @@ impl SandboxManager {
         crate::check_env("env", &req.env)?;
         let network = req.network.clone().unwrap_or_default();
         network.compile().map_err(ManagerError::InvalidInput)?;
-        if network.networked() {
+        if fork.map_or(network.networked(), |f| f.nic) {
             self.networks
                 .check_available()
                 .map_err(ManagerError::NetworkUnavailable)?;
@@ -248,7 +248,8 @@ impl SandboxManager {
             if sb.is_doomed() {
                 return Err(destroyed_while_starting(&sandbox_id));
             }
-            if network.networked() {
+            // A fork child's VM has the devices of its parent's snapshot.
+            if fork.map_or(network.networked(), |f| f.nic) {
                 let slot = self.networks.allocate().map_err(ManagerError::NetworkUnavailable)?;
                 sb.update(|r| r.net_slot = Some(slot));
                 self.networks

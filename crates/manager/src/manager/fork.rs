@@ -38,6 +38,9 @@ pub(crate) struct ForkSource {
     pub snapshot_id: String,
     /// When it was taken, RFC 3339.
     pub taken_at: String,
+    /// The parent's VM has a network device (so must the children's,
+    /// whatever its policy is now).
+    pub nic: bool,
 }
 
 impl SandboxManager {
@@ -166,6 +169,7 @@ impl SandboxManager {
             parent: id.clone(),
             snapshot_id,
             taken_at: crate::store::now_rfc3339(),
+            nic: r.net_slot.is_some(),
         })
     }
 }

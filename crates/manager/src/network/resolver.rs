@@ -25,6 +25,9 @@ const BIND_WAIT: Duration = Duration::from_secs(3);
 pub const MIN_LEARN_SEC: u64 = 30;
 /// Longest.
 const MAX_LEARN_SEC: u64 = 24 * 3600;
+/// Learned addresses kept in memory (for a policy change) before expired
+/// ones are dropped.
+const MAX_REMEMBERED: usize = 4096;
 
 struct Shared {
     id: SandboxId,
@@ -232,6 +235,9 @@ async fn serve(shared: Arc<Shared>, listen: tokio::net::UdpSocket, up: tokio::ne
                         .learned
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if learned.len() > MAX_REMEMBERED {
+                        learned.retain(|_, (_, until)| *until > now);
+                    }
                     for (ip, secs) in &addrs {
                         learned.insert(*ip, (q.name.clone(), now + Duration::from_secs(*secs)));
                     }
