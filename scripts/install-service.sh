@@ -61,8 +61,12 @@ fi
 chown root:locale2b "$ETC/keys" "$ETC/locale2b.env"
 chmod 0640 "$ETC/keys" "$ETC/locale2b.env"
 
-# The base dir belongs to the service user; nothing else may read it.
-chown -R locale2b:locale2b "$BASE"
+# The base dir belongs to the service user; nothing else may read it. The
+# image build cache keeps its owners: its Debian trees must stay root's
+# (their files become the guest's, setuid sudo included).
+chown locale2b:locale2b "$BASE"
+find "$BASE" -mindepth 1 -maxdepth 1 ! -name cache -exec chown -R locale2b:locale2b {} +
+[ ! -d "$BASE/cache" ] || chown locale2b:locale2b "$BASE/cache"
 chmod 0700 "$BASE"
 
 install -m 0644 "$UNIT" /etc/systemd/system/locale2b.service

@@ -394,3 +394,25 @@ def test_list_by_state_and_template_and_an_idempotent_create(meta):
         assert other == []
     finally:
         first.kill()
+
+
+def test_network_rules_travel_to_the_server_and_bad_ones_are_refused_clearly(sbx, meta):
+    # The egress rules reach the server's policy check: a bad entry is a 400
+    # naming it, before anything boots.
+    with pytest.raises(Exception) as bad:
+        Sandbox.create(
+            metadata=meta,
+            timeout=60,
+            network={"deny_out": ["0.0.0.0/0"], "allow_out": ["exa mple.com"]},
+        )
+    assert "exa mple.com" in str(bad.value), bad.value
+    if not hasattr(sbx, "update_network"):
+        pytest.skip("update_network came with later SDKs")
+    # A sandbox created without a network cannot be given one (its VM has
+    # no network device): a clear refusal, not a silent no-op.
+    with pytest.raises(Exception) as refused:
+        sbx.update_network({"deny_out": ["0.0.0.0/0"], "allow_out": ["1.1.1.1"]})
+    assert "without a network" in str(refused.value), refused.value
+    # Taking the internet away from it is what it already has.
+    sbx.update_network({"allow_internet_access": False})
+    assert sbx.commands.run("ls /sys/class/net").stdout.split() == ["lo"]

@@ -228,6 +228,32 @@ pub fn input_hashes(
     })
 }
 
+/// Why a cached Debian tree cannot be used as it is, when a root build
+/// finds its system files no longer owned by root (a `chown -R` of the
+/// cache): `mkfs.ext4 -d` copies owners as they are, and the guest's
+/// `sudo` and every setuid program would break. `None` when it is fine, or
+/// when the build does not run as root (then the tree's owners are not
+/// root's to begin with).
+fn tree_owners_lost(root: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // `/proc/self` belongs to the process's effective user.
+    if std::fs::metadata("/proc/self").map_or(true, |m| m.uid() != 0) {
+        return None;
+    }
+    for p in ["etc", "usr/bin", "etc/passwd"] {
+        if let Ok(m) = std::fs::symlink_metadata(root.join(p)) {
+            if m.uid() != 0 {
+                return Some(format!(
+                    "{} belongs to uid {}, not root (was the cache chown'ed?); building it again",
+                    root.join(p).display(),
+                    m.uid()
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Builds (or fetches from the cache) the image of a template and installs it.
 ///
 /// # Errors
@@ -588,59 +614,64 @@ fn run_stages(
 
     // Debian tree.
     let base_dir = req.cache_dir.join("rootfs-base").join(&hashes.base);
-    let (base_meta, base_cached) = match load_meta::<BaseMeta>(&base_dir).filter(|_| !req.force) {
-        Some(meta) if base_dir.join("root").is_dir() => {
-            progress.step(format!(
-                "rootfs base: cache hit, {} packages ({})",
-                meta.installed.len(),
-                short(&hashes.base)
-            ));
-            (meta, true)
-        }
-        _ => {
-            progress.step(format!(
-                "rootfs base: mmdebstrap {} {} + {} packages",
-                template.debian.suite,
-                template.debian.variant,
-                template.debian.packages.len()
-            ));
-            let t = Instant::now();
-            let partial = fresh_partial(&base_dir)?;
-            let setup_path = work_root.join(format!("setup-{}.sh", hashes.base));
-            let setup = template.setup_script();
-            if let Some(script) = &setup {
-                std::fs::write(&setup_path, script)
-                    .map_err(|e| ImageError::io("write", &setup_path, e))?;
+    let owners_lost = tree_owners_lost(&base_dir.join("root"));
+    if let Some(why) = &owners_lost {
+        progress.step(format!("rootfs base: cached tree not used: {why}"));
+    }
+    let (base_meta, base_cached) =
+        match load_meta::<BaseMeta>(&base_dir).filter(|_| !req.force && owners_lost.is_none()) {
+            Some(meta) if base_dir.join("root").is_dir() => {
+                progress.step(format!(
+                    "rootfs base: cache hit, {} packages ({})",
+                    meta.installed.len(),
+                    short(&hashes.base)
+                ));
+                (meta, true)
             }
-            let root = partial.join("root");
-            tools.build_rootfs_base(&BaseJob {
-                debian: &template.debian,
-                hostname: &template.rootfs.hostname,
-                setup_script: setup.as_ref().map(|_| setup_path.as_path()),
-                out_dir: &root,
-                epoch,
-            })?;
-            if !root.is_dir() {
-                return Err(ImageError::MissingOutput {
-                    step: "rootfs base".into(),
-                    path: root,
-                });
+            _ => {
+                progress.step(format!(
+                    "rootfs base: mmdebstrap {} {} + {} packages",
+                    template.debian.suite,
+                    template.debian.variant,
+                    template.debian.packages.len()
+                ));
+                let t = Instant::now();
+                let partial = fresh_partial(&base_dir)?;
+                let setup_path = work_root.join(format!("setup-{}.sh", hashes.base));
+                let setup = template.setup_script();
+                if let Some(script) = &setup {
+                    std::fs::write(&setup_path, script)
+                        .map_err(|e| ImageError::io("write", &setup_path, e))?;
+                }
+                let root = partial.join("root");
+                tools.build_rootfs_base(&BaseJob {
+                    debian: &template.debian,
+                    hostname: &template.rootfs.hostname,
+                    setup_script: setup.as_ref().map(|_| setup_path.as_path()),
+                    out_dir: &root,
+                    epoch,
+                })?;
+                if !root.is_dir() {
+                    return Err(ImageError::MissingOutput {
+                        step: "rootfs base".into(),
+                        path: root,
+                    });
+                }
+                let installed = tools.tree_packages(&root)?;
+                let meta = BaseMeta {
+                    installed,
+                    duration_secs: t.elapsed().as_secs_f64(),
+                };
+                commit(&partial, &base_dir, &meta)?;
+                let _ = std::fs::remove_file(&setup_path);
+                progress.step(format!(
+                    "rootfs base: {} packages in {:.0}s",
+                    meta.installed.len(),
+                    meta.duration_secs
+                ));
+                (meta, false)
             }
-            let installed = tools.tree_packages(&root)?;
-            let meta = BaseMeta {
-                installed,
-                duration_secs: t.elapsed().as_secs_f64(),
-            };
-            commit(&partial, &base_dir, &meta)?;
-            let _ = std::fs::remove_file(&setup_path);
-            progress.step(format!(
-                "rootfs base: {} packages in {:.0}s",
-                meta.installed.len(),
-                meta.duration_secs
-            ));
-            (meta, false)
-        }
-    };
+        };
 
     Ok(Stages {
         kernel_dir,

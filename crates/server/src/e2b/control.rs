@@ -13,7 +13,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use locale2b_manager::network::{NetworkMode, NetworkPolicy};
@@ -23,7 +23,7 @@ use locale2b_manager::{
 use locale2b_protocol::SandboxId;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/v2/sandboxes", post(create_v2).get(list_v2))
         .route("/sandboxes/{id}", get(info).delete(kill))
         .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/network", put(update_network))
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
@@ -281,7 +282,9 @@ impl NewSandbox {
     }
 }
 
-/// E2B's `network` at create.
+/// E2B's `network` at create, and the body of its update
+/// (`PUT /sandboxes/{id}/network`). `dnsServers` and `httpsPorts` are
+/// accepted and have no effect (a sandbox asks its own resolver).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 struct E2bNetwork {
@@ -289,6 +292,47 @@ struct E2bNetwork {
     deny_out: Vec<String>,
     allow_public_traffic: Option<bool>,
     mask_request_host: Option<String>,
+    egress_proxy: Option<Value>,
+    rules: Option<Map<String, Value>>,
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+}
+
+impl E2bNetwork {
+    /// The locale2b policy of these rules (see [`e2b_policy`]).
+    fn policy(self, allow_internet_access: Option<bool>) -> Result<NetworkPolicy, String> {
+        if self.allow_public_traffic == Some(false) {
+            return Err("network.allowPublicTraffic=false is not supported: expose ports with require_token (POST /sandboxes/{id}/ports/expose) instead".into());
+        }
+        if self.mask_request_host.is_some() {
+            return Err("network.maskRequestHost is not supported by this server".into());
+        }
+        if self.egress_proxy.as_ref().is_some_and(|p| !p.is_null()) {
+            return Err("network.egressProxy is not supported by this server".into());
+        }
+        if self.rules.as_ref().is_some_and(|r| !r.is_empty()) {
+            return Err(
+                "network.rules (request transforms) are not supported by this server".into(),
+            );
+        }
+        if allow_internet_access.or(self.allow_internet_access) == Some(false) {
+            return Ok(NetworkPolicy::default());
+        }
+        let everything = self.deny_out.iter().any(|d| d == "0.0.0.0/0");
+        Ok(if everything {
+            NetworkPolicy {
+                mode: NetworkMode::Allowlist,
+                allow: self.allow_out,
+                deny: Vec::new(),
+            }
+        } else {
+            NetworkPolicy {
+                mode: NetworkMode::Full,
+                allow: self.allow_out,
+                deny: self.deny_out,
+            }
+        })
+    }
 }
 
 /// E2B's egress settings as a locale2b policy: E2B allows everything but
@@ -302,29 +346,23 @@ fn e2b_policy(req: &NewSandbox) -> Result<Option<NetworkPolicy>, String> {
     };
     let net: E2bNetwork = serde_json::from_value(raw.clone())
         .map_err(|e| format!("network is not E2B's network configuration: {e}"))?;
-    if net.allow_public_traffic == Some(false) {
-        return Err("network.allowPublicTraffic=false is not supported: expose ports with require_token (POST /sandboxes/{id}/ports/expose) instead".into());
-    }
-    if net.mask_request_host.is_some() {
-        return Err("network.maskRequestHost is not supported by this server".into());
-    }
-    if req.allow_internet_access == Some(false) {
-        return Ok(Some(NetworkPolicy::default()));
-    }
-    let everything = net.deny_out.iter().any(|d| d == "0.0.0.0/0");
-    Ok(Some(if everything {
-        NetworkPolicy {
-            mode: NetworkMode::Allowlist,
-            allow: net.allow_out,
-            deny: Vec::new(),
-        }
-    } else {
-        NetworkPolicy {
-            mode: NetworkMode::Full,
-            allow: net.allow_out,
-            deny: net.deny_out,
-        }
-    }))
+    net.policy(req.allow_internet_access).map(Some)
+}
+
+/// `PUT /sandboxes/{id}/network`: E2B's `update_network`, the sandbox's
+/// egress rules replaced (by the same mapping as at create).
+async fn update_network(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> E2bResult {
+    let req: E2bNetwork = body(&bytes)?;
+    let policy = req.policy(None).map_err(E2bError::bad)?;
+    state
+        .sandboxes()
+        .set_network(&sandbox_id(&id)?, policy)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// The template name E2B clients see: the default template is `base`.
@@ -1086,6 +1124,14 @@ mod tests {
             (
                 json!({"network": {"allowOut": "1.1.1.1"}}),
                 "network is not",
+            ),
+            (
+                json!({"network": {"egressProxy": {"address": "p:1080"}}}),
+                "egressProxy",
+            ),
+            (
+                json!({"network": {"rules": {"api.x.com": {}}}}),
+                "network.rules",
             ),
         ] {
             let err = e2b_policy(&req(body)).unwrap_err();

@@ -37,6 +37,7 @@ pub const CONTROL: &[Route] = &[
     r("get", "/sandboxes/{id}", 200, "Sandbox detail"),
     r("delete", "/sandboxes/{id}", 204, "Kill a sandbox"),
     r("post", "/sandboxes/{id}/timeout", 204, "Set the remaining lifetime: {timeout}"),
+    r("put", "/sandboxes/{id}/network", 204, "Replace the egress rules: {allowOut, denyOut, allow_internet_access} (see docs/network.md)"),
     r("post", "/sandboxes/{id}/refreshes", 204, "Extend the lifetime to at least {duration} seconds"),
     r("post", "/sandboxes/{id}/pause", 204, "Pause (409 when already paused)"),
     r("post", "/sandboxes/{id}/resume", 201, "Resume a paused sandbox (deprecated; 409 when running)"),
