@@ -74,11 +74,11 @@ count_nextest() {
 }
 count_nextest "$LOG_DIR/nextest.log" "$rc"
 
-step "Rust tests on Debian's kernel (boot, snapshots, clones, image, every REST endpoint)"
+step "Rust tests on Debian's kernel (boot, snapshots, clones, image, every REST endpoint, egress networks)"
 : >"$LOCALE2B_SKIP_LOG"
 set +e
 LOCALE2B_TEST_IMAGE_DIR="$DEBIAN_IMAGES/default" cargo nextest run --workspace --no-fail-fast \
-  --final-status-level fail -E 'binary(qemu_boot) | binary(installed_image) | binary(e2e_real) | (binary(e2e_templates) & test(/clones_of_a_template_answer|a_stale_template/))' \
+  --final-status-level fail -E 'binary(qemu_boot) | binary(installed_image) | binary(e2e_real) | binary(e2e_network) | (binary(e2e_templates) & test(/clones_of_a_template_answer|a_stale_template/))' \
   2>&1 | tee "$LOG_DIR/nextest-debian-kernel.log"
 rc=${PIPESTATUS[0]}
 set -e
