@@ -872,6 +872,24 @@ mod tests {
     use super::*;
     use crate::manifest::verify;
 
+    #[test]
+    fn a_cached_tree_whose_owners_changed_is_not_used_by_a_root_build() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("etc")).expect("etc");
+        std::fs::create_dir_all(root.join("usr/bin")).expect("usr/bin");
+        let as_root = std::fs::metadata("/proc/self").expect("proc").uid() == 0;
+        assert_eq!(tree_owners_lost(&root), None, "a tree the builder owns");
+        if !as_root {
+            // Only a root build can tell (and only it makes root trees).
+            return;
+        }
+        std::os::unix::fs::chown(root.join("etc"), Some(4321), Some(4321)).expect("chown");
+        let why = tree_owners_lost(&root).expect("owners lost");
+        assert!(why.contains("uid 4321") && why.contains("etc"), "{why}");
+    }
+
     /// Records every stage it runs and writes small stand-in artifacts.
     #[derive(Debug, Default)]
     struct FakeTools {
