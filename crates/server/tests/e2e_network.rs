@@ -50,6 +50,23 @@ async fn fetch(s: &Server, id: &str, url: &str) -> String {
         .to_owned()
 }
 
+/// Forks `id` once; checks the child's policy mode and that it has a
+/// namespace of its own; answers the child's id.
+async fn fork(s: &Server, id: &str, mode: &str, namespaces: &mut Namespaces) -> String {
+    let (st, forked) = s
+        .call(M::POST, &format!("/sandboxes/{id}/fork"), Some(json!({})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{forked}");
+    let child = forked["sandboxes"][0]["sandbox_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    namespaces.0.push(child.clone());
+    assert_eq!(forked["sandboxes"][0]["network"]["mode"], mode);
+    assert!(FakeInternet::netns_names().contains(&format!("l2b-{child}")));
+    child
+}
+
 async fn set_network(s: &Server, id: &str, policy: Value) -> (StatusCode, Value) {
     s.call(M::PUT, &format!("/sandboxes/{id}/network"), Some(policy))
         .await
@@ -182,17 +199,7 @@ async fn egress_policies_allow_what_they_name_and_nothing_private_and_leave_noth
     );
 
     // A fork gets its own namespace with the parent's policy.
-    let (st, forked) = s
-        .call(M::POST, &format!("/sandboxes/{id}/fork"), Some(json!({})))
-        .await;
-    assert_eq!(st, StatusCode::OK, "{forked}");
-    let child = forked["sandboxes"][0]["sandbox_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    namespaces.0.push(child.clone());
-    assert_eq!(forked["sandboxes"][0]["network"]["mode"], "allowlist");
-    assert!(FakeInternet::netns_names().contains(&format!("l2b-{child}")));
+    let child = fork(&s, &id, "allowlist", &mut namespaces).await;
     assert_eq!(
         fetch(&s, &child, "http://a.test/").await,
         format!("{} rc=0", net::A_BODY)
@@ -311,16 +318,7 @@ async fn egress_policies_allow_what_they_name_and_nothing_private_and_leave_noth
     );
     // Its fork has the device too (the snapshot has it) and the same
     // policy; a new policy opens it again.
-    let (st, forked) = s
-        .call(M::POST, &format!("/sandboxes/{id}/fork"), Some(json!({})))
-        .await;
-    assert_eq!(st, StatusCode::OK, "{forked}");
-    let child = forked["sandboxes"][0]["sandbox_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    namespaces.0.push(child.clone());
-    assert_eq!(forked["sandboxes"][0]["network"]["mode"], "none");
+    let child = fork(&s, &id, "none", &mut namespaces).await;
     assert_eq!(
         fetch(&s, &child, &format!("http://{}/", net::A_ADDR)).await,
         "rc=28"
