@@ -25,8 +25,10 @@ async fn fetch(
     let out = m
         .guest(id)
         .exec(ExecSpec {
-            timeout: Some(Duration::from_secs(30)),
-            ..ExecSpec::shell(format!("curl -s -m 3 {url}; echo \" rc=$?\""))
+            timeout: Some(Duration::from_secs(60)),
+            ..ExecSpec::shell(format!(
+                "curl -s --connect-timeout 5 -m 30 {url}; echo \" rc=$?\""
+            ))
         })
         .await
         .unwrap();

@@ -40,14 +40,17 @@ fn is_root() -> bool {
         == Some("0")
 }
 
-/// `curl` of `url` in the guest, 3 s at most: the body and curl's exit
+/// `curl` of `url` in the guest (5 s to resolve and connect, 30 s in all): the body and curl's exit
 /// code (`rc=0` fetched, `rc=6` name not resolved, `rc=28` no answer: the
 /// packets were dropped).
 async fn fetch(s: &Server, id: &str, url: &str) -> String {
-    s.exec_ok(id, &format!("curl -s -m 3 {url}; echo \" rc=$?\""))
-        .await
-        .trim()
-        .to_owned()
+    s.exec_ok(
+        id,
+        &format!("curl -s --connect-timeout 5 -m 30 {url}; echo \" rc=$?\""),
+    )
+    .await
+    .trim()
+    .to_owned()
 }
 
 /// Forks `id` once; checks the child's policy mode and that it has a
