@@ -98,28 +98,49 @@ pub fn probe() -> Option<String> {
     None
 }
 
+/// Where the host's resolvers are listed: the usual file, then the one
+/// systemd-resolved keeps with the real upstream servers (its stub at
+/// `127.0.0.53` is what `/etc/resolv.conf` names on Ubuntu).
+pub const RESOLV_CONFS: [&str; 2] = ["/etc/resolv.conf", "/run/systemd/resolve/resolv.conf"];
+
 /// The DNS server sandbox resolvers ask: `configured`, else the first
-/// IPv4 `nameserver` of `/etc/resolv.conf`.
+/// non-loopback IPv4 `nameserver` of the files in `RESOLV_CONFS`.
 ///
 /// # Errors
-/// When there is none, or it is a loopback address (a stub resolver such
-/// as systemd-resolved's, which a sandbox's namespace cannot reach).
+/// When there is none: only loopback stubs, which a sandbox's namespace
+/// cannot reach, or no IPv4 nameserver at all.
 pub fn dns_upstream(configured: Option<Ipv4Addr>) -> Result<Ipv4Addr, String> {
+    upstream_from(configured, &RESOLV_CONFS)
+}
+
+fn upstream_from(configured: Option<Ipv4Addr>, files: &[&str]) -> Result<Ipv4Addr, String> {
     if let Some(ip) = configured {
         return Ok(ip);
     }
-    let conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let ip = conf
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("nameserver"))
-        .find_map(|v| v.trim().parse::<Ipv4Addr>().ok())
-        .ok_or("no IPv4 nameserver in /etc/resolv.conf: set LOCALE2B_NETWORK_DNS_UPSTREAM")?;
-    if ip.is_loopback() {
-        return Err(format!(
-            "the host's resolver {ip} is a loopback address, which a sandbox's namespace cannot reach: set LOCALE2B_NETWORK_DNS_UPSTREAM to a DNS server it can"
-        ));
+    let mut loopback = None;
+    for f in files {
+        let conf = std::fs::read_to_string(f).unwrap_or_default();
+        let servers = conf
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("nameserver"))
+            .filter_map(|v| v.trim().parse::<Ipv4Addr>().ok());
+        for ip in servers {
+            if !ip.is_loopback() {
+                return Ok(ip);
+            }
+            loopback.get_or_insert(ip);
+        }
     }
-    Ok(ip)
+    Err(match loopback {
+        Some(ip) => format!(
+            "the host's resolver {ip} is a loopback address, which a sandbox's namespace cannot reach, and no other is listed ({}): set LOCALE2B_NETWORK_DNS_UPSTREAM to a DNS server it can reach",
+            files.join(", ")
+        ),
+        None => format!(
+            "no IPv4 nameserver in {}: set LOCALE2B_NETWORK_DNS_UPSTREAM",
+            files.join(", ")
+        ),
+    })
 }
 
 impl Networks {
@@ -430,5 +451,50 @@ impl Networks {
         for l in all {
             l.resolver.stop().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upstream_skips_loopback_stubs_for_the_real_servers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let write = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).expect("write");
+            p.to_string_lossy().into_owned()
+        };
+        let stub = write(
+            "stub",
+            "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0\n",
+        );
+        let real = write(
+            "real",
+            "nameserver fe80::1\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n",
+        );
+        let empty = write("empty", "search lan\n");
+        assert_eq!(
+            upstream_from(None, &[&stub, &real]),
+            Ok(Ipv4Addr::new(192, 0, 2, 53))
+        );
+        assert_eq!(
+            upstream_from(None, &[&real, &stub]),
+            Ok(Ipv4Addr::new(192, 0, 2, 53))
+        );
+        let configured = Some(Ipv4Addr::new(198, 51, 100, 53));
+        assert_eq!(
+            upstream_from(configured, &[&stub]),
+            Ok(Ipv4Addr::new(198, 51, 100, 53))
+        );
+        let only_stub = upstream_from(None, &[&stub, &empty]).expect_err("stub only");
+        assert!(
+            only_stub.contains("127.0.0.53 is a loopback")
+                && only_stub.contains("LOCALE2B_NETWORK_DNS_UPSTREAM"),
+            "{only_stub}"
+        );
+        let none = upstream_from(None, &[&empty, "/nonexistent"]).expect_err("none");
+        assert!(none.starts_with("no IPv4 nameserver"), "{none}");
     }
 }
