@@ -182,6 +182,19 @@ impl Registry {
         usage_of(table.sandboxes.values().map(|s| s.as_ref()), None)
     }
 
+    /// The quota check of [`Self::admit`] for a new sandbox of `owner`
+    /// asking for `memory_mb`, without admitting anything: create runs it
+    /// before any expensive work (disk space, template snapshots), so a
+    /// key at its quota is refused without making the host boot a VM.
+    /// `admit` checks again, atomically, when the sandbox is admitted.
+    ///
+    /// # Errors
+    /// QuotaExceeded naming the limit.
+    pub fn precheck_quota(&self, owner: Option<&str>, memory_mb: u32) -> Result<()> {
+        let table = lock(&self.table);
+        self.check_quota(&table, owner, memory_mb, None, Admission::New)
+    }
+
     /// Admits `sb` against both limits in one step under the table lock.
     ///
     /// # Errors
@@ -190,7 +203,8 @@ impl Registry {
         let mut table = lock(&self.table);
         let used = usage_of(table.sandboxes.values().map(|s| s.as_ref()), Some(&sb.id));
         let memory_mb = sb.record().memory_mb;
-        self.check_quota(&table, sb, how)?;
+        let r = sb.record();
+        self.check_quota(&table, r.owner.as_deref(), r.memory_mb, Some(&sb.id), how)?;
         if used.active >= self.limits.max_sandboxes {
             return Err(ManagerError::AtCapacity {
                 reason: format!(
@@ -244,9 +258,15 @@ impl Registry {
 impl Registry {
     /// The owner's quota, checked before the host's capacity so that a
     /// key over its quota never makes another key's sandbox be evicted.
-    fn check_quota(&self, table: &Table, sb: &Arc<Sandbox>, how: Admission) -> Result<()> {
-        let r = sb.record();
-        let Some(owner) = r.owner.as_deref() else {
+    fn check_quota(
+        &self,
+        table: &Table,
+        owner: Option<&str>,
+        memory_mb: u32,
+        except: Option<&SandboxId>,
+        how: Admission,
+    ) -> Result<()> {
+        let Some(owner) = owner else {
             return Ok(());
         };
         let source = self
@@ -259,7 +279,7 @@ impl Registry {
         };
         let mut count = 0u32;
         let mut memory = 0u64;
-        for other in table.sandboxes.values().filter(|o| o.id != sb.id) {
+        for other in table.sandboxes.values().filter(|o| Some(&o.id) != except) {
             let o = other.record();
             if o.owner.as_deref() != Some(owner) {
                 continue;
@@ -275,7 +295,7 @@ impl Registry {
                 quota.max_sandboxes
             )));
         }
-        let asked = u64::from(r.memory_mb);
+        let asked = u64::from(memory_mb);
         if quota.max_memory_mb > 0 && memory + asked > quota.max_memory_mb {
             return Err(ManagerError::QuotaExceeded(format!(
                 "API key {owner:?} is over its quota max_memory_mb={}: its running sandboxes have {memory} MiB and this one asks for {asked} MiB; pause or destroy one, or have the operator raise max_memory_mb in the keys file or LOCALE2B_KEY_MAX_MEMORY_MB",

@@ -92,6 +92,36 @@ async fn keys_see_only_their_own_sandboxes_quotas_hold_and_keys_change_without_a
     let ws = ok.1["workspace_id"].as_str().unwrap().to_owned();
     assert_eq!(ok.1["owner"], "alice");
 
+    // At its quota, a create that would first build a template snapshot
+    // is refused before that: no VM boots for it.
+    let templates = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(s._base.path().join("templates"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let before = templates();
+    let (st, out) = as_key(
+        &s,
+        ALICE,
+        M::POST,
+        "/sandboxes",
+        Some(json!({"memory_mb": 256, "vcpu_count": 2, "boot": "template"})),
+    )
+    .await;
+    assert_eq!(st, StatusCode::FORBIDDEN, "{out}");
+    assert_eq!(out["error"]["code"], "quota_exceeded", "{out}");
+    assert_eq!(
+        templates(),
+        before,
+        "a refused create built a template snapshot"
+    );
+
     // No shared-filesystem device (virtio 9P = 9, virtio-fs = 26).
     let (st, out) = as_key(
         &s,

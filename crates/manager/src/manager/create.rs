@@ -149,7 +149,12 @@ impl SandboxManager {
                     )));
                 }
             }
-        } else {
+        }
+        // A new sandbox. Before any expensive work (disk space, a template
+        // snapshot), a key at its quota is refused: the host boots nothing.
+        self.registry
+            .precheck_quota(req.owner.as_deref(), memory_mb)?;
+        if existing.is_none() {
             self.check_disk_space(disk_size_mb)?;
         }
         let disk_size_mb = existing

@@ -65,6 +65,12 @@ impl SandboxManager {
             )));
         }
         let sb = self.registry.require(id)?;
+        {
+            // Before the snapshot: a key at its quota gets no child.
+            let r = sb.record();
+            self.registry
+                .precheck_quota(r.owner.as_deref(), r.memory_mb)?;
+        }
         let started = Instant::now();
         let (record, source) = {
             let vm_slot = sb.lifecycle.lock().await;
