@@ -78,7 +78,9 @@ for tc in ET.parse(path).iter("testcase"):
         msg = (ch.get("message") or "") + " " + (ch.text or "")
         if ch.tag == "failure" or "Schema Error" in msg:
             bad += 1
-            print(f"FAILED: {name}: {tc.get('name')}: {msg.strip()[:800]}")
+            # One line, so that a CI summary keeps the status and the curl.
+            flat = " | ".join(l.strip() for l in msg.splitlines() if l.strip())
+            print(f"FAILED: {name}: {tc.get('name')}: {flat[:1500]}")
         else:
             tool += 1
             print(f"note: {name}: {tc.get('name')}: generator error, not a server answer: {msg.strip().splitlines()[0][:200]}")
@@ -134,6 +136,11 @@ curl -fsS "${hdr[@]}" -X DELETE "$URL/sandboxes/$sb" >/dev/null 2>&1 || true
 for id in $(curl -fsS "${hdr[@]}" "$URL/sandboxes" | python3 -c 'import json,sys; [print(s["sandbox_id"]) for s in json.load(sys.stdin)["sandboxes"]]'); do
   curl -fsS "${hdr[@]}" -X DELETE "$URL/sandboxes/$id" >/dev/null || true
 done
+# What the server logged about each 5xx (its request id ties the lines).
+if [[ $fives -ne 0 && -f "${LOCALE2B_SERVER_LOG:-}" ]]; then
+  grep -E 'request done status=5[0-9][0-9]' "$LOCALE2B_SERVER_LOG" | grep -oE 'request_id=[0-9a-f]+' | sort -u | head -5 |
+    while read -r rid; do grep -F "$rid" "$LOCALE2B_SERVER_LOG" | cut -c1-700 | sed 's/^/server: /'; done
+fi
 echo "api fuzz: $sent requests answered, $fives with a 5xx (at least $MIN needed, 0 allowed)"
 [[ $sent -ge $MIN ]] || { echo "FAILED: only $sent requests"; status=1; }
 [[ $fives -eq 0 ]] || { echo "FAILED: $fives responses were 5xx"; status=1; }

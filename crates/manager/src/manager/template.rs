@@ -80,6 +80,9 @@ pub(super) struct Template {
     pub dir: PathBuf,
     /// The key, for [`Templates::failed`].
     pub key: String,
+    /// Held while a create uses the files: a build of another key does
+    /// not remove them meanwhile ([`Templates::pinned`]).
+    _pin: Arc<()>,
 }
 
 /// Size, inode and modification time of a file: when they are unchanged,
@@ -108,6 +111,7 @@ pub(super) struct Templates {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     failures: Mutex<HashMap<String, (Instant, String)>>,
     checked: Mutex<HashMap<PathBuf, [Stamp; 3]>>,
+    pins: Mutex<HashMap<PathBuf, std::sync::Weak<()>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -135,6 +139,25 @@ impl Templates {
     /// Remembers that `key` could not be built or loaded.
     pub(super) fn failed(&self, key: &str, why: &str) {
         lock(&self.failures).insert(key.to_owned(), (Instant::now(), why.to_owned()));
+    }
+
+    /// A pin on `dir`, held by every [`Template`] loaded from it.
+    fn pin(&self, dir: &Path) -> Arc<()> {
+        let mut pins = lock(&self.pins);
+        pins.retain(|_, w| w.strong_count() > 0);
+        if let Some(p) = pins.get(dir).and_then(std::sync::Weak::upgrade) {
+            return p;
+        }
+        let p = Arc::new(());
+        pins.insert(dir.to_path_buf(), Arc::downgrade(&p));
+        p
+    }
+
+    /// Whether a create is using `dir`'s files.
+    fn pinned(&self, dir: &Path) -> bool {
+        lock(&self.pins)
+            .get(dir)
+            .is_some_and(|w| w.strong_count() > 0)
     }
 
     pub(super) fn forget_checked(&self, dir: &Path) {
@@ -254,8 +277,11 @@ impl SandboxManager {
         if let Some(why) = self.templates.recent_failure(&key) {
             return Err(why);
         }
+        // Pinned before its files are read, so that a build of another
+        // key cannot remove them while this create uses them.
+        let pin = self.templates.pin(&dir);
         if dir.join(MANIFEST).is_file() {
-            match self.load_template(&dir, &key).await {
+            match self.load_template(&dir, &key, pin).await {
                 Ok(t) => return Ok(t),
                 Err(why) => {
                     warn!(template = name, dir = %dir.display(), reason = %why, "template snapshot unusable; removing it, this create boots cold");
@@ -281,7 +307,7 @@ impl SandboxManager {
                     build_ms = started.elapsed().as_millis() as u64,
                     "template snapshot built"
                 );
-                self.load_template(&dir, &key).await
+                self.load_template(&dir, &key, pin).await
             }
             Err(e) => {
                 let why = format!("building the template snapshot failed: {e}");
@@ -293,7 +319,12 @@ impl SandboxManager {
     }
 
     /// Reads and (once per change of its files) checks a built template.
-    async fn load_template(&self, dir: &Path, key: &str) -> std::result::Result<Template, String> {
+    async fn load_template(
+        &self,
+        dir: &Path,
+        key: &str,
+        pin: Arc<()>,
+    ) -> std::result::Result<Template, String> {
         let m: TemplateManifest = read_json(&dir.join(MANIFEST))
             .map_err(|e| format!("cannot read {}: {e}", dir.join(MANIFEST).display()))?;
         if m.format != FORMAT || m.key != key {
@@ -318,12 +349,14 @@ impl SandboxManager {
             extra_boot_args: m.extra_boot_args,
             dir: dir.to_path_buf(),
             key: key.to_owned(),
+            _pin: pin,
         })
     }
 
-    /// Removes `name`'s templates other than `keep` (other keys: stale).
-    /// Clones running from one keep its memory mapped; nothing else needs
-    /// its files.
+    /// Removes `name`'s templates other than `keep` (other keys: stale),
+    /// except those a create is cloning right now (pinned; removed by the
+    /// next build). Clones running from one keep its memory mapped;
+    /// nothing else needs its files.
     fn remove_stale_templates(&self, name: &str, keep: &Path) {
         let Ok(entries) = std::fs::read_dir(self.store.layout().templates_dir()) else {
             return;
@@ -337,7 +370,8 @@ impl SandboxManager {
             let stale = n
                 .strip_prefix(&prefix)
                 .is_some_and(|k| k.len() == 16 && k.bytes().all(|b| b.is_ascii_hexdigit()))
-                && e.path() != keep;
+                && e.path() != keep
+                && !self.templates.pinned(&e.path());
             if stale {
                 info!(template = name, dir = %e.path().display(), "removing a stale template snapshot");
                 self.templates.forget_checked(&e.path());
@@ -490,6 +524,23 @@ mod tests {
         assert_ne!(sum(&a), sum(&moved));
         assert_ne!(sum(&a), sum(&changed));
         assert_ne!(sum(&a), sum(&longer));
+    }
+
+    #[test]
+    fn a_template_is_pinned_while_any_create_holds_it() {
+        let t = Templates::default();
+        let (a, b) = (Path::new("/t/default-a"), Path::new("/t/default-b"));
+        assert!(!t.pinned(a));
+        let first = t.pin(a);
+        let second = t.pin(a);
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(t.pinned(a) && !t.pinned(b));
+        drop(first);
+        assert!(t.pinned(a), "one create still holds it");
+        drop(second);
+        assert!(!t.pinned(a));
+        let _again = t.pin(b);
+        assert_eq!(lock(&t.pins).len(), 1, "released pins are forgotten");
     }
 
     #[test]
