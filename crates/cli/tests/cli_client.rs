@@ -226,9 +226,10 @@ async fn every_client_subcommand_against_a_real_server() {
     assert!(
         table
             .lines()
-            .any(|l| l.starts_with(&id) && l.contains("running")),
+            .any(|l| l.starts_with(&id) && l.contains("running") && l.contains(" none ")),
         "{table}"
     );
+    assert!(table.lines().next().unwrap().contains("NETWORK"), "{table}");
     let info = cli.json(&["sandbox", "info", &id, "--json"]);
     assert_eq!(
         (info["sandbox_id"].as_str(), info["memory_mb"].as_u64()),

@@ -263,16 +263,17 @@ pub async fn sandbox(target: &Target, cmd: SandboxCommand) -> anyhow::Result<i32
                     .flatten()
                     .map(|s| {
                         [
-                            "sandbox_id",
-                            "status",
-                            "memory_mb",
-                            "vcpu_count",
-                            "workspace_id",
-                            "boot",
-                            "created_at",
+                            "/sandbox_id",
+                            "/status",
+                            "/memory_mb",
+                            "/vcpu_count",
+                            "/network/mode",
+                            "/workspace_id",
+                            "/boot",
+                            "/created_at",
                         ]
                         .iter()
-                        .map(|k| output::cell(&s[*k]))
+                        .map(|k| output::cell(s.pointer(k).unwrap_or(&Value::Null)))
                         .collect()
                     })
                     .collect();
@@ -282,6 +283,7 @@ pub async fn sandbox(target: &Target, cmd: SandboxCommand) -> anyhow::Result<i32
                         "STATUS",
                         "MEMORY_MB",
                         "VCPUS",
+                        "NETWORK",
                         "WORKSPACE",
                         "BOOT",
                         "CREATED",
