@@ -51,13 +51,7 @@ impl SandboxManager {
     ) -> Result<bool> {
         let sb = self.registry.require(id)?;
         let mut vm_slot = sb.lifecycle.lock().await;
-        if !self.registry.contains(id) {
-            // Destroyed while we waited for the lock.
-            return Err(ManagerError::NotFound {
-                kind: "sandbox",
-                id: id.to_string(),
-            });
-        }
+        self.still_registered(id)?;
         if !cond(&sb.record()) {
             return Ok(false);
         }

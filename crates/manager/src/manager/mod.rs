@@ -109,6 +109,19 @@ impl SandboxManager {
         }
     }
 
+    /// NotFound unless `id` is still registered: called once a sandbox's
+    /// lifecycle lock is held, since a destroy may have finished while the
+    /// caller waited for it.
+    pub(super) fn still_registered(&self, id: &SandboxId) -> Result<()> {
+        if self.registry.contains(id) {
+            return Ok(());
+        }
+        Err(ManagerError::NotFound {
+            kind: "sandbox",
+            id: id.to_string(),
+        })
+    }
+
     /// Opens the base directory, reconciles state files with running
     /// processes (re-attaching to live VMs, marking dead ones, removing
     /// stale sockets and orphaned VMM processes) and starts the health

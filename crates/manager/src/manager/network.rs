@@ -20,12 +20,7 @@ impl SandboxManager {
         policy.compile().map_err(ManagerError::InvalidInput)?;
         let sb = self.registry.require(id)?;
         let _lifecycle = sb.lifecycle.lock().await;
-        if !self.registry.contains(id) {
-            return Err(ManagerError::NotFound {
-                kind: "sandbox",
-                id: id.to_string(),
-            });
-        }
+        self.still_registered(id)?;
         let record = sb.record();
         if record.net_slot.is_none() {
             if !policy.networked() {

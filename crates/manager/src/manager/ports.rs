@@ -74,12 +74,7 @@ impl SandboxManager {
         }
         let sb = self.registry.require(id)?;
         let _lifecycle = sb.lifecycle.lock().await;
-        if !self.registry.contains(id) {
-            return Err(ManagerError::NotFound {
-                kind: "sandbox",
-                id: id.to_string(),
-            });
-        }
+        self.still_registered(id)?;
         match sb.status() {
             SandboxStatus::Stopping | SandboxStatus::Dead => {
                 return Err(ManagerError::Conflict(format!(
@@ -131,6 +126,7 @@ impl SandboxManager {
     pub async fn close_port(&self, id: &SandboxId, port: u16) -> Result<()> {
         let sb = self.registry.require(id)?;
         let _lifecycle = sb.lifecycle.lock().await;
+        self.still_registered(id)?;
         if !sb.record().exposed_ports.iter().any(|p| p.port == port) {
             return Err(ManagerError::NotFound {
                 kind: "exposed port",
