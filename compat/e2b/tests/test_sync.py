@@ -24,7 +24,7 @@ from e2b import (
     TimeoutException,
 )
 
-from conftest import RUN, sdk_version
+from conftest import BASE, RUN, sdk_version
 
 
 def wait_until(what, cond, timeout=30.0, every=0.2):
@@ -416,3 +416,68 @@ def test_network_rules_travel_to_the_server_and_bad_ones_are_refused_clearly(sbx
     # Taking the internet away from it is what it already has.
     sbx.update_network({"allow_internet_access": False})
     assert sbx.commands.run("ls /sys/class/net").stdout.split() == ["lo"]
+
+
+def _routed(host, token=None):
+    """GET / through the server, routed by ``host``: (status, body)."""
+    headers = {"Host": host}
+    if token is not None:
+        headers["e2b-traffic-access-token"] = token
+    req = urllib.request.Request(f"{BASE}/", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def _serve(sandbox, port):
+    """Starts a web server in the guest whose page names the sandbox."""
+    sandbox.commands.run(
+        "mkdir -p /tmp/site && echo page-of-$E2B_SANDBOX_ID > /tmp/site/index.html"
+    )
+    sandbox.commands.run(f"cd /tmp/site && exec python3 -m http.server {port}", background=True)
+
+
+def test_get_host_reaches_any_port_and_private_traffic_needs_the_token(sbx, meta):
+    # E2B routes every port of a sandbox by name: no expose call first.
+    _serve(sbx, 8123)
+    host = sbx.get_host(8123)
+    server_port = BASE.rsplit(":", 1)[1]
+    assert host == f"8123-{sbx.sandbox_id}.localhost:{server_port}", host
+    status, body = wait_until(
+        "the guest's web server through get_host",
+        lambda: (lambda r: r if r[0] == 200 else None)(_routed(host)),
+        timeout=60,
+    )
+    assert body.strip() == f"page-of-{sbx.sandbox_id}", body
+    # A port nothing listens on answers 502, and no token is asked for.
+    status, body = _routed(sbx.get_host(8124))
+    assert status == 502, (status, body)
+    assert sbx.traffic_access_token is None
+
+    # allow_public_traffic=False: every routed request needs the token.
+    private = Sandbox.create(metadata=meta, timeout=120, network={"allow_public_traffic": False})
+    try:
+        token = private.traffic_access_token
+        assert token and len(token) == 64, token
+        # Still no network: no egress rules were asked for.
+        assert private.commands.run("ls /sys/class/net").stdout.split() == ["lo"]
+        _serve(private, 8123)
+        host = private.get_host(8123)
+        status, body = wait_until(
+            "the private sandbox's web server with its token",
+            lambda: (lambda r: r if r[0] == 200 else None)(_routed(host, token)),
+            timeout=60,
+        )
+        assert body.strip() == f"page-of-{private.sandbox_id}", body
+        for wrong in (None, "0" * 64):
+            status, body = _routed(host, wrong)
+            assert status == 403, (wrong, status, body)
+            assert "e2b-traffic-access-token" in body, body
+        # A client that connects later gets the same token and host.
+        again = Sandbox.connect(private.sandbox_id)
+        assert again.traffic_access_token == token
+        assert again.get_host(8123) == host
+    finally:
+        private.kill()

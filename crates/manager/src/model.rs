@@ -101,6 +101,44 @@ pub struct CreateSandbox {
     pub owner: Option<String>,
     /// Its egress policy; `None` = no network (mode `none`).
     pub network: Option<crate::network::NetworkPolicy>,
+    /// Host-header routing to every port of the guest, exposed or not
+    /// (E2B's model); `None`: only exposed ports are routed.
+    pub route_all_ports: Option<RouteAllPorts>,
+}
+
+/// Host-header routing (`<port>-<sandbox_id>.<ports_domain>`) to every
+/// port of a sandbox, not only its exposed ones: how E2B serves every
+/// sandbox (`get_host`). The E2B surface sets it on the sandboxes it
+/// creates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteAllPorts {
+    /// When set, every routed request must carry it in the
+    /// `e2b-traffic-access-token` header (E2B's `allowPublicTraffic:
+    /// false`, its `trafficAccessToken`).
+    #[serde(default)]
+    pub access_token: Option<String>,
+}
+
+/// What Host-header routing does with a request for one port of a
+/// sandbox ([`crate::SandboxService::port_route`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRoute {
+    /// Neither exposed nor routed by [`RouteAllPorts`]: 404.
+    Closed,
+    /// Passed to the guest.
+    Open,
+    /// Passed when the request carries this token.
+    Token(String),
+}
+
+impl RouteAllPorts {
+    /// Routing with a new random token when `protect`.
+    #[must_use]
+    pub fn new(protect: bool) -> Self {
+        Self {
+            access_token: protect.then(crate::manager::new_port_token),
+        }
+    }
 }
 
 /// Checks environment variable names (POSIX: letters, digits and `_`, not
@@ -234,6 +272,10 @@ pub struct SandboxInfo {
     /// Its egress policy.
     #[serde(default)]
     pub network: crate::network::NetworkPolicy,
+    /// See [`CreateSandbox::route_all_ports`]; never serialized (it may
+    /// hold a token).
+    #[serde(skip)]
+    pub route_all_ports: Option<RouteAllPorts>,
 }
 
 /// Capacity figures for `/health`.

@@ -329,6 +329,7 @@ impl Sandbox {
             owner: r.owner.clone(),
             access_token: r.access_token.clone().map(crate::Secret::new),
             network: r.network.clone(),
+            route_all_ports: r.route_all_ports.clone(),
         }
     }
 

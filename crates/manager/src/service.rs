@@ -89,6 +89,10 @@ pub trait SandboxService: Send + Sync + std::fmt::Debug {
     async fn list_ports(&self, id: &SandboxId) -> Result<Vec<crate::ExposedPort>> {
         Err(ports_unsupported(id))
     }
+    /// Whether Host-header routing reaches a port, and with which token.
+    async fn port_route(&self, id: &SandboxId, _port: u16) -> Result<crate::PortRoute> {
+        Err(ports_unsupported(id))
+    }
     /// Closes an exposed port (NotFound when it is not exposed).
     async fn close_port(&self, id: &SandboxId, _port: u16) -> Result<()> {
         Err(ports_unsupported(id))

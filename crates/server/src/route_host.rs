@@ -1,7 +1,8 @@
 //! Host-header routing to exposed ports: a request whose `Host` is
 //! `<port>-<sandbox_id>.<ports_domain>` is passed to that exposed port of
 //! that sandbox (HTTP/1.1, WebSocket and any other `Upgrade`), whatever
-//! its path. Such requests need no API key: they are the traffic of the
+//! its path; to any port of a sandbox that routes them all (the E2B
+//! surface's sandboxes, [`locale2b_manager::RouteAllPorts`]). Such requests need no API key: they are the traffic of the
 //! app the sandbox serves, to whoever can reach the server, exactly like
 //! the port's own listener.
 
@@ -50,35 +51,33 @@ fn refuse(status: StatusCode, message: String) -> Response {
 }
 
 async fn proxy(s: &AppState, id: SandboxId, port: u16, mut req: Request) -> Response {
-    match s.sandboxes().list_ports(&id).await {
-        Ok(ports) if ports.iter().any(|p| p.port == port) => {
-            let token = ports
-                .iter()
-                .find(|p| p.port == port)
-                .and_then(|p| p.access_token.clone());
-            if let Some(token) = token {
-                let presented = req
-                    .headers()
-                    .get(locale2b_manager::PORT_TOKEN_HEADER)
-                    .map(|v| v.as_bytes().trim_ascii());
-                let ok = presented.is_some_and(|p| {
-                    bool::from(subtle::ConstantTimeEq::ct_eq(p, token.as_bytes()))
-                });
-                if !ok {
-                    return refuse(
-                        StatusCode::FORBIDDEN,
-                        format!("port {port} of sandbox {id} needs its access token in the {} header", locale2b_manager::PORT_TOKEN_HEADER),
-                    );
-                }
-            }
-        }
-        Ok(_) => {
+    let token = match s.sandboxes().port_route(&id, port).await {
+        Ok(locale2b_manager::PortRoute::Open) => None,
+        Ok(locale2b_manager::PortRoute::Token(t)) => Some(t),
+        Ok(locale2b_manager::PortRoute::Closed) => {
             return refuse(
                 StatusCode::NOT_FOUND,
                 format!("port {port} of sandbox {id} is not exposed: POST /sandboxes/{id}/ports/expose first"),
             )
         }
         Err(e) => return ApiError::from(e).into_response(),
+    };
+    if let Some(token) = token {
+        let presented = req
+            .headers()
+            .get(locale2b_manager::PORT_TOKEN_HEADER)
+            .map(|v| v.as_bytes().trim_ascii());
+        let ok = presented
+            .is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p, token.as_bytes())));
+        if !ok {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "port {port} of sandbox {id} needs its access token in the {} header",
+                    locale2b_manager::PORT_TOKEN_HEADER
+                ),
+            );
+        }
     }
     let conn = match s.sandboxes().guest(&id).open_port(port).await {
         Ok(c) => c,

@@ -85,6 +85,7 @@ fn info(id: &str) -> SandboxInfo {
         owner: None,
         access_token: None,
         network: Default::default(),
+        route_all_ports: None,
     }
 }
 

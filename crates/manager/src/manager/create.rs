@@ -224,6 +224,7 @@ impl SandboxManager {
             exposed_ports: Vec::new(),
             network: network.clone(),
             net_slot: None,
+            route_all_ports: req.route_all_ports.clone(),
         };
         let sb = Arc::new(Sandbox::new(record, self.store.clone(), None, None));
         let mut vm_slot = sb.lifecycle.lock().await;

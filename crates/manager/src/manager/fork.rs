@@ -199,5 +199,6 @@ fn child_request(r: &SandboxRecord) -> CreateSandbox {
         boot: None,
         owner: r.owner.clone(),
         network: Some(r.network.clone()),
+        route_all_ports: r.route_all_ports.clone(),
     }
 }

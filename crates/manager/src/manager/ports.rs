@@ -118,6 +118,24 @@ impl SandboxManager {
         Ok(self.registry.require(id)?.record().exposed_ports)
     }
 
+    /// Whether Host-header routing reaches `port` of sandbox `id`, and the
+    /// token it then asks for: an exposed port's own, else the sandbox's
+    /// when it routes every port ([`crate::RouteAllPorts`]).
+    ///
+    /// # Errors
+    /// NotFound.
+    pub fn port_route(&self, id: &SandboxId, port: u16) -> Result<crate::PortRoute> {
+        let r = self.registry.require(id)?.record();
+        let token = if let Some(p) = r.exposed_ports.iter().find(|p| p.port == port) {
+            p.access_token.clone()
+        } else if let Some(all) = &r.route_all_ports {
+            all.access_token.clone()
+        } else {
+            return Ok(crate::PortRoute::Closed);
+        };
+        Ok(token.map_or(crate::PortRoute::Open, crate::PortRoute::Token))
+    }
+
     /// Closes exposed port `port` of sandbox `id`: its listener stops and
     /// the connections it carries end.
     ///
@@ -238,7 +256,7 @@ impl SandboxManager {
 }
 
 /// A fresh access token: 32 random bytes, hex.
-fn new_token() -> String {
+pub(crate) fn new_token() -> String {
     use rand::RngCore as _;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);

@@ -71,6 +71,9 @@ impl SandboxService for SandboxManager {
     async fn list_ports(&self, id: &SandboxId) -> Result<Vec<crate::ExposedPort>> {
         SandboxManager::list_ports(self, id)
     }
+    async fn port_route(&self, id: &SandboxId, port: u16) -> Result<crate::PortRoute> {
+        SandboxManager::port_route(self, id, port)
+    }
     async fn close_port(&self, id: &SandboxId, port: u16) -> Result<()> {
         SandboxManager::close_port(self, id, port).await
     }

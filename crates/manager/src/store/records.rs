@@ -108,6 +108,9 @@ pub struct SandboxRecord {
     /// The slot of the network pool its veth pair uses (networked only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub net_slot: Option<u32>,
+    /// See `CreateSandbox::route_all_ports`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_all_ports: Option<crate::RouteAllPorts>,
 }
 
 /// What `workspaces/<id>/workspace.json` holds.

@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use locale2b_manager::network::{NetworkMode, NetworkPolicy};
 use locale2b_manager::{
-    CreateSandbox, ExecSpec, ManagerError, OnTimeout, SandboxInfo, SandboxStatus,
+    CreateSandbox, ExecSpec, ManagerError, OnTimeout, RouteAllPorts, SandboxInfo, SandboxStatus,
 };
 use locale2b_protocol::SandboxId;
 use serde::de::DeserializeOwned;
@@ -116,8 +116,8 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route("/sandboxes/{id}/refreshes", post(refresh))
         .route("/sandboxes/{id}/pause", post(pause))
         .route("/sandboxes/{id}/resume", post(resume))
-        .route("/sandboxes/{id}/connect", post(connect_v1))
-        .route("/v2/sandboxes/{id}/connect", post(connect_v2))
+        .route("/sandboxes/{id}/connect", post(connect_call))
+        .route("/v2/sandboxes/{id}/connect", post(connect_call))
         .route("/sandboxes/{id}/metrics", get(metrics))
         .fallback(no_route)
         .method_not_allowed_fallback(no_method)
@@ -301,9 +301,6 @@ struct E2bNetwork {
 impl E2bNetwork {
     /// The locale2b policy of these rules (see [`e2b_policy`]).
     fn policy(self, allow_internet_access: Option<bool>) -> Result<NetworkPolicy, String> {
-        if self.allow_public_traffic == Some(false) {
-            return Err("network.allowPublicTraffic=false is not supported: expose ports with require_token (POST /sandboxes/{id}/ports/expose) instead".into());
-        }
         if self.mask_request_host.is_some() {
             return Err("network.maskRequestHost is not supported by this server".into());
         }
@@ -315,7 +312,10 @@ impl E2bNetwork {
                 "network.rules (request transforms) are not supported by this server".into(),
             );
         }
-        if allow_internet_access.or(self.allow_internet_access) == Some(false) {
+        // No egress rules (e.g. only allowPublicTraffic): no network, as
+        // when `network` is absent.
+        let no_rules = self.allow_out.is_empty() && self.deny_out.is_empty();
+        if no_rules || allow_internet_access.or(self.allow_internet_access) == Some(false) {
             return Ok(NetworkPolicy::default());
         }
         let everything = self.deny_out.iter().any(|d| d == "0.0.0.0/0");
@@ -340,13 +340,18 @@ impl E2bNetwork {
 /// it an allowlist of `allowOut`. `allow_internet_access: false` is no
 /// network. Without `network`, no network either: locale2b's default (the
 /// SDK sends `allow_internet_access: true` on every create).
-fn e2b_policy(req: &NewSandbox) -> Result<Option<NetworkPolicy>, String> {
+///
+/// Every port of the sandbox is routed by Host header, as E2B routes them;
+/// `allowPublicTraffic: false` makes each routed request need the
+/// sandbox's traffic token.
+fn e2b_policy(req: &NewSandbox) -> Result<(Option<NetworkPolicy>, RouteAllPorts), String> {
     let Some(raw) = &req.network else {
-        return Ok(None);
+        return Ok((None, RouteAllPorts::new(false)));
     };
     let net: E2bNetwork = serde_json::from_value(raw.clone())
         .map_err(|e| format!("network is not E2B's network configuration: {e}"))?;
-    net.policy(req.allow_internet_access).map(Some)
+    let routing = RouteAllPorts::new(net.allow_public_traffic == Some(false));
+    Ok((Some(net.policy(req.allow_internet_access)?), routing))
 }
 
 /// `PUT /sandboxes/{id}/network`: E2B's `update_network`, the sandbox's
@@ -357,6 +362,11 @@ async fn update_network(
     bytes: Bytes,
 ) -> E2bResult {
     let req: E2bNetwork = body(&bytes)?;
+    if req.allow_public_traffic.is_some() {
+        return Err(E2bError::bad(
+            "network.allowPublicTraffic is set when the sandbox is created and cannot be changed",
+        ));
+    }
     let policy = req.policy(None).map_err(E2bError::bad)?;
     state
         .sandboxes()
@@ -374,8 +384,29 @@ fn e2b_template(state: &AppState, template: &str) -> String {
     }
 }
 
+/// The `domain` E2B clients build `get_host` names under:
+/// `<ports_domain>:<port>` with the port the client reached this server
+/// on (from `Host`), so `<port>-<sandbox_id>.<domain>` is a name the
+/// server routes. Null when Host-header routing is off.
+fn e2b_domain(state: &AppState, headers: &HeaderMap) -> Value {
+    let domain = state.ports_domain();
+    if domain.is_empty() {
+        return Value::Null;
+    }
+    let port = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit_once(':'))
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    Value::String(match port {
+        Some(p) => format!("{domain}:{p}"),
+        None => domain.to_owned(),
+    })
+}
+
 /// The `Sandbox` answer of create and connect.
-fn sandbox_json(state: &AppState, info: &SandboxInfo) -> Value {
+fn sandbox_json(state: &AppState, headers: &HeaderMap, info: &SandboxInfo) -> Value {
     let template = e2b_template(state, &info.template);
     json!({
         "templateID": template,
@@ -384,8 +415,8 @@ fn sandbox_json(state: &AppState, info: &SandboxInfo) -> Value {
         "clientID": CLIENT_ID,
         "envdVersion": ENVD_VERSION,
         "envdAccessToken": info.access_token.as_ref().map(|t| t.expose().to_owned()),
-        "trafficAccessToken": Value::Null,
-        "domain": Value::Null,
+        "trafficAccessToken": traffic_token(info),
+        "domain": e2b_domain(state, headers),
     })
 }
 
@@ -410,7 +441,12 @@ fn end_at(info: &SandboxInfo) -> String {
 }
 
 /// `ListedSandbox`, and with `detail` the rest of `SandboxDetail`.
-fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
+fn listed_json(
+    state: &AppState,
+    headers: Option<&HeaderMap>,
+    info: &SandboxInfo,
+    detail: bool,
+) -> Value {
     let template = e2b_template(state, &info.template);
     let mut v = json!({
         "templateID": template,
@@ -431,7 +467,8 @@ fn listed_json(state: &AppState, info: &SandboxInfo, detail: bool) -> Value {
             .access_token
             .as_ref()
             .map_or(Value::Null, |t| Value::String(t.expose().to_owned()));
-        v["domain"] = Value::Null;
+        v["domain"] = headers.map_or(Value::Null, |h| e2b_domain(state, h));
+        v["trafficAccessToken"] = traffic_token(info);
         v["allowInternetAccess"] = Value::Bool(info.network.networked());
         v["lifecycle"] = json!({
             "autoResume": info.auto_resume,
@@ -491,7 +528,7 @@ async fn create(
         return Err(E2bError::bad("timeout must be at least 1 second"));
     }
     let _ = req.auto_pause_memory;
-    let network = e2b_policy(&req).map_err(E2bError::bad)?;
+    let (network, route_all_ports) = e2b_policy(&req).map_err(E2bError::bad)?;
     let template_id = req.template_id.clone().unwrap_or_else(|| "base".into());
     let template = (template_id != "base").then(|| template_id.clone());
     let mut env = BTreeMap::from([
@@ -513,6 +550,7 @@ async fn create(
         auto_resume: req.auto_resume.as_ref().map(|a| a.enabled),
         owner: Some(caller.clone()),
         network,
+        route_all_ports: Some(route_all_ports),
         ..CreateSandbox::default()
     };
     let idem = headers
@@ -523,7 +561,19 @@ async fn create(
         Some(key) => create_once(&state, &caller, key, create).await?,
         None => detached_create(&state, create).await?,
     };
-    Ok((StatusCode::CREATED, Json(sandbox_json(&state, &info))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(sandbox_json(&state, &headers, &info)),
+    )
+        .into_response())
+}
+
+/// The token routed requests to the sandbox's ports need, if any.
+fn traffic_token(info: &SandboxInfo) -> Value {
+    info.route_all_ports
+        .as_ref()
+        .and_then(|r| r.access_token.clone())
+        .map_or(Value::Null, Value::String)
 }
 
 async fn detached_create(state: &AppState, req: CreateSandbox) -> Result<SandboxInfo, E2bError> {
@@ -570,7 +620,11 @@ async fn create_once(
     Ok(info)
 }
 
-async fn info(State(state): State<AppState>, Path(id): Path<String>) -> E2bResult {
+async fn info(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> E2bResult {
     let info = state.sandboxes().get(&sandbox_id(&id)?).await?;
     if info.status == SandboxStatus::Dead {
         return Err(E2bError::new(
@@ -581,7 +635,7 @@ async fn info(State(state): State<AppState>, Path(id): Path<String>) -> E2bResul
             ),
         ));
     }
-    Ok(Json(listed_json(&state, &info, true)).into_response())
+    Ok(Json(listed_json(&state, Some(&headers), &info, true)).into_response())
 }
 
 async fn kill(State(state): State<AppState>, Path(id): Path<String>) -> E2bResult {
@@ -680,30 +734,35 @@ struct ConnectBody {
     auto_pause: Option<bool>,
 }
 
-async fn connect_v1(
+/// `connect` (v1 and v2 take the same body).
+async fn connect_call(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> E2bResult {
-    connect(state, id, bytes, false).await
+    connect(state, id, headers, bytes, false).await
 }
 
-async fn connect_v2(
+async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     bytes: Bytes,
 ) -> E2bResult {
-    connect(state, id, bytes, false).await
-}
-
-async fn resume(State(state): State<AppState>, Path(id): Path<String>, bytes: Bytes) -> E2bResult {
-    connect(state, id, bytes, true).await
+    connect(state, id, headers, bytes, true).await
 }
 
 /// Connect: a running sandbox answers 200 (its lifetime only ever
 /// extended); a paused one is resumed with the timeout as its new lifetime
 /// and answers 201. `resume` (the older call) refuses a running sandbox.
-async fn connect(state: AppState, id: String, bytes: Bytes, resume_only: bool) -> E2bResult {
+async fn connect(
+    state: AppState,
+    id: String,
+    headers: HeaderMap,
+    bytes: Bytes,
+    resume_only: bool,
+) -> E2bResult {
     let req: ConnectBody = body(&bytes)?;
     if req.memory == Some(false) {
         return Err(E2bError::bad(
@@ -731,7 +790,7 @@ async fn connect(state: AppState, id: String, bytes: Bytes, resume_only: bool) -
         SandboxStatus::Running => {
             extend(&state, &info, timeout).await?;
             let info = state.sandboxes().get(&sid).await?;
-            Ok((StatusCode::OK, Json(sandbox_json(&state, &info))).into_response())
+            Ok((StatusCode::OK, Json(sandbox_json(&state, &headers, &info))).into_response())
         }
         SandboxStatus::Paused => {
             state.sandboxes().set_timeout(&sid, timeout).await?;
@@ -745,7 +804,11 @@ async fn connect(state: AppState, id: String, bytes: Bytes, resume_only: bool) -
                     ))
                 }
             };
-            Ok((StatusCode::CREATED, Json(sandbox_json(&state, &info))).into_response())
+            Ok((
+                StatusCode::CREATED,
+                Json(sandbox_json(&state, &headers, &info)),
+            )
+                .into_response())
         }
         SandboxStatus::Dead => Err(E2bError::new(
             StatusCode::NOT_FOUND,
@@ -860,7 +923,7 @@ async fn list_v1(
     let items = filtered(&state, &caller.0, all, &q, &["running"])?;
     let out: Vec<Value> = items
         .iter()
-        .map(|i| listed_json(&state, i, false))
+        .map(|i| listed_json(&state, None, i, false))
         .collect();
     Ok(Json(out).into_response())
 }
@@ -933,7 +996,7 @@ async fn list_v2(
     items.truncate(limit);
     let out: Vec<Value> = items
         .iter()
-        .map(|i| listed_json(&state, i, false))
+        .map(|i| listed_json(&state, None, i, false))
         .collect();
     let mut resp = Json(out).into_response();
     if more {
@@ -1082,15 +1145,26 @@ mod tests {
     #[test]
     fn e2b_network_settings_map_onto_policies() {
         // The SDK's default: no network here.
+        let (policy, routing) = e2b_policy(&req(json!({"allow_internet_access": true}))).unwrap();
+        assert_eq!(policy, None);
+        // Every port routed, without a token unless traffic is private.
+        assert_eq!(routing.access_token, None);
+        let (policy, routing) = e2b_policy(&req(
+            json!({"allow_internet_access": true, "network": {"allowPublicTraffic": false}}),
+        ))
+        .unwrap();
         assert_eq!(
-            e2b_policy(&req(json!({"allow_internet_access": true}))).unwrap(),
-            None
+            policy,
+            Some(NetworkPolicy::default()),
+            "no egress rules: no network"
         );
+        assert_eq!(routing.access_token.map(|t| t.len()), Some(64));
         // denyOut everything + allowOut = an allowlist.
         let p = e2b_policy(&req(
             json!({"network": {"denyOut": ["0.0.0.0/0"], "allowOut": ["1.1.1.1", "pypi.org"]}}),
         ))
         .unwrap()
+        .0
         .unwrap();
         assert_eq!(p.mode, NetworkMode::Allowlist);
         assert_eq!(p.allow, ["1.1.1.1", "pypi.org"]);
@@ -1099,6 +1173,7 @@ mod tests {
             json!({"network": {"denyOut": ["8.8.8.8/32"], "allowOut": ["8.8.8.8"]}}),
         ))
         .unwrap()
+        .0
         .unwrap();
         assert_eq!(
             (p.mode, p.deny.as_slice(), p.allow.as_slice()),
@@ -1109,14 +1184,14 @@ mod tests {
             )
         );
         assert_eq!(
-            e2b_policy(&req(json!({"network": {}, "allow_internet_access": false}))).unwrap(),
+            e2b_policy(&req(
+                json!({"network": {"denyOut": ["8.8.8.8/32"]}, "allow_internet_access": false})
+            ))
+            .unwrap()
+            .0,
             Some(NetworkPolicy::default())
         );
         for (body, says) in [
-            (
-                json!({"network": {"allowPublicTraffic": false}}),
-                "allowPublicTraffic",
-            ),
             (
                 json!({"network": {"maskRequestHost": "x"}}),
                 "maskRequestHost",

@@ -63,6 +63,7 @@ pub async fn create_sandbox(
             .map(NetworkBody::policy)
             .transpose()
             .map_err(|m| ApiError::from(locale2b_manager::ManagerError::InvalidInput(m)))?,
+        route_all_ports: None,
     };
     let m = s.sandboxes().clone();
     let info = detached(async move { m.create(req).await }).await?;
