@@ -98,8 +98,12 @@ fn owned_info(id: &str) -> SandboxInfo {
 #[async_trait]
 impl SandboxService for Double {
     async fn create(&self, req: CreateSandbox) -> Result<SandboxInfo> {
+        let info = SandboxInfo {
+            route_all_ports: req.route_all_ports.clone(),
+            ..self.info(KNOWN)
+        };
         self.creates.lock().unwrap().push(req);
-        Ok(self.info(KNOWN))
+        Ok(info)
     }
     async fn get(&self, id: &SandboxId) -> Result<SandboxInfo> {
         Ok(self.info(id.as_str()))
@@ -778,6 +782,42 @@ async fn a_key_sees_only_its_own_sandboxes_and_an_admin_key_sees_all() {
         double.creates.lock().unwrap()[0].owner.as_deref(),
         Some("alice")
     );
+    // Only its exposed ports are routed.
+    assert_eq!(double.creates.lock().unwrap()[0].route_all_ports, None);
+    assert_eq!(body["routed_ports"], "exposed", "{body}");
+    // An E2B create routes every port; with allowPublicTraffic=false, with
+    // a token, which the answer carries, with the domain get_host uses.
+    for (network, token) in [
+        (json!(null), false),
+        (json!({"allowPublicTraffic": false}), true),
+    ] {
+        let r = Request::builder()
+            .method(Method::POST)
+            .uri("/e2b/sandboxes")
+            .header(header::HOST, "127.0.0.1:18080")
+            .header("x-api-key", "alice-secret-key-0123456789")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(
+                json!({"templateID": "base", "network": network}).to_string(),
+            ))
+            .unwrap();
+        let (status, body) = send(&app, r).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let made = double.creates.lock().unwrap().last().unwrap().clone();
+        let routing = made
+            .route_all_ports
+            .expect("E2B sandboxes route every port");
+        assert_eq!(routing.access_token.is_some(), token, "{network}");
+        assert!(
+            !made.network.unwrap_or_default().networked(),
+            "{network}: no network"
+        );
+        assert_eq!(body["domain"], "localhost:18080", "{body}");
+        assert_eq!(
+            body["trafficAccessToken"],
+            routing.access_token.map_or(Value::Null, Value::String)
+        );
+    }
 }
 
 /// The audit log through a real TCP server: one line per mutating call

@@ -206,6 +206,12 @@ pub struct SandboxResponse {
     pub owner: Option<String>,
     /// Its egress policy.
     pub network: NetworkBody,
+    /// Which of its ports Host-header routing reaches: `exposed` (only
+    /// exposed ports), `all` (every port, as for sandboxes created through
+    /// the E2B API) or `all_with_token` (every port, each request with the
+    /// sandbox's E2B traffic token).
+    #[schema(example = "exposed")]
+    pub routed_ports: String,
 }
 
 impl From<SandboxInfo> for SandboxResponse {
@@ -235,6 +241,12 @@ impl From<SandboxInfo> for SandboxResponse {
             owner: s.owner,
             disk_size_mb: s.disk_size_mb,
             network: s.network.into(),
+            routed_ports: match &s.route_all_ports {
+                None => "exposed",
+                Some(r) if r.access_token.is_some() => "all_with_token",
+                Some(_) => "all",
+            }
+            .to_owned(),
         }
     }
 }
