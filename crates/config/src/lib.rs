@@ -244,8 +244,9 @@ pub struct ServerConfig {
     pub metrics_public: bool,
     /// Domain of Host-header routing to exposed ports: a request to the
     /// server with `Host: <port>-<sandbox_id>.<ports_domain>` goes to that
-    /// exposed port (names under `localhost` resolve to the loopback in
-    /// browsers and curl). Empty: no Host-header routing.
+    /// exposed port, or any port of a sandbox created through the E2B API
+    /// (names under `localhost` resolve to the loopback in browsers and
+    /// curl). Empty: no Host-header routing.
     pub ports_domain: String,
     /// Names of API keys (comma-separated) that see every sandbox and
     /// workspace (as does `admin=true` in the keys file); any other key
