@@ -43,7 +43,7 @@ pub mod store;
 pub use error::{GuestErrorKind, ManagerError, Result};
 pub use guest::PortConn;
 pub use locale2b_config::{Boot, ManagerConfig, VmmConfig};
-pub use manager::{SandboxManager, CRASH_POINTS, MAX_FORK_CHILDREN};
+pub use manager::{new_token, SandboxManager, CRASH_POINTS, MAX_FORK_CHILDREN};
 pub use model::*;
 pub use registry::{OwnerQuota, QuotaSource};
 pub use service::{GuestOps, SandboxService};

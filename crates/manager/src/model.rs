@@ -136,7 +136,7 @@ impl RouteAllPorts {
     #[must_use]
     pub fn new(protect: bool) -> Self {
         Self {
-            access_token: protect.then(crate::manager::new_port_token),
+            access_token: protect.then(crate::new_token),
         }
     }
 }

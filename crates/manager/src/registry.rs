@@ -202,9 +202,9 @@ impl Registry {
     pub fn admit(&self, sb: &Arc<Sandbox>, how: Admission) -> Result<()> {
         let mut table = lock(&self.table);
         let used = usage_of(table.sandboxes.values().map(|s| s.as_ref()), Some(&sb.id));
-        let memory_mb = sb.record().memory_mb;
         let r = sb.record();
-        self.check_quota(&table, r.owner.as_deref(), r.memory_mb, Some(&sb.id), how)?;
+        let memory_mb = r.memory_mb;
+        self.check_quota(&table, r.owner.as_deref(), memory_mb, Some(&sb.id), how)?;
         if used.active >= self.limits.max_sandboxes {
             return Err(ManagerError::AtCapacity {
                 reason: format!(

@@ -41,7 +41,7 @@ mod template;
 mod workspaces;
 
 pub use fork::MAX_FORK_CHILDREN;
-pub(crate) use ports::new_token as new_port_token;
+pub use ports::new_token;
 
 use crate::guest::ExecRules;
 use crate::host;

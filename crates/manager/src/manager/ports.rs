@@ -255,8 +255,9 @@ impl SandboxManager {
     }
 }
 
-/// A fresh access token: 32 random bytes, hex.
-pub(crate) fn new_token() -> String {
+/// A fresh access token: 32 random bytes from the OS, hex (64 chars).
+#[must_use]
+pub fn new_token() -> String {
     use rand::RngCore as _;
     let mut bytes = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut bytes);

@@ -498,13 +498,6 @@ async fn create_v2(
     create(state, caller.0, headers, bytes, true).await
 }
 
-fn random_token() -> String {
-    use rand::RngCore;
-    let mut b = [0u8; 32];
-    rand::rngs::OsRng.fill_bytes(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 async fn create(
     state: AppState,
     caller: String,
@@ -546,7 +539,7 @@ async fn create(
             OnTimeout::Destroy
         }),
         metadata: req.metadata.clone().unwrap_or_default(),
-        access_token: secure.then(random_token),
+        access_token: secure.then(locale2b_manager::new_token),
         auto_resume: req.auto_resume.as_ref().map(|a| a.enabled),
         owner: Some(caller.clone()),
         network,
